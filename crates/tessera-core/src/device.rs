@@ -1,0 +1,50 @@
+//! A device is a shared handle to a backend, chosen at run time.
+
+use crate::backend::Backend;
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a tensor lives: a handle to one [`Backend`].
+#[derive(Clone)]
+pub struct Device {
+    backend: Arc<dyn Backend>,
+    name: Arc<str>,
+}
+
+impl Device {
+    /// Wraps a backend. Any crate can do this, which is how third-party backends plug in.
+    pub fn new(backend: Arc<dyn Backend>) -> Device {
+        let name: Arc<str> = backend.name().into();
+        Device { backend, name }
+    }
+    /// The backend that runs this device's kernels.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+    /// The device's name, e.g. `cpu`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Whether two handles refer to the same backend instance.
+    pub fn same(&self, other: &Device) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.backend), Arc::as_ptr(&other.backend))
+    }
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        self.same(other)
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Device({})", self.name)
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}

@@ -1,0 +1,38 @@
+//! # tessera-core
+//!
+//! Tensors (shape, strides, dtype), tape-based reverse-mode autodiff and the [`Backend`] trait
+//! that every device implements. Nothing here is device-specific: backends live in their own
+//! crates (`tessera-cpu`, `tessera-cuda`, or yours) and plug in through [`Device::new`].
+//!
+//! ```
+//! use tessera_core::*;
+//! # fn demo(dev: &Device) -> Result<()> {
+//! let x = Tensor::from_vec(vec![1.0f64, 2.0, 3.0], &[3], dev)?.requires_grad_()?;
+//! let y = x.tanh()?.sum_all()?;            // recorded on the tape
+//! let grads = y.backward()?;               // walks it in reverse
+//! let dx = grads.get(&x).unwrap();         // 1 - tanh(x)^2
+//! # Ok(()) }
+//! ```
+
+pub mod backend;
+mod device;
+mod display;
+mod dtype;
+mod error;
+pub mod gradcheck;
+mod layout;
+pub mod ops;
+pub mod random;
+mod tape;
+mod tensor;
+
+pub use backend::{Backend, BinaryOp, Buffer, Distribution, ReduceOp, UnaryOp, View};
+pub use device::Device;
+pub use dtype::{DType, Element, HostData};
+pub use error::{Error, Result};
+pub use layout::{broadcast_shapes, coalesce, contiguous_strides, normalize_dim, Layout, Shape};
+pub use random::Generator;
+pub use tape::{
+    clear_tape, is_grad_enabled, no_grad, tape_len, BackwardFn, GradModeGuard, Gradients,
+};
+pub use tensor::{Tensor, TensorId};

@@ -1,0 +1,517 @@
+//! Elementwise ops. Backward rules (g = upstream gradient, y = output):
+//!
+//! | op | rule |
+//! | --- | --- |
+//! | neg | -g |
+//! | abs | g·sign(x) (0 at 0, as PyTorch) |
+//! | exp | g·y |
+//! | log | g / x |
+//! | sqrt | g / (2y) |
+//! | tanh | g·(1 - y²) |
+//! | sigmoid | g·y·(1 - y) |
+//! | relu | g·[x > 0] (0 at 0, as PyTorch) |
+//! | leaky_relu(s) | g·([x > 0] + s·[x ≤ 0]) |
+//! | erf | g·2/√π·exp(-x²) |
+//! | softplus(β, t) | g where βx > t, else g·sigmoid(βx) |
+//! | x^p (scalar p) | g·p·x^(p-1) |
+//! | clamp(lo, hi) | g·[lo ≤ x ≤ hi] |
+//! | a + b, a - b | g, ±g (summed over broadcast dims) |
+//! | a·b | g·b, g·a |
+//! | a / b | g / b, -g·a / b² |
+//! | a^b | g·b·a^(b-1), g·a^b·ln a (0 where a = 0) |
+//! | maximum/minimum | g to the larger/smaller side, halved on ties (PyTorch) |
+//! | where(c, a, b) | g where c else 0, 0 where c else g |
+//!
+//! Rules that reuse the output (exp, sqrt, tanh, sigmoid) read it saved when the backward runs
+//! plainly, and recompute it from the input under `create_graph`, so the graph of the gradient
+//! still reaches the input.
+
+use super::{float_only, same_kind, when};
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::broadcast_shapes;
+use crate::tape::is_grad_enabled;
+use crate::tensor::Tensor;
+use std::f64::consts::PI;
+
+/// The saved output when backward runs plainly, or `recompute()` when it is being recorded.
+fn saved_or(y: &Tensor, recompute: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    if is_grad_enabled() {
+        recompute()
+    } else {
+        Ok(y.clone())
+    }
+}
+
+impl Tensor {
+    /// `op` on every element, not recorded (the callers record).
+    pub(crate) fn map(&self, op: &'static str, u: UnaryOp) -> Result<Tensor> {
+        let float_needed = !matches!(
+            u,
+            UnaryOp::Neg
+                | UnaryOp::Abs
+                | UnaryOp::Sign
+                | UnaryOp::Relu
+                | UnaryOp::Square
+                | UnaryOp::AddScalar(_)
+                | UnaryOp::MulScalar(_)
+                | UnaryOp::Clamp { .. }
+        );
+        if float_needed {
+            float_only(op, self)?;
+        }
+        let buf = self.device().backend().unary(u, self.view())?;
+        Ok(self.output(buf, self.dims()))
+    }
+
+    /// A 0-d tensor of this tensor's dtype and device.
+    pub fn scalar_like(&self, value: f64) -> Result<Tensor> {
+        Tensor::scalar(value, self.dtype(), self.device())
+    }
+
+    /// `-x`.
+    pub fn neg(&self) -> Result<Tensor> {
+        let out = self.map("neg", UnaryOp::Neg)?;
+        Ok(out.record_op("neg", &[self], |g, _| Ok(vec![Some(g.neg()?)])))
+    }
+
+    /// `|x|`; the gradient at 0 is 0, as in PyTorch.
+    pub fn abs(&self) -> Result<Tensor> {
+        let out = self.map("abs", UnaryOp::Abs)?;
+        let x = self.clone();
+        Ok(out.record_op("abs", &[self], move |g, _| {
+            Ok(vec![Some(g.mul(&x.sign()?)?)])
+        }))
+    }
+
+    /// -1, 0 or 1 by the sign of each element (gradient 0).
+    pub fn sign(&self) -> Result<Tensor> {
+        let out = self.map("sign", UnaryOp::Sign)?;
+        Ok(out.record_op("sign", &[self], |g, _| Ok(vec![Some(g.zeros_like()?)])))
+    }
+
+    /// `e^x`.
+    pub fn exp(&self) -> Result<Tensor> {
+        let out = self.map("exp", UnaryOp::Exp)?;
+        let (x, y) = (self.clone(), out.detach());
+        Ok(out.record_op("exp", &[self], move |g, _| {
+            Ok(vec![Some(g.mul(&saved_or(&y, || x.exp())?)?)])
+        }))
+    }
+
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        let out = self.map("log", UnaryOp::Log)?;
+        let x = self.clone();
+        Ok(out.record_op("log", &[self], move |g, _| Ok(vec![Some(g.div(&x)?)])))
+    }
+
+    /// Square root.
+    pub fn sqrt(&self) -> Result<Tensor> {
+        let out = self.map("sqrt", UnaryOp::Sqrt)?;
+        let (x, y) = (self.clone(), out.detach());
+        Ok(out.record_op("sqrt", &[self], move |g, _| {
+            let y = saved_or(&y, || x.sqrt())?;
+            Ok(vec![Some(g.div(&y)?.mul_scalar(0.5)?)])
+        }))
+    }
+
+    /// Hyperbolic tangent.
+    pub fn tanh(&self) -> Result<Tensor> {
+        let out = self.map("tanh", UnaryOp::Tanh)?;
+        let (x, y) = (self.clone(), out.detach());
+        Ok(out.record_op("tanh", &[self], move |g, _| {
+            let y = saved_or(&y, || x.tanh())?;
+            // 1 - y² written as -(y² - 1) keeps it one fused-friendly chain.
+            let d = y.square()?.neg()?.add_scalar(1.0)?;
+            Ok(vec![Some(g.mul(&d)?)])
+        }))
+    }
+
+    /// `1 / (1 + e^-x)`.
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        let out = self.map("sigmoid", UnaryOp::Sigmoid)?;
+        let (x, y) = (self.clone(), out.detach());
+        Ok(out.record_op("sigmoid", &[self], move |g, _| {
+            let y = saved_or(&y, || x.sigmoid())?;
+            let d = y.mul(&y.neg()?.add_scalar(1.0)?)?;
+            Ok(vec![Some(g.mul(&d)?)])
+        }))
+    }
+
+    /// `max(x, 0)`; the gradient at 0 is 0, as in PyTorch.
+    pub fn relu(&self) -> Result<Tensor> {
+        let out = self.map("relu", UnaryOp::Relu)?;
+        let x = self.clone();
+        Ok(out.record_op("relu", &[self], move |g, _| {
+            Ok(vec![Some(g.mul(&x.gt(&x.scalar_like(0.0)?)?)?)])
+        }))
+    }
+
+    /// `x` for `x > 0`, else `negative_slope · x`.
+    pub fn leaky_relu(&self, negative_slope: f64) -> Result<Tensor> {
+        let out = self.map("leaky_relu", UnaryOp::LeakyRelu(negative_slope))?;
+        let x = self.clone();
+        Ok(out.record_op("leaky_relu", &[self], move |g, _| {
+            // [x > 0]·(1 - s) + s: 1 above zero, s at and below it.
+            let pos = x.gt(&x.scalar_like(0.0)?)?;
+            let d = pos
+                .mul_scalar(1.0 - negative_slope)?
+                .add_scalar(negative_slope)?;
+            Ok(vec![Some(g.mul(&d)?)])
+        }))
+    }
+
+    /// The error function.
+    pub fn erf(&self) -> Result<Tensor> {
+        let out = self.map("erf", UnaryOp::Erf)?;
+        let x = self.clone();
+        Ok(out.record_op("erf", &[self], move |g, _| {
+            let d = x.square()?.neg()?.exp()?.mul_scalar(2.0 / PI.sqrt())?;
+            Ok(vec![Some(g.mul(&d)?)])
+        }))
+    }
+
+    /// GELU: `0.5·x·(1 + erf(x/√2))`, or with `approximate_tanh` the tanh form
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`. Composite, so its gradient is exact for
+    /// the chosen formula.
+    pub fn gelu(&self, approximate_tanh: bool) -> Result<Tensor> {
+        float_only("gelu", self)?;
+        let inner = if approximate_tanh {
+            let cube = self.powf(3.0)?.mul_scalar(0.044715)?;
+            self.add(&cube)?.mul_scalar((2.0 / PI).sqrt())?.tanh()?
+        } else {
+            self.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf()?
+        };
+        self.mul(&inner.add_scalar(1.0)?)?.mul_scalar(0.5)
+    }
+
+    /// `log(1 + e^(βx)) / β`, and `x` itself where `βx > threshold` (PyTorch's softplus).
+    pub fn softplus(&self, beta: f64, threshold: f64) -> Result<Tensor> {
+        let out = self.map("softplus", UnaryOp::Softplus { beta, threshold })?;
+        let x = self.clone();
+        Ok(out.record_op("softplus", &[self], move |g, _| {
+            let bx = x.mul_scalar(beta)?;
+            let linear = bx.gt(&bx.scalar_like(threshold)?)?;
+            let d = linear.where_(&linear, &bx.sigmoid()?)?;
+            Ok(vec![Some(g.mul(&d)?)])
+        }))
+    }
+
+    /// `x²`.
+    pub fn square(&self) -> Result<Tensor> {
+        let out = self.map("square", UnaryOp::Square)?;
+        let x = self.clone();
+        Ok(out.record_op("square", &[self], move |g, _| {
+            Ok(vec![Some(g.mul(&x)?.mul_scalar(2.0)?)])
+        }))
+    }
+
+    /// `1 / x`.
+    pub fn recip(&self) -> Result<Tensor> {
+        let out = self.map("recip", UnaryOp::Recip)?;
+        let x = self.clone();
+        Ok(out.record_op("recip", &[self], move |g, _| {
+            Ok(vec![Some(g.neg()?.div(&x.square()?)?)])
+        }))
+    }
+
+    /// `x + c`.
+    pub fn add_scalar(&self, c: f64) -> Result<Tensor> {
+        let out = self.map("add_scalar", UnaryOp::AddScalar(c))?;
+        Ok(out.record_op("add_scalar", &[self], |g, _| Ok(vec![Some(g.clone())])))
+    }
+
+    /// `x · c`.
+    pub fn mul_scalar(&self, c: f64) -> Result<Tensor> {
+        let out = self.map("mul_scalar", UnaryOp::MulScalar(c))?;
+        Ok(out.record_op("mul_scalar", &[self], move |g, _| {
+            Ok(vec![Some(g.mul_scalar(c)?)])
+        }))
+    }
+
+    /// `x ^ p` for a scalar exponent.
+    pub fn powf(&self, p: f64) -> Result<Tensor> {
+        let out = self.map("powf", UnaryOp::PowScalar(p))?;
+        let x = self.clone();
+        Ok(out.record_op("powf", &[self], move |g, _| {
+            Ok(vec![Some(g.mul(&x.powf(p - 1.0)?.mul_scalar(p)?)?)])
+        }))
+    }
+
+    /// `min(max(x, min), max)`; the gradient passes where `min ≤ x ≤ max`, as in PyTorch.
+    pub fn clamp(&self, min: f64, max: f64) -> Result<Tensor> {
+        if min > max || min.is_nan() || max.is_nan() {
+            return Err(Error::invalid(
+                "clamp",
+                format!("need min <= max, got min {min}, max {max}"),
+            ));
+        }
+        let out = self.map("clamp", UnaryOp::Clamp { min, max })?;
+        let x = self.clone();
+        Ok(out.record_op("clamp", &[self], move |g, _| {
+            let inside = x
+                .ge(&x.scalar_like(min)?)?
+                .mul(&x.le(&x.scalar_like(max)?)?)?;
+            Ok(vec![Some(g.mul(&inside)?)])
+        }))
+    }
+
+    /// A copy converted to `dtype` (the same handle if it already has it). Gradients flow
+    /// between floating-point dtypes.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let buf = self.device().backend().cast(self.view(), dtype)?;
+        let out = self.output(buf, self.dims());
+        if !dtype.is_float() {
+            return Ok(out);
+        }
+        let from = self.dtype();
+        Ok(out.record_op("to_dtype", &[self], move |g, _| {
+            Ok(vec![Some(g.to_dtype(from)?)])
+        }))
+    }
+
+    // ---- binary ----
+
+    /// `op` on broadcast operands, not recorded (the callers record).
+    fn zip(&self, op: &'static str, b: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        same_kind(op, self, rhs)?;
+        let shape = broadcast_shapes(op, self.dims(), rhs.dims())?;
+        let la = self.layout().broadcast_to(&shape);
+        let lb = rhs.layout().broadcast_to(&shape);
+        let buf = self.device().backend().binary(
+            b,
+            crate::backend::View {
+                buf: self.buffer().as_ref(),
+                layout: &la,
+            },
+            crate::backend::View {
+                buf: rhs.buffer().as_ref(),
+                layout: &lb,
+            },
+        )?;
+        Ok(self.output(buf, &shape))
+    }
+
+    /// `a + b`, broadcast.
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.zip("add", BinaryOp::Add, rhs)?;
+        let (sa, sb) = (self.dims().to_vec(), rhs.dims().to_vec());
+        Ok(out.record_op("add", &[self, rhs], move |g, n| {
+            Ok(vec![
+                when(n[0], || g.sum_to_shape(&sa))?,
+                when(n[1], || g.sum_to_shape(&sb))?,
+            ])
+        }))
+    }
+
+    /// `a - b`, broadcast.
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.zip("sub", BinaryOp::Sub, rhs)?;
+        let (sa, sb) = (self.dims().to_vec(), rhs.dims().to_vec());
+        Ok(out.record_op("sub", &[self, rhs], move |g, n| {
+            Ok(vec![
+                when(n[0], || g.sum_to_shape(&sa))?,
+                when(n[1], || g.neg()?.sum_to_shape(&sb))?,
+            ])
+        }))
+    }
+
+    /// `a · b`, broadcast.
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.zip("mul", BinaryOp::Mul, rhs)?;
+        let (a, b) = (self.clone(), rhs.clone());
+        Ok(out.record_op("mul", &[self, rhs], move |g, n| {
+            Ok(vec![
+                when(n[0], || g.mul(&b)?.sum_to_shape(a.dims()))?,
+                when(n[1], || g.mul(&a)?.sum_to_shape(b.dims()))?,
+            ])
+        }))
+    }
+
+    /// `a / b`, broadcast.
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.zip("div", BinaryOp::Div, rhs)?;
+        let (a, b) = (self.clone(), rhs.clone());
+        Ok(out.record_op("div", &[self, rhs], move |g, n| {
+            Ok(vec![
+                when(n[0], || g.div(&b)?.sum_to_shape(a.dims()))?,
+                when(n[1], || {
+                    g.mul(&a)?.div(&b.square()?)?.neg()?.sum_to_shape(b.dims())
+                })?,
+            ])
+        }))
+    }
+
+    /// `a ^ b`, broadcast.
+    pub fn pow(&self, rhs: &Tensor) -> Result<Tensor> {
+        float_only("pow", self)?;
+        let out = self.zip("pow", BinaryOp::Pow, rhs)?;
+        let (a, b) = (self.clone(), rhs.clone());
+        Ok(out.record_op("pow", &[self, rhs], move |g, n| {
+            Ok(vec![
+                when(n[0], || {
+                    let d = b.mul(&a.pow(&b.add_scalar(-1.0)?)?)?;
+                    g.mul(&d)?.sum_to_shape(a.dims())
+                })?,
+                when(n[1], || {
+                    // a^b·ln a, with 0 where a = 0 (PyTorch's convention) instead of 0·(-inf).
+                    let zero = a.scalar_like(0.0)?;
+                    let d = a.pow(&b)?.mul(&a.log()?)?;
+                    let d = a.eq(&zero)?.where_(&zero, &d)?;
+                    g.mul(&d)?.sum_to_shape(b.dims())
+                })?,
+            ])
+        }))
+    }
+
+    /// Elementwise maximum, broadcast; ties split the gradient half and half.
+    pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.zip("maximum", BinaryOp::Maximum, rhs)?;
+        let (a, b) = (self.clone(), rhs.clone());
+        Ok(out.record_op("maximum", &[self, rhs], move |g, n| {
+            extreme_grads(g, n, &a, &b, a.gt(&b)?)
+        }))
+    }
+
+    /// Elementwise minimum, broadcast; ties split the gradient half and half.
+    pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.zip("minimum", BinaryOp::Minimum, rhs)?;
+        let (a, b) = (self.clone(), rhs.clone());
+        Ok(out.record_op("minimum", &[self, rhs], move |g, n| {
+            extreme_grads(g, n, &a, &b, a.lt(&b)?)
+        }))
+    }
+
+    /// 1 where `a == b`, else 0 (in the operands' dtype); not differentiable.
+    pub fn eq(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.zip("eq", BinaryOp::Eq, rhs)
+    }
+    /// 1 where `a != b`, else 0.
+    pub fn ne(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.zip("ne", BinaryOp::Ne, rhs)
+    }
+    /// 1 where `a < b`, else 0.
+    pub fn lt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.zip("lt", BinaryOp::Lt, rhs)
+    }
+    /// 1 where `a <= b`, else 0.
+    pub fn le(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.zip("le", BinaryOp::Le, rhs)
+    }
+    /// 1 where `a > b`, else 0.
+    pub fn gt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.zip("gt", BinaryOp::Gt, rhs)
+    }
+    /// 1 where `a >= b`, else 0.
+    pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.zip("ge", BinaryOp::Ge, rhs)
+    }
+
+    /// `a` where `self` (the condition, any dtype) is non-zero, else `b`; all three broadcast.
+    pub fn where_(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        same_kind("where", a, b)?;
+        super::same_device("where", self, a)?;
+        let shape = broadcast_shapes("where", self.dims(), a.dims())?;
+        let shape = broadcast_shapes("where", &shape, b.dims())?;
+        let (lc, la, lb) = (
+            self.layout().broadcast_to(&shape),
+            a.layout().broadcast_to(&shape),
+            b.layout().broadcast_to(&shape),
+        );
+        use crate::backend::View;
+        let buf = self.device().backend().where_cond(
+            View {
+                buf: self.buffer().as_ref(),
+                layout: &lc,
+            },
+            View {
+                buf: a.buffer().as_ref(),
+                layout: &la,
+            },
+            View {
+                buf: b.buffer().as_ref(),
+                layout: &lb,
+            },
+        )?;
+        let out = a.output(buf, &shape);
+        let (c, sa, sb) = (self.detach(), a.dims().to_vec(), b.dims().to_vec());
+        Ok(out.record_op("where", &[a, b], move |g, n| {
+            let zero = g.scalar_like(0.0)?;
+            Ok(vec![
+                when(n[0], || c.where_(g, &zero)?.sum_to_shape(&sa))?,
+                when(n[1], || c.where_(&zero, g)?.sum_to_shape(&sb))?,
+            ])
+        }))
+    }
+}
+
+/// Gradients of maximum/minimum: `wins` marks where `a` is the extreme; ties get half each.
+fn extreme_grads(
+    g: &Tensor,
+    need: &[bool],
+    a: &Tensor,
+    b: &Tensor,
+    wins: Tensor,
+) -> Result<Vec<Option<Tensor>>> {
+    let ties = a.eq(b)?.mul_scalar(0.5)?;
+    let wa = wins.add(&ties)?;
+    Ok(vec![
+        when(need[0], || g.mul(&wa)?.sum_to_shape(a.dims()))?,
+        when(need[1], || {
+            g.mul(&wa.neg()?.add_scalar(1.0)?)?.sum_to_shape(b.dims())
+        })?,
+    ])
+}
+
+// Only `&Tensor` gets operators: an impl on `Tensor` by value would win method resolution
+// over the inherent `add(&self, ..)` and silently move the receiver.
+macro_rules! operator {
+    ($trait:ident, $method:ident, $op:ident) => {
+        impl std::ops::$trait<&Tensor> for &Tensor {
+            type Output = Result<Tensor>;
+            fn $method(self, rhs: &Tensor) -> Result<Tensor> {
+                self.$op(rhs)
+            }
+        }
+    };
+}
+operator!(Add, add, add);
+operator!(Sub, sub, sub);
+operator!(Mul, mul, mul);
+operator!(Div, div, div);
+
+impl std::ops::Add<f64> for &Tensor {
+    type Output = Result<Tensor>;
+    fn add(self, c: f64) -> Result<Tensor> {
+        self.add_scalar(c)
+    }
+}
+impl std::ops::Sub<f64> for &Tensor {
+    type Output = Result<Tensor>;
+    fn sub(self, c: f64) -> Result<Tensor> {
+        self.add_scalar(-c)
+    }
+}
+impl std::ops::Mul<f64> for &Tensor {
+    type Output = Result<Tensor>;
+    fn mul(self, c: f64) -> Result<Tensor> {
+        self.mul_scalar(c)
+    }
+}
+impl std::ops::Div<f64> for &Tensor {
+    type Output = Result<Tensor>;
+    fn div(self, c: f64) -> Result<Tensor> {
+        self.mul_scalar(1.0 / c)
+    }
+}
+impl std::ops::Neg for &Tensor {
+    type Output = Result<Tensor>;
+    fn neg(self) -> Result<Tensor> {
+        Tensor::neg(self)
+    }
+}

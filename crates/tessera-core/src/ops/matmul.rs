@@ -1,0 +1,128 @@
+//! Matrix products. Backward rules for C = A·B (batched; batch dims broadcast):
+//!
+//! | op | rule |
+//! | --- | --- |
+//! | bmm | dA = G·Bᵀ, dB = Aᵀ·G |
+//! | matmul | composite: 1-d operands are unsqueezed, batch dims expanded (expand's rule sums them back), then bmm |
+//! | linear | composite: x·Wᵀ + b |
+
+use super::{float_only, same_kind, when};
+use crate::error::{Error, Result};
+use crate::layout::broadcast_shapes;
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// Product of `[..., m, k]` and `[..., k, n]` with identical batch dims.
+    fn bmm(&self, rhs: &Tensor) -> Result<Tensor> {
+        let buf = self.device().backend().matmul(self.view(), rhs.view())?;
+        let r = self.rank();
+        let mut shape = self.dims().to_vec();
+        shape[r - 1] = rhs.dims()[r - 1];
+        let out = self.output(buf, &shape);
+        let (a, b) = (self.clone(), rhs.clone());
+        Ok(out.record_op("matmul", &[self, rhs], move |g, n| {
+            Ok(vec![
+                when(n[0], || g.bmm(&b.transpose(-1, -2)?))?,
+                when(n[1], || a.transpose(-1, -2)?.bmm(g))?,
+            ])
+        }))
+    }
+
+    /// `torch.matmul`: dot product of 1-d tensors, matrix product of 2-d ones, and batched
+    /// products (batch dims broadcast) beyond; a 1-d operand acts as a row (left) or a column
+    /// (right) vector whose dim is removed from the result.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        same_kind("matmul", self, rhs)?;
+        if self.rank() == 0 || rhs.rank() == 0 {
+            return Err(Error::shape(
+                "matmul",
+                "both operands need at least one dim",
+                self.dims(),
+                rhs.dims(),
+            ));
+        }
+        let a = if self.rank() == 1 {
+            self.unsqueeze(0)?
+        } else {
+            self.clone()
+        };
+        let b = if rhs.rank() == 1 {
+            rhs.unsqueeze(1)?
+        } else {
+            rhs.clone()
+        };
+        let (ra, rb) = (a.rank(), b.rank());
+        let (m, k, k2, n) = (
+            a.dims()[ra - 2],
+            a.dims()[ra - 1],
+            b.dims()[rb - 2],
+            b.dims()[rb - 1],
+        );
+        if k != k2 {
+            return Err(Error::shape(
+                "matmul",
+                format!("inner dims differ ({k} vs {k2})"),
+                self.dims(),
+                rhs.dims(),
+            ));
+        }
+        let batch =
+            broadcast_shapes("matmul", &a.dims()[..ra - 2], &b.dims()[..rb - 2]).map_err(|_| {
+                Error::shape(
+                    "matmul",
+                    "batch dims cannot be broadcast",
+                    self.dims(),
+                    rhs.dims(),
+                )
+            })?;
+        let mut sa = batch.clone();
+        sa.extend([m, k]);
+        let mut sb = batch.clone();
+        sb.extend([k, n]);
+        let out = a.broadcast_to(&sa)?.bmm(&b.broadcast_to(&sb)?)?;
+        // Drop the dims that stood in for 1-d operands.
+        let mut shape = batch;
+        if self.rank() > 1 {
+            shape.push(m);
+        }
+        if rhs.rank() > 1 {
+            shape.push(n);
+        }
+        if shape.as_slice() == out.dims() {
+            Ok(out)
+        } else {
+            out.reshape_usize(&shape)
+        }
+    }
+
+    /// `x·weightᵀ + bias` for `x` `[..., in]`, `weight` `[out, in]`, `bias` `[out]`.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        float_only("linear", self)?;
+        if weight.rank() != 2
+            || self.rank() == 0
+            || self.dims()[self.rank() - 1] != weight.dims()[1]
+        {
+            return Err(Error::shape(
+                "linear",
+                "input [..., in] needs weight [out, in]",
+                self.dims(),
+                weight.dims(),
+            ));
+        }
+        let y = self.matmul(&weight.t()?)?;
+        match bias {
+            Some(b) => {
+                if b.dims() != [weight.dims()[0]] {
+                    return Err(Error::shape(
+                        "linear",
+                        "bias must be [out]",
+                        b.dims(),
+                        weight.dims(),
+                    ));
+                }
+                y.add(b)
+            }
+            None => Ok(y),
+        }
+    }
+}

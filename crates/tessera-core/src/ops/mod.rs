@@ -1,0 +1,67 @@
+//! Every differentiable op of tessera, one family per file. Each op's user-facing method, its
+//! checks and its backward rule sit together; the `//!` block of each file gives the math.
+//!
+//! - [`elementwise`]: unary maps, binary ops with broadcasting, comparisons, `where_`, casts
+//! - [`reduce`]: sum, mean, max, min, argmax, logsumexp, var, softmax, log_softmax
+//! - [`matmul`]: matmul (with batch broadcasting), linear
+//! - [`shape`]: reshape, permute, transpose, slice, expand, concat, stack, pad, gather, ...
+
+pub mod elementwise;
+pub mod matmul;
+pub mod reduce;
+pub mod shape;
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Both operands on one device.
+pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.device() == b.device() {
+        Ok(())
+    } else {
+        Err(Error::DeviceMismatch {
+            op,
+            lhs: a.device().name().to_string(),
+            rhs: b.device().name().to_string(),
+        })
+    }
+}
+
+/// Both operands on one device with one dtype.
+pub(crate) fn same_kind(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    same_device(op, a, b)?;
+    if a.dtype() != b.dtype() {
+        return Err(Error::DType {
+            op,
+            msg: format!(
+                "operands have dtypes {} and {} (shapes {} and {}); cast one with to_dtype",
+                a.dtype(),
+                b.dtype(),
+                a.shape(),
+                b.shape()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A floating-point operand.
+pub(crate) fn float_only(op: &'static str, a: &Tensor) -> Result<()> {
+    if a.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(Error::DType {
+            op,
+            msg: format!("needs a floating-point tensor, got {}", a.dtype()),
+        })
+    }
+}
+
+/// `Some(f())` when the gradient is needed.
+pub(crate) fn when(need: bool, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tensor>> {
+    if need {
+        f().map(Some)
+    } else {
+        Ok(None)
+    }
+}

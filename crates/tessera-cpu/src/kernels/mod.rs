@@ -1,0 +1,345 @@
+//! CPU kernels by family. Each family file holds generic inner functions; `lib.rs` matches on
+//! dtype and op once and calls them, so the inner loops are monomorphised per op and dtype and
+//! LLVM can vectorise the contiguous paths.
+
+pub mod elementwise;
+pub mod matmul;
+pub mod reduce;
+pub mod shape;
+
+use crate::buffer::{alloc, CpuElem};
+use rayon::prelude::*;
+use tessera_core::{coalesce, Layout};
+
+/// Elements below which a kernel runs on one thread. Measured on the 2-core reference machine
+/// with `cargo bench --bench workloads -- --only W6` style loops: below ~32K f32 elements the
+/// rayon fork/join (a few µs) costs more than the second core saves.
+pub const PAR_MIN: usize = 1 << 15;
+/// Elements one parallel task handles.
+pub const CHUNK: usize = 1 << 14;
+
+/// Arithmetic shared by every element type.
+pub trait Num:
+    CpuElem
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+{
+    fn zero() -> Self;
+    fn one() -> Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn is_nan(self) -> bool;
+    fn abs(self) -> Self;
+}
+
+/// Floating-point functions.
+pub trait Float: Num {
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn ln_1p(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
+    fn erf(self) -> Self;
+    fn powf(self, p: Self) -> Self;
+}
+
+macro_rules! float {
+    ($t:ty, $erf:path) => {
+        impl Num for $t {
+            #[inline(always)]
+            fn zero() -> Self {
+                0.0
+            }
+            #[inline(always)]
+            fn one() -> Self {
+                1.0
+            }
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                self != self
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+        }
+        impl Float for $t {
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            #[inline(always)]
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            #[inline(always)]
+            fn powf(self, p: Self) -> Self {
+                <$t>::powf(self, p)
+            }
+        }
+    };
+}
+float!(f32, libm::erff);
+float!(f64, libm::erf);
+
+impl Num for i64 {
+    #[inline(always)]
+    fn zero() -> Self {
+        0
+    }
+    #[inline(always)]
+    fn one() -> Self {
+        1
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as i64
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        i64::wrapping_abs(self)
+    }
+}
+
+/// Buffer offset of row `row` of a layout whose outer dims are `shape`/`strides`.
+#[inline]
+pub(crate) fn unravel(mut row: usize, shape: &[usize], strides: &[usize]) -> usize {
+    let mut off = 0;
+    for i in (0..shape.len()).rev() {
+        let d = shape[i];
+        off += (row % d) * strides[i];
+        row /= d;
+    }
+    off
+}
+
+/// The coalesced view of `n` layouts of one shape: outer dims, their strides per layout, and
+/// the inner dim's length and stride per layout.
+pub(crate) struct Rows {
+    pub outer: Vec<usize>,
+    pub outer_strides: Vec<Vec<usize>>,
+    pub inner: usize,
+    pub inner_strides: Vec<usize>,
+    pub offsets: Vec<usize>,
+}
+
+impl Rows {
+    pub fn new(layouts: &[&Layout]) -> Rows {
+        let shape = layouts[0].shape();
+        let strides: Vec<&[usize]> = layouts.iter().map(|l| l.strides()).collect();
+        let (cs, st) = coalesce(shape, &strides);
+        let offsets = layouts.iter().map(|l| l.offset()).collect();
+        if cs.is_empty() {
+            return Rows {
+                outer: vec![],
+                outer_strides: vec![vec![]; layouts.len()],
+                inner: 1,
+                inner_strides: vec![0; layouts.len()],
+                offsets,
+            };
+        }
+        let r = cs.len();
+        Rows {
+            outer: cs[..r - 1].to_vec(),
+            outer_strides: st.iter().map(|s| s[..r - 1].to_vec()).collect(),
+            inner: cs[r - 1],
+            inner_strides: st.iter().map(|s| s[r - 1]).collect(),
+            offsets,
+        }
+    }
+
+    /// Buffer offset of position `col` of row `row` in layout `k`.
+    #[inline]
+    pub fn at(&self, k: usize, row: usize, col: usize) -> usize {
+        self.offsets[k]
+            + unravel(row, &self.outer, &self.outer_strides[k])
+            + col * self.inner_strides[k]
+    }
+}
+
+/// Fills `out` (row-major over the rows' shape) by calling `seg(out_segment, row, col)` for
+/// runs that stay within one row; parallel over chunks when large.
+pub(crate) fn for_segments<U: Send>(
+    out: &mut [U],
+    inner: usize,
+    seg: impl Fn(&mut [U], usize, usize) + Sync,
+) {
+    let run = |start: usize, chunk: &mut [U]| {
+        let mut done = 0;
+        while done < chunk.len() {
+            let pos = start + done;
+            let (row, col) = (pos / inner, pos % inner);
+            let len = (inner - col).min(chunk.len() - done);
+            seg(&mut chunk[done..done + len], row, col);
+            done += len;
+        }
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| run(i * CHUNK, c));
+    } else {
+        run(0, out);
+    }
+}
+
+/// `f` of every element of `x` (any layout), into a new contiguous vector.
+pub(crate) fn map1<T: CpuElem, U: CpuElem>(
+    x: &[T],
+    lx: &Layout,
+    f: impl Fn(T) -> U + Sync,
+) -> Vec<U> {
+    let mut out = alloc::<U>(lx.numel());
+    if lx.is_contiguous() {
+        let x = &x[lx.offset()..lx.offset() + lx.numel()];
+        let body = |o: &mut [U], x: &[T]| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = f(v);
+            }
+        };
+        if out.len() >= PAR_MIN {
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(o, x)| body(o, x));
+        } else {
+            body(&mut out, x);
+        }
+        return out;
+    }
+    let rows = Rows::new(&[lx]);
+    let s = rows.inner_strides[0];
+    for_segments(&mut out, rows.inner, |o, row, col| {
+        let p = rows.at(0, row, col);
+        let n = o.len();
+        if s == 1 {
+            for (o, &v) in o.iter_mut().zip(&x[p..p + n]) {
+                *o = f(v);
+            }
+        } else {
+            for (k, o) in o.iter_mut().enumerate() {
+                *o = f(x[p + k * s]);
+            }
+        }
+    });
+    out
+}
+
+/// `f` of pairs of elements of `a` and `b` (one shape, any layouts), into a new vector.
+pub(crate) fn map2<T: CpuElem, U: CpuElem>(
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    f: impl Fn(T, T) -> U + Sync,
+) -> Vec<U> {
+    let mut out = alloc::<U>(la.numel());
+    let rows = Rows::new(&[la, lb]);
+    let (sa, sb) = (rows.inner_strides[0], rows.inner_strides[1]);
+    for_segments(&mut out, rows.inner, |o, row, col| {
+        let (pa, pb) = (rows.at(0, row, col), rows.at(1, row, col));
+        let n = o.len();
+        match (sa, sb) {
+            (1, 1) => {
+                for (o, (&x, &y)) in o.iter_mut().zip(a[pa..pa + n].iter().zip(&b[pb..pb + n])) {
+                    *o = f(x, y);
+                }
+            }
+            (1, 0) => {
+                let y = b[pb];
+                for (o, &x) in o.iter_mut().zip(&a[pa..pa + n]) {
+                    *o = f(x, y);
+                }
+            }
+            (0, 1) => {
+                let x = a[pa];
+                for (o, &y) in o.iter_mut().zip(&b[pb..pb + n]) {
+                    *o = f(x, y);
+                }
+            }
+            _ => {
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = f(a[pa + k * sa], b[pb + k * sb]);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `f` of triples of elements (one shape, any layouts), into a new vector.
+pub(crate) fn map3<C: CpuElem, T: CpuElem>(
+    c: &[C],
+    lc: &Layout,
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    f: impl Fn(C, T, T) -> T + Sync,
+) -> Vec<T> {
+    let mut out = alloc::<T>(la.numel());
+    let rows = Rows::new(&[lc, la, lb]);
+    let s = rows.inner_strides.clone();
+    for_segments(&mut out, rows.inner, |o, row, col| {
+        let (pc, pa, pb) = (
+            rows.at(0, row, col),
+            rows.at(1, row, col),
+            rows.at(2, row, col),
+        );
+        for (k, o) in o.iter_mut().enumerate() {
+            *o = f(c[pc + k * s[0]], a[pa + k * s[1]], b[pb + k * s[2]]);
+        }
+    });
+    out
+}
+
+/// Copies `src` (any layout) into the region `ld` of `dst`.
+pub(crate) fn copy_into<T: CpuElem>(src: &[T], ls: &Layout, dst: &mut [T], ld: &Layout) {
+    let rows = Rows::new(&[ls, ld]);
+    let (ss, sd) = (rows.inner_strides[0], rows.inner_strides[1]);
+    let n_rows: usize = rows.outer.iter().product();
+    for row in 0..n_rows {
+        let (ps, pd) = (rows.at(0, row, 0), rows.at(1, row, 0));
+        if ss == 1 && sd == 1 {
+            dst[pd..pd + rows.inner].copy_from_slice(&src[ps..ps + rows.inner]);
+        } else {
+            for k in 0..rows.inner {
+                dst[pd + k * sd] = src[ps + k * ss];
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! # tessera-cpu
+//!
+//! The CPU backend of tessera: GEMM through `matrixmultiply`, elementwise and reduction kernels
+//! with contiguous fast paths that LLVM vectorises, `rayon` above a size threshold, and general
+//! strided paths for views.
+//!
+//! Threads: rayon's pool follows `RAYON_NUM_THREADS`; matrixmultiply's own threads follow
+//! `MATMUL_NUM_THREADS`. [`set_num_threads`] sets both before first use.
+
+mod buffer;
+pub mod kernels;
+
+pub use buffer::{CpuBuffer, CpuStorage};
+
+use buffer::CpuElem;
+use kernels::{elementwise as ew, matmul as mm, reduce as rd, shape as sh, Float, Num};
+use std::sync::{Arc, OnceLock};
+use tessera_core::{
+    Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, HostData, Layout, ReduceOp,
+    Result, UnaryOp, View,
+};
+
+/// The CPU backend.
+#[derive(Debug, Default)]
+pub struct CpuBackend;
+
+/// The shared CPU device.
+pub fn cpu() -> Device {
+    static DEV: OnceLock<Device> = OnceLock::new();
+    DEV.get_or_init(|| Device::new(Arc::new(CpuBackend)))
+        .clone()
+}
+
+/// Uses `n` threads for both rayon and matrixmultiply. Must run before the first kernel (each
+/// pool reads its setting once); returns an error if rayon's pool already started with another
+/// size.
+pub fn set_num_threads(n: usize) -> Result<()> {
+    // SAFETY-relevant note: set_var is called before any thread of ours reads the environment.
+    std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+    {
+        Ok(()) => Ok(()),
+        Err(_) if rayon::current_num_threads() == n => Ok(()),
+        Err(e) => Err(Error::Device {
+            device: "cpu".into(),
+            msg: format!("cannot set {n} threads: {e}"),
+        }),
+    }
+}
+
+/// Number of threads rayon uses.
+pub fn num_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+fn cpu_buf<'a>(op: &'static str, b: &'a dyn Buffer) -> Result<&'a CpuStorage> {
+    b.as_any()
+        .downcast_ref::<CpuBuffer>()
+        .map(|c| &c.data)
+        .ok_or_else(|| Error::DeviceMismatch {
+            op,
+            lhs: "cpu".into(),
+            rhs: format!("a {:?} buffer of another backend", b.dtype()),
+        })
+}
+
+fn typed<'a, T: CpuElem>(op: &'static str, v: View<'a>) -> Result<&'a [T]> {
+    let s = cpu_buf(op, v.buf)?;
+    let data = T::slice(s).ok_or_else(|| Error::DType {
+        op,
+        msg: format!("expected {}, got {}", T::DTYPE, v.buf.dtype()),
+    })?;
+    if v.layout.max_extent() > data.len() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "layout reaches element {} of a buffer of {}",
+                v.layout.max_extent(),
+                data.len()
+            ),
+        ));
+    }
+    Ok(data)
+}
+
+fn out<T: CpuElem>(v: Vec<T>) -> Result<Arc<dyn Buffer>> {
+    Ok(Arc::new(CpuBuffer::new(T::wrap(v))))
+}
+
+/// Runs `$body` with `$T` bound to the element type of `$dtype` (float types only when
+/// `float`), so each kernel is written once and monomorphised per dtype.
+macro_rules! with_dtype {
+    ($dtype:expr, $op:expr, |$T:ident| $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            DType::I64 => {
+                type $T = i64;
+                $body
+            }
+        }
+    };
+    (float $dtype:expr, $op:expr, |$T:ident| $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            d => Err(Error::DType {
+                op: $op,
+                msg: format!("needs a floating-point tensor, got {d}"),
+            }),
+        }
+    };
+}
+
+fn unary_typed<T: Float>(op: UnaryOp, x: View<'_>) -> Result<Arc<dyn Buffer>> {
+    out(ew::unary_float(op, typed::<T>("unary", x)?, x.layout))
+}
+
+fn pow_f<T: Float>(a: T, b: T) -> T {
+    a.powf(b)
+}
+
+fn binary_typed<T: Num>(
+    op: BinaryOp,
+    a: View<'_>,
+    b: View<'_>,
+    pow: fn(T, T) -> T,
+) -> Result<Arc<dyn Buffer>> {
+    let (x, y) = (typed::<T>("binary", a)?, typed::<T>("binary", b)?);
+    out(ew::binary(op, x, a.layout, y, b.layout, pow))
+}
+
+fn int_pow(a: i64, b: i64) -> i64 {
+    if b < 0 {
+        0
+    } else {
+        a.wrapping_pow(b as u32)
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn upload(&self, data: HostData) -> Result<Arc<dyn Buffer>> {
+        Ok(Arc::new(CpuBuffer::new(match data {
+            HostData::F32(v) => CpuStorage::F32(v),
+            HostData::F64(v) => CpuStorage::F64(v),
+            HostData::I64(v) => CpuStorage::I64(v),
+        })))
+    }
+
+    fn download(&self, x: View<'_>) -> Result<HostData> {
+        with_dtype!(x.buf.dtype(), "download", |T| {
+            let v = kernels::map1(typed::<T>("download", x)?, x.layout, |v: T| v);
+            Ok(<T as tessera_core::Element>::into_host(v))
+        })
+    }
+
+    fn fill(&self, len: usize, dtype: DType, value: f64) -> Result<Arc<dyn Buffer>> {
+        with_dtype!(dtype, "fill", |T| out(ew::fill::<T>(len, value)))
+    }
+
+    fn random(
+        &self,
+        len: usize,
+        dtype: DType,
+        dist: Distribution,
+        seed: u64,
+        offset: u64,
+    ) -> Result<Arc<dyn Buffer>> {
+        with_dtype!(float dtype, "random", |T| out(ew::random::<T>(len, dist, seed, offset)))
+    }
+
+    fn cast(&self, x: View<'_>, dtype: DType) -> Result<Arc<dyn Buffer>> {
+        with_dtype!(x.buf.dtype(), "cast", |S| {
+            let src = typed::<S>("cast", x)?;
+            with_dtype!(dtype, "cast", |D| out(ew::cast::<S, D>(src, x.layout)))
+        })
+    }
+
+    fn unary(&self, op: UnaryOp, x: View<'_>) -> Result<Arc<dyn Buffer>> {
+        match x.buf.dtype() {
+            DType::F32 => unary_typed::<f32>(op, x),
+            DType::F64 => unary_typed::<f64>(op, x),
+            DType::I64 => match ew::unary_num(op, typed::<i64>("unary", x)?, x.layout) {
+                Some(v) => out(v),
+                None => Err(Error::DType {
+                    op: "unary",
+                    msg: format!("{op:?} needs a floating-point tensor, got i64"),
+                }),
+            },
+        }
+    }
+
+    fn binary(&self, op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        match a.buf.dtype() {
+            DType::F32 => binary_typed::<f32>(op, a, b, pow_f),
+            DType::F64 => binary_typed::<f64>(op, a, b, pow_f),
+            DType::I64 => binary_typed::<i64>(op, a, b, int_pow),
+        }
+    }
+
+    fn where_cond(&self, cond: View<'_>, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        with_dtype!(cond.buf.dtype(), "where", |C| {
+            let c = typed::<C>("where", cond)?;
+            with_dtype!(a.buf.dtype(), "where", |T| {
+                let (x, y) = (typed::<T>("where", a)?, typed::<T>("where", b)?);
+                out(ew::where_cond(c, cond.layout, x, a.layout, y, b.layout))
+            })
+        })
+    }
+
+    fn reduce(&self, op: ReduceOp, x: View<'_>, axes: &[usize]) -> Result<Arc<dyn Buffer>> {
+        with_dtype!(x.buf.dtype(), "reduce", |T| {
+            let v = typed::<T>("reduce", x)?;
+            match op {
+                ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                    let [axis] = axes else {
+                        return Err(Error::invalid(
+                            "reduce",
+                            format!("{op:?} takes one axis, got {axes:?}"),
+                        ));
+                    };
+                    out(rd::arg_reduce(op, v, x.layout, *axis))
+                }
+                _ => out(rd::reduce(op, v, x.layout, axes)),
+            }
+        })
+    }
+
+    fn matmul(&self, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        match a.buf.dtype() {
+            DType::F32 => out(mm::matmul_f32(
+                typed("matmul", a)?,
+                a.layout,
+                typed("matmul", b)?,
+                b.layout,
+            )),
+            DType::F64 => out(mm::matmul_f64(
+                typed("matmul", a)?,
+                a.layout,
+                typed("matmul", b)?,
+                b.layout,
+            )),
+            DType::I64 => out(mm::matmul_i64(
+                typed("matmul", a)?,
+                a.layout,
+                typed("matmul", b)?,
+                b.layout,
+            )),
+        }
+    }
+
+    fn gather(&self, x: View<'_>, dim: usize, index: View<'_>) -> Result<Arc<dyn Buffer>> {
+        let idx = typed::<i64>("gather", index)?;
+        with_dtype!(x.buf.dtype(), "gather", |T| out(sh::gather(
+            typed::<T>("gather", x)?,
+            x.layout,
+            dim,
+            idx,
+            index.layout
+        )?))
+    }
+
+    fn scatter_add(
+        &self,
+        shape: &[usize],
+        dim: usize,
+        index: View<'_>,
+        src: View<'_>,
+    ) -> Result<Arc<dyn Buffer>> {
+        let idx = typed::<i64>("scatter_add", index)?;
+        with_dtype!(src.buf.dtype(), "scatter_add", |T| {
+            out(sh::scatter_add(
+                shape,
+                dim,
+                idx,
+                index.layout,
+                typed::<T>("scatter_add", src)?,
+                src.layout,
+            )?)
+        })
+    }
+
+    fn assemble(
+        &self,
+        len: usize,
+        dtype: DType,
+        fill: f64,
+        parts: &[(Layout, View<'_>)],
+    ) -> Result<Arc<dyn Buffer>> {
+        with_dtype!(dtype, "assemble", |T| {
+            let typed_parts = parts
+                .iter()
+                .map(|(region, v)| {
+                    if region.max_extent() > len {
+                        return Err(Error::invalid("assemble", "region outside the output"));
+                    }
+                    Ok((region, typed::<T>("assemble", *v)?, v.layout))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out(sh::assemble(len, fill, &typed_parts))
+        })
+    }
+
+    fn softmax(&self, x: View<'_>, dim: usize, log: bool) -> Result<Arc<dyn Buffer>> {
+        let l = x.layout;
+        if dim + 1 != l.rank() || !l.is_contiguous() || l.numel() == 0 {
+            return tessera_core::backend::fallback::softmax(self, x, dim, log);
+        }
+        let n = l.shape()[dim];
+        let r = l.offset()..l.offset() + l.numel();
+        with_dtype!(float x.buf.dtype(), "softmax", |T| out(rd::softmax_rows(&typed::<T>("softmax", x)?[r], n, log)))
+    }
+}

@@ -1,0 +1,62 @@
+//! # tessera
+//!
+//! A deep-learning framework in Rust: tensors with tape-based reverse-mode autodiff
+//! (higher-order gradients included), backends chosen at run time, and PyTorch-checked ops.
+//!
+//! ```
+//! use tessera::prelude::*;
+//!
+//! # fn main() -> Result<()> {
+//! let dev = Device::parse("cpu")?;
+//! let mut gen = Generator::new(0);
+//! let w = Tensor::randn(&[3, 2], 0.0, 1.0, DType::F32, &mut gen, &dev)?.requires_grad_()?;
+//! let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[1, 3], &dev)?;
+//! let loss = x.matmul(&w)?.relu()?.sum_all()?;
+//! let grads = loss.backward()?;
+//! assert_eq!(grads.get(&w).unwrap().dims(), &[3, 2]);
+//! # Ok(()) }
+//! ```
+
+pub mod conformance;
+
+pub use tessera_core as core;
+pub use tessera_core::{
+    backend, clear_tape, no_grad, ops, random, tape_len, Backend, DType, Device, Error, Generator,
+    Gradients, HostData, Layout, Result, Shape, Tensor,
+};
+pub use tessera_cpu as cpu;
+
+/// Gradient checking against finite differences in f64, for tessera's ops and your own.
+pub mod testing {
+    pub use tessera_core::gradcheck::{gradcheck, gradgradcheck, GradcheckOptions};
+}
+
+/// Picking a device by name, as command lines do.
+pub trait DeviceExt: Sized {
+    /// `cpu`; `cuda` and `cuda:N` once the CUDA backend exists (until then, a clear error).
+    fn parse(name: &str) -> Result<Self>;
+}
+
+impl DeviceExt for Device {
+    fn parse(name: &str) -> Result<Device> {
+        match name {
+            "cpu" => Ok(tessera_cpu::cpu()),
+            n if n == "cuda" || n.starts_with("cuda:") => Err(Error::Device {
+                device: n.to_string(),
+                msg: "this build of tessera has no CUDA backend yet (crates/tessera-cuda is \
+                      planned); use --device cpu"
+                    .into(),
+            }),
+            n => Err(Error::Device {
+                device: n.to_string(),
+                msg: "unknown device; expected cpu, cuda or cuda:N".into(),
+            }),
+        }
+    }
+}
+
+/// What most programs need: `use tessera::prelude::*;`.
+pub mod prelude {
+    pub use crate::DeviceExt;
+    pub use tessera_core::{no_grad, DType, Device, Error, Generator, Gradients, Result, Tensor};
+}
