@@ -330,3 +330,50 @@ impl Backend for CpuBackend {
         with_dtype!(float x.buf.dtype(), "softmax", |T| out(rd::softmax_rows(&typed::<T>("softmax", x)?[r], n, log)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::{Generator, Tensor};
+
+    #[test]
+    fn random_numbers_do_not_depend_on_the_thread_count() {
+        let draw = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut g = Generator::new(9);
+                Tensor::randn(&[70_001], 0.0, 1.0, DType::F32, &mut g, &cpu())
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap()
+            })
+        };
+        assert_eq!(draw(1), draw(3));
+    }
+
+    #[test]
+    fn large_strided_binary_ops_match_a_plain_loop() {
+        // Exercises the parallel segment driver across row boundaries.
+        let dev = cpu();
+        let a = Tensor::arange(0.0, 300.0 * 257.0, 1.0, DType::F64, &dev)
+            .unwrap()
+            .reshape(&[300, 257])
+            .unwrap();
+        let b = Tensor::arange(0.0, 257.0, 1.0, DType::F64, &dev).unwrap();
+        let y = a
+            .t()
+            .unwrap()
+            .add(&b.reshape(&[257, 1]).unwrap())
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap();
+        for i in 0..257 {
+            for j in 0..300 {
+                assert_eq!(y[i * 300 + j], (j * 257 + i) as f64 + i as f64);
+            }
+        }
+    }
+}

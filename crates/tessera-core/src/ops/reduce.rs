@@ -19,14 +19,19 @@ use crate::tensor::Tensor;
 
 /// Sorted, distinct, non-negative dims; an error names the op on repeats or out-of-range dims.
 pub(crate) fn normalize_dims(op: &'static str, dims: &[isize], rank: usize) -> Result<Vec<usize>> {
+    if rank == 0 {
+        // A 0-d tensor accepts dim 0 or -1, as in PyTorch, and has nothing to reduce.
+        return match dims.iter().find(|&&d| d != 0 && d != -1) {
+            Some(&d) => Err(Error::invalid(
+                op,
+                format!("dim {d} is out of range for a 0-d tensor"),
+            )),
+            None => Ok(vec![]),
+        };
+    }
     let mut out = Vec::with_capacity(dims.len());
     for &d in dims {
-        // A 0-d tensor reduces over "dim 0 or -1" like PyTorch.
-        let nd = if rank == 0 && (d == 0 || d == -1) {
-            0
-        } else {
-            normalize_dim(op, d, rank)?
-        };
+        let nd = normalize_dim(op, d, rank)?;
         if out.contains(&nd) {
             return Err(Error::invalid(
                 op,

@@ -1,0 +1,42 @@
+//! Runs the PyTorch-generated vectors in tests/conformance on every available device.
+
+use std::path::Path;
+use tessera::prelude::*;
+
+/// Ops of the families this build implements fully; none of their cases may be skipped.
+const IMPLEMENTED_FAMILIES: &[&str] = &[
+    "elementwise.json",
+    "reduce.json",
+    "matmul.json",
+    "shape.json",
+];
+
+#[test]
+fn conformance_vectors_pass_on_cpu() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let dev = Device::parse("cpu")?;
+    let report = tessera::conformance::run_dir(&dir, &dev)?;
+    for line in report.failure_lines() {
+        eprintln!("{line}");
+    }
+    eprintln!("cpu: {}", report.summary());
+    assert_eq!(report.failed, 0, "{}", report.failure_lines().join("\n"));
+    assert!(report.passed >= 212, "{}", report.summary());
+
+    for family in IMPLEMENTED_FAMILIES {
+        let mut r = tessera::conformance::Report::default();
+        let mut skipped = Default::default();
+        tessera::conformance::run_file(&dir.join(family), &dev, &mut r, &mut skipped)?;
+        assert_eq!(r.skipped, 0, "{family}: skipped {skipped:?}");
+        assert_eq!(r.failed, 0, "{family}");
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_conformance_is_skipped_without_a_backend() {
+    match Device::parse("cuda") {
+        Ok(_) => panic!("no CUDA backend is built yet"),
+        Err(e) => eprintln!("skipped: cuda conformance: {e}"),
+    }
+}

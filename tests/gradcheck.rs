@@ -1,0 +1,475 @@
+//! Every differentiable op against central finite differences in f64, over random shapes
+//! (size-1 dims and broadcasting included), first and second order. One row per op.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use tessera::prelude::*;
+use tessera::testing::{gradcheck, gradgradcheck, GradcheckOptions};
+
+type OpFn = fn(&[Tensor], u64) -> Result<Tensor>;
+
+/// How a row's inputs are drawn.
+#[derive(Clone, Copy)]
+enum Inputs {
+    /// One tensor of any shape; values normal, or in [0.5, 2] when `positive`.
+    Unary { positive: bool },
+    /// Two tensors whose shapes broadcast together; `positive_b` for divisors and exponents.
+    Binary { positive_a: bool, positive_b: bool },
+    /// A custom generator from (shape, seed).
+    Custom(fn(&[usize], &mut Generator) -> Result<Vec<Tensor>>),
+}
+
+struct Row {
+    name: &'static str,
+    inputs: Inputs,
+    f: OpFn,
+    /// Also check second derivatives.
+    second_order: bool,
+}
+
+fn cpu() -> Device {
+    Device::parse("cpu").unwrap()
+}
+
+fn draw(shape: &[usize], positive: bool, gen: &mut Generator) -> Result<Tensor> {
+    if positive {
+        Tensor::rand(shape, 0.5, 2.0, DType::F64, gen, &cpu())
+    } else {
+        Tensor::randn(shape, 0.0, 1.0, DType::F64, gen, &cpu())
+    }
+}
+
+/// A shape that broadcasts against `shape`: some leading dims dropped, some dims set to 1.
+fn broadcast_partner(shape: &[usize], knob: u64) -> Vec<usize> {
+    let drop = (knob % (shape.len() as u64 + 1)) as usize;
+    shape[drop..]
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if (knob >> (i + 3)) & 1 == 1 { 1 } else { d })
+        .collect()
+}
+
+/// A non-empty subset of the dims of a rank-`r` tensor, some given negative.
+fn dims_of(r: usize, knob: u64) -> Vec<isize> {
+    if r == 0 {
+        return vec![0];
+    }
+    let mut d: Vec<isize> = (0..r)
+        .filter(|i| (knob >> i) & 1 == 1)
+        .map(|i| i as isize)
+        .collect();
+    if d.is_empty() {
+        d.push((knob % r as u64) as isize);
+    }
+    if knob & 0x100 != 0 {
+        d[0] -= r as isize;
+    }
+    d
+}
+
+fn one_dim(r: usize, knob: u64) -> isize {
+    if r == 0 {
+        0
+    } else {
+        (knob % r as u64) as isize
+    }
+}
+
+fn matmul_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    // Ranks 1..=3 on each side, batch dims broadcasting, inner dim shared.
+    let k = shape.first().copied().unwrap_or(2);
+    let (ra, rb) = (
+        1 + shape.len() % 3,
+        1 + (shape.len() + gen.seed() as usize) % 3,
+    );
+    let mut a = vec![2; ra.saturating_sub(2)];
+    if ra >= 2 {
+        a.push(3);
+    }
+    a.push(k);
+    let mut b = if rb == 3 {
+        vec![if ra == 3 { 1 } else { 2 }]
+    } else {
+        vec![]
+    };
+    b.push(k);
+    if rb >= 2 {
+        b.push(2);
+    }
+    Ok(vec![draw(&a, false, gen)?, draw(&b, false, gen)?])
+}
+
+fn linear_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let mut x = shape.to_vec();
+    if x.is_empty() {
+        x.push(3);
+    }
+    let inp = *x.last().unwrap_or(&3);
+    Ok(vec![
+        draw(&x, false, gen)?,
+        draw(&[2, inp], false, gen)?,
+        draw(&[2], false, gen)?,
+    ])
+}
+
+fn concat_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let mut s = shape.to_vec();
+    if s.is_empty() {
+        s.push(2);
+    }
+    let mut s2 = s.clone();
+    s2[0] += 1;
+    Ok(vec![draw(&s, false, gen)?, draw(&s2, false, gen)?])
+}
+
+fn same_shape_pair(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    Ok(vec![draw(shape, false, gen)?, draw(shape, false, gen)?])
+}
+
+fn index_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let mut s = shape.to_vec();
+    if s.is_empty() {
+        s.push(3);
+    }
+    let x = draw(&s, false, gen)?;
+    // Gather along dim 0 with an index of the same rank; repeats allowed.
+    let mut is = s.clone();
+    is[0] = s[0] + 1;
+    let n: usize = is.iter().product();
+    let idx: Vec<i64> = (0..n)
+        .map(|i| ((i * 7 + gen.seed() as usize) % s[0]) as i64)
+        .collect();
+    Ok(vec![x, Tensor::from_vec(idx, &is, &cpu())?])
+}
+
+fn scatter_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let mut v = index_inputs(shape, gen)?;
+    let src = draw(v[1].dims(), false, gen)?;
+    v.push(src);
+    Ok(v)
+}
+
+fn rows() -> Vec<Row> {
+    use Inputs::*;
+    let u = Unary { positive: false };
+    let up = Unary { positive: true };
+    let b = Binary {
+        positive_a: false,
+        positive_b: false,
+    };
+    macro_rules! row {
+        ($name:expr, $inputs:expr, $second:expr, $f:expr) => {
+            Row {
+                name: $name,
+                inputs: $inputs,
+                f: $f,
+                second_order: $second,
+            }
+        };
+    }
+    vec![
+        // elementwise
+        row!("neg", u, false, |x, _| x[0].neg()),
+        row!("abs", u, false, |x, _| x[0].abs()),
+        row!("exp", u, true, |x, _| x[0].exp()),
+        row!("log", up, true, |x, _| x[0].log()),
+        row!("sqrt", up, true, |x, _| x[0].sqrt()),
+        row!("tanh", u, true, |x, _| x[0].tanh()),
+        row!("sigmoid", u, true, |x, _| x[0].sigmoid()),
+        row!("relu", u, false, |x, _| x[0].relu()),
+        row!("leaky_relu", u, false, |x, _| x[0].leaky_relu(0.1)),
+        row!("erf", u, true, |x, _| x[0].erf()),
+        row!("gelu", u, true, |x, _| x[0].gelu(false)),
+        row!("gelu_tanh", u, true, |x, _| x[0].gelu(true)),
+        row!("softplus", u, true, |x, k| x[0]
+            .softplus(1.0 + (k % 3) as f64, 2.0)),
+        row!("square", u, true, |x, _| x[0].square()),
+        row!("recip", up, true, |x, _| x[0].recip()),
+        row!("powf", up, true, |x, k| x[0]
+            .powf(0.5 + (k % 4) as f64 * 0.75)),
+        row!("clamp", u, false, |x, _| x[0].clamp(-0.5, 0.7)),
+        row!("add_scalar", u, false, |x, _| x[0].add_scalar(1.5)),
+        row!("mul_scalar", u, false, |x, _| x[0].mul_scalar(-2.5)),
+        row!("add", b, false, |x, _| x[0].add(&x[1])),
+        row!("sub", b, false, |x, _| x[0].sub(&x[1])),
+        row!("mul", b, true, |x, _| x[0].mul(&x[1])),
+        row!(
+            "div",
+            Binary {
+                positive_a: false,
+                positive_b: true
+            },
+            true,
+            |x, _| x[0].div(&x[1])
+        ),
+        row!(
+            "pow",
+            Binary {
+                positive_a: true,
+                positive_b: false
+            },
+            true,
+            |x, _| x[0].pow(&x[1])
+        ),
+        row!("maximum", b, false, |x, _| x[0].maximum(&x[1])),
+        row!("minimum", b, false, |x, _| x[0].minimum(&x[1])),
+        row!("where", b, false, |x, _| x[0]
+            .gt(&x[1])?
+            .where_(&x[0], &x[1].mul_scalar(3.0)?)),
+        // reduce
+        row!("sum", u, false, |x, k| x[0]
+            .sum(&dims_of(x[0].rank(), k), k & 0x200 != 0)),
+        row!("mean", u, false, |x, k| x[0]
+            .mean(&dims_of(x[0].rank(), k), k & 0x200 != 0)),
+        row!("amax", u, false, |x, k| x[0]
+            .amax(&dims_of(x[0].rank(), k), k & 0x200 != 0)),
+        row!("amin", u, false, |x, k| x[0]
+            .amin(&dims_of(x[0].rank(), k), k & 0x200 != 0)),
+        row!("logsumexp", u, true, |x, k| x[0]
+            .logsumexp(&dims_of(x[0].rank(), k), k & 0x200 != 0)),
+        row!(
+            "var",
+            Custom(|s, g| {
+                let mut s = s.to_vec();
+                s.push(3);
+                Ok(vec![draw(&s, false, g)?])
+            }),
+            true,
+            |x, k| x[0].var(&[-1], (k % 2) as usize, k & 0x200 != 0)
+        ),
+        row!("softmax", u, true, |x, k| x[0]
+            .softmax(one_dim(x[0].rank(), k))),
+        row!("log_softmax", u, true, |x, k| x[0]
+            .log_softmax(one_dim(x[0].rank(), k))),
+        // matmul
+        row!("matmul", Custom(matmul_inputs), true, |x, _| x[0]
+            .matmul(&x[1])),
+        row!("linear", Custom(linear_inputs), true, |x, _| x[0]
+            .linear(&x[1], Some(&x[2]))),
+        // shape
+        row!("reshape", u, false, |x, _| x[0].reshape(&[-1])),
+        row!("permute", u, false, |x, k| {
+            let r = x[0].rank();
+            let mut p: Vec<isize> = (0..r as isize).collect();
+            p.rotate_left((k as usize) % r.max(1));
+            x[0].permute(&p)
+        }),
+        row!("transpose_then_reshape", u, false, |x, _| {
+            let r = x[0].rank() as isize;
+            if r < 2 {
+                return x[0].reshape(&[-1]);
+            }
+            x[0].transpose(0, r - 1)?.reshape(&[-1])
+        }),
+        row!("slice", u, false, |x, k| {
+            if x[0].rank() == 0 {
+                return Ok(x[0].clone());
+            }
+            x[0].slice(
+                one_dim(x[0].rank(), k),
+                -((k % 3) as isize) - 1,
+                100,
+                1 + (k % 2) as usize,
+            )
+        }),
+        row!("expand", u, false, |x, _| {
+            let mut s: Vec<isize> = vec![2];
+            s.extend(x[0].dims().iter().map(|&d| if d == 1 { 3 } else { -1 }));
+            x[0].expand(&s)
+        }),
+        row!("concat", Custom(concat_inputs), false, |x, _| {
+            Tensor::concat(&[&x[0], &x[1]], 0)
+        }),
+        row!("stack", Custom(same_shape_pair), false, |x, k| {
+            Tensor::stack(
+                &[&x[0], &x[1]],
+                -((k % (x[0].rank() as u64 + 1)) as isize) - 1,
+            )
+        }),
+        row!("pad", u, false, |x, k| {
+            let n = x[0].rank().min(2) * 2;
+            let pads: Vec<usize> = (0..n).map(|i| ((k >> i) % 3) as usize).collect();
+            x[0].pad(&pads, 0.25)
+        }),
+        row!("gather", Custom(index_inputs), true, |x, _| x[0]
+            .gather(0, &x[1])),
+        row!(
+            "index_select",
+            Custom(|s, g| {
+                let mut s = s.to_vec();
+                if s.is_empty() {
+                    s.push(2);
+                }
+                let x = draw(&s, false, g)?;
+                let idx: Vec<i64> = (0..5).map(|i| (i * 3 % s[0]) as i64).collect();
+                Ok(vec![x, Tensor::from_vec(idx, &[5], &cpu())?])
+            }),
+            false,
+            |x, _| x[0].index_select(0, &x[1])
+        ),
+        row!("scatter_add", Custom(scatter_inputs), true, |x, _| {
+            x[0].scatter_add(0, &x[1], &x[2])
+        }),
+        row!("squeeze_unsqueeze_flatten", u, false, |x, _| {
+            x[0].unsqueeze(0)?.unsqueeze(-1)?.squeeze(0)?.flatten(0, -1)
+        }),
+        row!("contiguous_of_view", u, false, |x, _| {
+            let r = x[0].rank() as isize;
+            if r < 2 {
+                return x[0].contiguous();
+            }
+            x[0].transpose(0, 1)?.contiguous()
+        }),
+    ]
+}
+
+fn shape_strategy() -> impl Strategy<Value = (Vec<usize>, u64, u64)> {
+    (
+        prop::collection::vec(1usize..=4, 0..=3),
+        any::<u64>(),
+        any::<u64>(),
+    )
+}
+
+fn check_row(row: &Row, cases: u32) {
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&shape_strategy(), |(shape, seed, knob)| {
+        let mut gen = Generator::new(seed);
+        let inputs = match row.inputs {
+            Inputs::Unary { positive } => vec![draw(&shape, positive, &mut gen)],
+            Inputs::Binary {
+                positive_a,
+                positive_b,
+            } => {
+                let other = broadcast_partner(&shape, knob);
+                // Put the smaller shape on either side.
+                if knob & 4 == 0 {
+                    vec![
+                        draw(&shape, positive_a, &mut gen),
+                        draw(&other, positive_b, &mut gen),
+                    ]
+                } else {
+                    vec![
+                        draw(&other, positive_a, &mut gen),
+                        draw(&shape, positive_b, &mut gen),
+                    ]
+                }
+            }
+            Inputs::Custom(make) => match make(&shape, &mut gen) {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            },
+        }
+        .into_iter()
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let f = |x: &[Tensor]| (row.f)(x, knob);
+        let opts = GradcheckOptions {
+            seed,
+            ..GradcheckOptions::default()
+        };
+        gradcheck(f, &inputs, opts)
+            .map_err(|e| TestCaseError::fail(format!("{}: {e}", row.name)))?;
+        if row.second_order {
+            gradgradcheck(f, &inputs, opts)
+                .map_err(|e| TestCaseError::fail(format!("{} (second order): {e}", row.name)))?;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{}: {e}", row.name);
+    }
+}
+
+fn check_family(names: &[&str]) {
+    let table = rows();
+    for name in names {
+        let row = table
+            .iter()
+            .find(|r| r.name == *name)
+            .unwrap_or_else(|| panic!("no row {name}"));
+        check_row(row, 10);
+    }
+}
+
+#[test]
+fn elementwise_ops_match_finite_differences() {
+    check_family(&[
+        "neg",
+        "abs",
+        "exp",
+        "log",
+        "sqrt",
+        "tanh",
+        "sigmoid",
+        "relu",
+        "leaky_relu",
+        "erf",
+        "gelu",
+        "gelu_tanh",
+        "softplus",
+        "square",
+        "recip",
+        "powf",
+        "clamp",
+        "add_scalar",
+        "mul_scalar",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "pow",
+        "maximum",
+        "minimum",
+        "where",
+    ]);
+}
+
+#[test]
+fn reduce_ops_match_finite_differences() {
+    check_family(&[
+        "sum",
+        "mean",
+        "amax",
+        "amin",
+        "logsumexp",
+        "var",
+        "softmax",
+        "log_softmax",
+    ]);
+}
+
+#[test]
+fn matmul_ops_match_finite_differences() {
+    check_family(&["matmul", "linear"]);
+}
+
+#[test]
+fn shape_ops_match_finite_differences() {
+    check_family(&[
+        "reshape",
+        "permute",
+        "transpose_then_reshape",
+        "slice",
+        "expand",
+        "concat",
+        "stack",
+        "pad",
+        "gather",
+        "index_select",
+        "scatter_add",
+        "squeeze_unsqueeze_flatten",
+        "contiguous_of_view",
+    ]);
+}
+
+#[test]
+fn every_row_belongs_to_a_family_test() {
+    // Keeps the table and the family lists above in step.
+    let listed = 27 + 8 + 2 + 13;
+    assert_eq!(rows().len(), listed);
+}

@@ -1,0 +1,437 @@
+//! Proof that backends plug in from outside core: a deliberately naive backend written here,
+//! with only the required primitives (everything in f64 on the host, plain loops over
+//! multi-indices), runs composite ops and a backward pass, and agrees with the CPU backend.
+
+use std::any::Any;
+use std::sync::Arc;
+use tessera::backend::{BinaryOp, Distribution, ReduceOp, UnaryOp, View};
+use tessera::prelude::*;
+use tessera::{Backend, HostData, Layout};
+
+#[derive(Debug)]
+struct ToyBuffer {
+    dtype: DType,
+    data: Vec<f64>,
+}
+
+impl tessera::backend::Buffer for ToyBuffer {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[derive(Debug)]
+struct ToyBackend;
+
+fn data<'a>(v: &View<'a>) -> Result<&'a [f64]> {
+    v.buf
+        .as_any()
+        .downcast_ref::<ToyBuffer>()
+        .map(|b| b.data.as_slice())
+        .ok_or_else(|| Error::DeviceMismatch {
+            op: "toy",
+            lhs: "toy".into(),
+            rhs: "another backend".into(),
+        })
+}
+
+/// Every multi-index of `shape`, row-major.
+fn indices(shape: &[usize]) -> Vec<Vec<usize>> {
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|mut k| {
+            let mut idx = vec![0; shape.len()];
+            for d in (0..shape.len()).rev() {
+                idx[d] = k % shape[d];
+                k /= shape[d];
+            }
+            idx
+        })
+        .collect()
+}
+
+fn read(v: &View<'_>) -> Result<Vec<f64>> {
+    let d = data(v)?;
+    Ok(indices(v.layout.shape())
+        .iter()
+        .map(|i| d[v.layout.offset_of(i)])
+        .collect())
+}
+
+fn buf(dtype: DType, data: Vec<f64>) -> Result<Arc<dyn tessera::backend::Buffer>> {
+    let data = if dtype == DType::F32 {
+        data.into_iter().map(|x| x as f32 as f64).collect()
+    } else {
+        data
+    };
+    Ok(Arc::new(ToyBuffer { dtype, data }))
+}
+
+impl Backend for ToyBackend {
+    fn name(&self) -> String {
+        "toy".into()
+    }
+    fn upload(&self, h: HostData) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        buf(h.dtype(), h.to_f64())
+    }
+    fn download(&self, x: View<'_>) -> Result<HostData> {
+        Ok(HostData::from_f64(x.buf.dtype(), &read(&x)?))
+    }
+    fn fill(
+        &self,
+        len: usize,
+        dtype: DType,
+        value: f64,
+    ) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        buf(dtype, vec![value; len])
+    }
+    fn random(
+        &self,
+        len: usize,
+        dtype: DType,
+        dist: Distribution,
+        seed: u64,
+        offset: u64,
+    ) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let v = (0..len as u64)
+            .map(|i| match dist {
+                Distribution::Uniform { low, high } => {
+                    low + (high - low) * tessera::random::uniform(seed, offset + i)
+                }
+                Distribution::Normal { mean, std } => {
+                    mean + std * tessera::random::normal(seed, offset + i)
+                }
+            })
+            .collect();
+        buf(dtype, v)
+    }
+    fn cast(&self, x: View<'_>, dtype: DType) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let v = read(&x)?;
+        buf(
+            dtype,
+            if dtype == DType::I64 {
+                v.into_iter().map(|x| x.trunc()).collect()
+            } else {
+                v
+            },
+        )
+    }
+    fn unary(&self, op: UnaryOp, x: View<'_>) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let f = |v: f64| match op {
+            UnaryOp::Neg => -v,
+            UnaryOp::Abs => v.abs(),
+            UnaryOp::Sign => {
+                if v > 0.0 {
+                    1.0
+                } else if v < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
+            UnaryOp::Exp => v.exp(),
+            UnaryOp::Log => v.ln(),
+            UnaryOp::Sqrt => v.sqrt(),
+            UnaryOp::Tanh => v.tanh(),
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            UnaryOp::Relu => v.max(0.0),
+            UnaryOp::Erf => libm_free_erf(v),
+            UnaryOp::Recip => 1.0 / v,
+            UnaryOp::Square => v * v,
+            UnaryOp::LeakyRelu(s) => {
+                if v > 0.0 {
+                    v
+                } else {
+                    s * v
+                }
+            }
+            UnaryOp::Softplus { beta, threshold } => {
+                if beta * v > threshold {
+                    v
+                } else {
+                    (1.0 + (beta * v).exp()).ln() / beta
+                }
+            }
+            UnaryOp::AddScalar(c) => v + c,
+            UnaryOp::MulScalar(c) => v * c,
+            UnaryOp::PowScalar(p) => v.powf(p),
+            UnaryOp::Clamp { min, max } => v.clamp(min, max),
+        };
+        buf(x.buf.dtype(), read(&x)?.into_iter().map(f).collect())
+    }
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: View<'_>,
+        b: View<'_>,
+    ) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let f = |x: f64, y: f64| match op {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            BinaryOp::Div => x / y,
+            BinaryOp::Pow => x.powf(y),
+            BinaryOp::Maximum => x.max(y),
+            BinaryOp::Minimum => x.min(y),
+            BinaryOp::Eq => (x == y) as u8 as f64,
+            BinaryOp::Ne => (x != y) as u8 as f64,
+            BinaryOp::Lt => (x < y) as u8 as f64,
+            BinaryOp::Le => (x <= y) as u8 as f64,
+            BinaryOp::Gt => (x > y) as u8 as f64,
+            BinaryOp::Ge => (x >= y) as u8 as f64,
+        };
+        let (x, y) = (read(&a)?, read(&b)?);
+        buf(
+            a.buf.dtype(),
+            x.iter().zip(&y).map(|(&x, &y)| f(x, y)).collect(),
+        )
+    }
+    fn where_cond(
+        &self,
+        c: View<'_>,
+        a: View<'_>,
+        b: View<'_>,
+    ) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let (c, x, y) = (read(&c)?, read(&a)?, read(&b)?);
+        buf(
+            a.buf.dtype(),
+            (0..x.len())
+                .map(|i| if c[i] != 0.0 { x[i] } else { y[i] })
+                .collect(),
+        )
+    }
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        x: View<'_>,
+        axes: &[usize],
+    ) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let d = data(&x)?;
+        let mut kept = x.layout.shape().to_vec();
+        for &a in axes {
+            kept[a] = 1;
+        }
+        let groups: Vec<Vec<(usize, f64)>> = indices(&kept)
+            .iter()
+            .map(|k| {
+                indices(x.layout.shape())
+                    .into_iter()
+                    .filter(|i| (0..i.len()).all(|dd| axes.contains(&dd) || i[dd] == k[dd]))
+                    .map(|i| {
+                        (
+                            if axes.is_empty() { 0 } else { i[axes[0]] },
+                            d[x.layout.offset_of(&i)],
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let pick = |g: &Vec<(usize, f64)>, better: fn(f64, f64) -> bool| {
+            g.iter()
+                .skip(1)
+                .fold(g[0], |m, &v| if better(v.1, m.1) { v } else { m })
+        };
+        let (dtype, out) = match op {
+            ReduceOp::Sum => (
+                x.buf.dtype(),
+                groups.iter().map(|g| g.iter().map(|v| v.1).sum()).collect(),
+            ),
+            ReduceOp::Max => (
+                x.buf.dtype(),
+                groups.iter().map(|g| pick(g, |a, b| a > b).1).collect(),
+            ),
+            ReduceOp::Min => (
+                x.buf.dtype(),
+                groups.iter().map(|g| pick(g, |a, b| a < b).1).collect(),
+            ),
+            ReduceOp::ArgMax => (
+                DType::I64,
+                groups
+                    .iter()
+                    .map(|g| pick(g, |a, b| a > b).0 as f64)
+                    .collect(),
+            ),
+            ReduceOp::ArgMin => (
+                DType::I64,
+                groups
+                    .iter()
+                    .map(|g| pick(g, |a, b| a < b).0 as f64)
+                    .collect(),
+            ),
+        };
+        buf(dtype, out)
+    }
+    fn matmul(&self, a: View<'_>, b: View<'_>) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let (la, lb) = (a.layout, b.layout);
+        let r = la.rank();
+        let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
+        let (da, db) = (data(&a)?, data(&b)?);
+        let mut out = Vec::new();
+        for bi in indices(&la.shape()[..r - 2]) {
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = 0.0;
+                    for p in 0..k {
+                        let ia: Vec<usize> = bi.iter().copied().chain([i, p]).collect();
+                        let ib: Vec<usize> = bi.iter().copied().chain([p, j]).collect();
+                        acc += da[la.offset_of(&ia)] * db[lb.offset_of(&ib)];
+                    }
+                    out.push(acc);
+                }
+            }
+        }
+        buf(a.buf.dtype(), out)
+    }
+    fn gather(
+        &self,
+        x: View<'_>,
+        dim: usize,
+        index: View<'_>,
+    ) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let (dx, di) = (data(&x)?, data(&index)?);
+        let mut out = Vec::new();
+        for i in indices(index.layout.shape()) {
+            let j = di[index.layout.offset_of(&i)] as i64;
+            if j < 0 || j as usize >= x.layout.shape()[dim] {
+                return Err(Error::IndexOutOfRange {
+                    op: "gather",
+                    index: j,
+                    dim,
+                    size: x.layout.shape()[dim],
+                });
+            }
+            let mut src = i.clone();
+            src[dim] = j as usize;
+            out.push(dx[x.layout.offset_of(&src)]);
+        }
+        buf(x.buf.dtype(), out)
+    }
+    fn scatter_add(
+        &self,
+        shape: &[usize],
+        dim: usize,
+        index: View<'_>,
+        src: View<'_>,
+    ) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let (di, ds) = (data(&index)?, data(&src)?);
+        let l = Layout::contiguous(shape);
+        let mut out = vec![0.0; l.numel()];
+        for i in indices(index.layout.shape()) {
+            let j = di[index.layout.offset_of(&i)] as i64;
+            if j < 0 || j as usize >= shape[dim] {
+                return Err(Error::IndexOutOfRange {
+                    op: "scatter_add",
+                    index: j,
+                    dim,
+                    size: shape[dim],
+                });
+            }
+            let mut dst = i.clone();
+            dst[dim] = j as usize;
+            out[l.offset_of(&dst)] += ds[src.layout.offset_of(&i)];
+        }
+        buf(src.buf.dtype(), out)
+    }
+    fn assemble(
+        &self,
+        len: usize,
+        dtype: DType,
+        fill: f64,
+        parts: &[(Layout, View<'_>)],
+    ) -> Result<Arc<dyn tessera::backend::Buffer>> {
+        let mut out = vec![fill; len];
+        for (region, v) in parts {
+            let d = data(v)?;
+            for i in indices(region.shape()) {
+                out[region.offset_of(&i)] = d[v.layout.offset_of(&i)];
+            }
+        }
+        buf(dtype, out)
+    }
+}
+
+/// erf by its series (a toy backend has no libm); accurate to ~1e-15 for |x| < 3.
+fn libm_free_erf(x: f64) -> f64 {
+    let mut sum = 0.0;
+    let mut term = x;
+    for n in 0..80 {
+        sum += term / (2 * n + 1) as f64;
+        term *= -x * x / (n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn toy() -> Device {
+    Device::new(Arc::new(ToyBackend))
+}
+
+/// A small model: softmax cross-entropy of a two-layer net, written with composite ops.
+fn model(x: &Tensor, w1: &Tensor, w2: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let h = x.matmul(w1)?.gelu(false)?;
+    let logits = h.matmul(w2)?;
+    let logp = logits.log_softmax(-1)?;
+    let picked = logp.gather(1, labels)?;
+    picked.mean_all()?.neg()
+}
+
+#[test]
+fn a_backend_defined_outside_core_runs_composite_ops_and_backward() -> Result<()> {
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    let mut gen = Generator::new(5);
+    let x = Tensor::randn(&[4, 3], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
+    let w1 = Tensor::randn(&[3, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let w2 = Tensor::randn(&[5, 2], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let labels = Tensor::from_vec(vec![0i64, 1, 1, 0], &[4, 1], &toy)?;
+
+    assert_eq!(x.device().name(), "toy");
+    let loss = model(&x, &w1, &w2, &labels)?;
+    let grads = loss.backward()?;
+
+    // The same computation on the CPU backend, from the same counter-based random numbers.
+    let to_cpu = |t: &Tensor| t.detach().to_device(&cpu);
+    let (xc, lc) = (to_cpu(&x)?, to_cpu(&labels)?);
+    let (w1c, w2c) = (
+        to_cpu(&w1)?.requires_grad_()?,
+        to_cpu(&w2)?.requires_grad_()?,
+    );
+    let loss_c = model(&xc, &w1c, &w2c, &lc)?;
+    let grads_c = loss_c.backward()?;
+
+    assert!((loss.to_scalar()? - loss_c.to_scalar()?).abs() < 1e-12);
+    for (a, b) in [(&w1, &w1c), (&w2, &w2c)] {
+        let (ga, gb) = (
+            grads.get(a).unwrap().to_vec::<f64>()?,
+            grads_c.get(b).unwrap().to_vec::<f64>()?,
+        );
+        for (p, q) in ga.iter().zip(&gb) {
+            assert!((p - q).abs() < 1e-12, "{p} vs {q}");
+        }
+    }
+    // Composite ops through the provided (fallback) bodies: softmax, logsumexp, var, concat.
+    let s = x.softmax(0)?.sum(&[0], false)?.to_vec::<f64>()?;
+    assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-12));
+    let lse = x.logsumexp(&[1], false)?.to_vec::<f64>()?;
+    let lse_c = xc.logsumexp(&[1], false)?.to_vec::<f64>()?;
+    assert!(lse.iter().zip(&lse_c).all(|(a, b)| (a - b).abs() < 1e-12));
+    let v = Tensor::concat(&[&x, &x.mul_scalar(2.0)?], 0)?.var(&[0], 1, false)?;
+    assert_eq!(v.dims(), &[3]);
+    Ok(())
+}
+
+#[test]
+fn mixing_devices_is_an_error_naming_both() -> Result<()> {
+    let a = Tensor::ones(&[2], DType::F64, &toy())?;
+    let b = Tensor::ones(&[2], DType::F64, &Device::parse("cpu")?)?;
+    let e = a.add(&b).unwrap_err().to_string();
+    assert!(
+        e.contains("add") && e.contains("toy") && e.contains("cpu"),
+        "{e}"
+    );
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Tensors: views without copies, creation, random numbers, display, and errors on bad input.
+
+use tessera::prelude::*;
+
+fn cpu() -> Device {
+    Device::parse("cpu").unwrap()
+}
+
+fn arange(n: usize, shape: &[usize]) -> Tensor {
+    Tensor::arange(0.0, n as f64, 1.0, DType::F32, &cpu())
+        .unwrap()
+        .reshape_usize(shape)
+        .unwrap()
+}
+
+#[test]
+fn views_share_the_buffer_and_read_correctly() -> Result<()> {
+    let x = arange(12, &[3, 4]);
+    let t = x.t()?;
+    assert!(std::sync::Arc::ptr_eq(x.buffer(), t.buffer()));
+    assert_eq!(t.strides(), &[1, 4]);
+    assert_eq!(
+        t.to_vec::<f32>()?,
+        vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
+    );
+    let s = x.slice(1, 0, 4, 2)?; // every other column
+    assert!(std::sync::Arc::ptr_eq(x.buffer(), s.buffer()));
+    assert_eq!(s.to_vec::<f32>()?, vec![0., 2., 4., 6., 8., 10.]);
+    let e = Tensor::arange(0.0, 3.0, 1.0, DType::F32, &cpu())?
+        .reshape(&[3, 1])?
+        .expand(&[3, 2])?;
+    assert_eq!(e.strides(), &[1, 0]);
+    assert_eq!(e.to_vec::<f32>()?, vec![0., 0., 1., 1., 2., 2.]);
+    // reshape of a non-contiguous view copies, and is still right.
+    assert_eq!(
+        t.reshape(&[-1])?.to_vec::<f32>()?,
+        t.contiguous()?.to_vec::<f32>()?
+    );
+    assert!(t.contiguous()?.is_contiguous());
+    Ok(())
+}
+
+#[test]
+fn random_numbers_depend_only_on_the_seed() -> Result<()> {
+    let mut g1 = Generator::new(42);
+    let a = Tensor::randn(&[100_000], 0.0, 1.0, DType::F32, &mut g1, &cpu())?;
+    let b = Tensor::randn(&[7], 0.0, 1.0, DType::F32, &mut g1, &cpu())?;
+    // Drawing in another split gives the same stream: element i is a function of (seed, i).
+    let mut g2 = Generator::new(42);
+    let c = Tensor::randn(&[100_007], 0.0, 1.0, DType::F32, &mut g2, &cpu())?;
+    let (a, b, c) = (a.to_vec::<f32>()?, b.to_vec::<f32>()?, c.to_vec::<f32>()?);
+    assert_eq!(&c[..100_000], &a[..]);
+    assert_eq!(&c[100_000..], &b[..]);
+    let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
+    assert!(mean.abs() < 0.02);
+    let u = Tensor::rand(
+        &[1000],
+        2.0,
+        3.0,
+        DType::F64,
+        &mut Generator::new(1),
+        &cpu(),
+    )?
+    .to_vec::<f64>()?;
+    assert!(u.iter().all(|&v| (2.0..3.0).contains(&v)));
+    Ok(())
+}
+
+#[test]
+fn display_prints_like_pytorch() -> Result<()> {
+    let x = Tensor::from_vec(vec![1.5f32, -2.0, 3.25, 4.0], &[2, 2], &cpu())?;
+    assert_eq!(
+        x.to_string(),
+        "tensor([[ 1.5000, -2.0000],\n        [ 3.2500,  4.0000]], shape=[2, 2], dtype=f32)"
+    );
+    let i = Tensor::from_vec(vec![3i64, 1, 2], &[3], &cpu())?;
+    assert_eq!(i.to_string(), "tensor([3, 1, 2], shape=[3], dtype=i64)");
+    let big = arange(2000, &[2000]).to_string();
+    assert!(
+        big.starts_with("tensor([   0.,    1.,    2., ..., 1997., 1998., 1999.]"),
+        "{big}"
+    );
+    let s = Tensor::scalar(0.5, DType::F64, &cpu())?.to_string();
+    assert_eq!(s, "tensor(0.5000, shape=[], dtype=f64)");
+    Ok(())
+}
+
+#[test]
+fn comparisons_where_argmax_clamp_and_casts() -> Result<()> {
+    let x = Tensor::from_vec(vec![1.0f64, 5.0, -2.0, 5.0, 0.0, 3.0], &[2, 3], &cpu())?;
+    let zero = x.scalar_like(0.0)?;
+    assert_eq!(x.gt(&zero)?.to_vec::<f64>()?, vec![1., 1., 0., 1., 0., 1.]);
+    assert_eq!(
+        x.gt(&zero)?.where_(&x, &zero)?.to_vec::<f64>()?,
+        x.relu()?.to_vec::<f64>()?
+    );
+    assert_eq!(x.argmax(1, false)?.to_vec::<i64>()?, vec![1, 0]);
+    assert_eq!(x.argmin(0, true)?.dims(), &[1, 3]);
+    assert_eq!(
+        x.clamp(0.0, 4.0)?.to_vec::<f64>()?,
+        vec![1., 4., 0., 4., 0., 3.]
+    );
+    assert_eq!(
+        x.to_dtype(DType::I64)?.to_vec::<i64>()?,
+        vec![1, 5, -2, 5, 0, 3]
+    );
+    assert_eq!(x.to_dtype(DType::F32)?.dtype(), DType::F32);
+    let sum = (&(&x + &x)? * 0.5)?;
+    assert_eq!(sum.to_vec::<f64>()?, x.to_vec::<f64>()?);
+    Ok(())
+}
+
+fn err(r: Result<Tensor>) -> String {
+    r.expect_err("bad input must be an error").to_string()
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_op_and_shapes() -> Result<()> {
+    let a = arange(6, &[2, 3]);
+    let b = arange(8, &[2, 4]);
+    let e = err(a.add(&b));
+    assert!(
+        e.contains("add") && e.contains("[2, 3]") && e.contains("[2, 4]"),
+        "{e}"
+    );
+    let e = err(a.matmul(&b));
+    assert!(
+        e.contains("matmul") && e.contains("[2, 3]") && e.contains("[2, 4]"),
+        "{e}"
+    );
+    let e = err(a.reshape(&[4, 2]));
+    assert!(e.contains("reshape") && e.contains("[4, 2]"), "{e}");
+    let e = err(a.reshape(&[-1, -1]));
+    assert!(e.contains("reshape"), "{e}");
+    let e = err(a.sum(&[2], false));
+    assert!(e.contains("sum") && e.contains("dim 2"), "{e}");
+    let e = err(a.permute(&[0, 0]));
+    assert!(e.contains("permute"), "{e}");
+    let e = err(a.to_dtype(DType::F64).and_then(|d| d.add(&a)));
+    assert!(
+        e.contains("add") && e.contains("f64") && e.contains("f32"),
+        "{e}"
+    );
+    let idx = Tensor::from_vec(vec![0i64, 3], &[2], &cpu())?;
+    let e = err(a.index_select(0, &idx));
+    assert!(
+        e.contains("index 3 is out of range for dimension 0 of size 2"),
+        "{e}"
+    );
+    let neg = Tensor::from_vec(vec![-1i64], &[1], &cpu())?;
+    assert!(err(a.index_select(1, &neg)).contains("index -1"));
+    let e = err(a.index_select(0, &a));
+    assert!(e.contains("index_select") && e.contains("i64"), "{e}");
+    let e = err(Tensor::from_vec(vec![1.0f32; 5], &[2, 3], &cpu()));
+    assert!(e.contains("5 values"), "{e}");
+    let e = err(Tensor::concat(&[&a, &b], 0));
+    assert!(
+        e.contains("concat") && e.contains("[2, 3]") && e.contains("[2, 4]"),
+        "{e}"
+    );
+    let e = err(a.exp().and_then(|_| a.to_dtype(DType::I64)?.exp()));
+    assert!(e.contains("exp") && e.contains("i64"), "{e}");
+    assert!(err(a.clamp(2.0, 1.0)).contains("clamp"));
+    assert!(err(a.slice(0, 0, 2, 0)).contains("step"));
+    assert!(err(a.narrow(1, 2, 5)).contains("narrow"));
+    assert!(err(a.broadcast_to(&[3])).contains("expand"));
+    assert!(a
+        .to_vec::<f64>()
+        .unwrap_err()
+        .to_string()
+        .contains("to_vec"));
+    assert!(a.backward().unwrap_err().to_string().contains("backward"));
+    assert!(Device::parse("cuda")
+        .unwrap_err()
+        .to_string()
+        .contains("cuda"));
+    assert!(Device::parse("tpu")
+        .unwrap_err()
+        .to_string()
+        .contains("unknown device"));
+    let e = err(Tensor::arange(0.0, 1.0, 0.0, DType::F32, &cpu()));
+    assert!(e.contains("arange"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn matmul_follows_torch_semantics_for_every_rank() -> Result<()> {
+    let v = arange(3, &[3]);
+    let m = arange(6, &[3, 2]);
+    let bm = arange(24, &[2, 2, 3, 2]);
+    assert_eq!(v.matmul(&v)?.dims(), &[] as &[usize]);
+    assert_eq!(v.matmul(&v)?.to_scalar()?, 5.0);
+    assert_eq!(v.matmul(&m)?.dims(), &[2]);
+    assert_eq!(m.t()?.matmul(&v)?.dims(), &[2]);
+    assert_eq!(
+        arange(8, &[4, 2]).matmul(&bm.transpose(-1, -2)?)?.dims(),
+        &[2, 2, 4, 3]
+    );
+    assert_eq!(bm.matmul(&arange(4, &[2, 2]))?.dims(), &[2, 2, 3, 2]);
+    Ok(())
+}
