@@ -1,1 +1,207 @@
-fn main() {}
+//! The workloads of WORKLOADS.md (shared with the other frameworks' benches), one JSON line each
+//! on stdout; progress goes to stderr.
+//!
+//! ```text
+//! cargo bench --bench workloads -- [--threads N] [--only PREFIX[,PREFIX]] [--device cpu|cuda]
+//! ```
+//! Threads: `--threads N`, else `RAYON_NUM_THREADS`, else all cores; rayon and matrixmultiply
+//! (`MATMUL_NUM_THREADS`) are both set to it before the first kernel runs.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use tessera::prelude::*;
+
+struct Args {
+    threads: usize,
+    only: Vec<String>,
+    device: String,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mut threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let (mut only, mut device) = (vec![], "cpu".to_string());
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--threads" => {
+                threads = Some(
+                    args.next()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or("--threads needs a number")?,
+                )
+            }
+            "--only" => {
+                only = args
+                    .next()
+                    .ok_or("--only needs a prefix list")?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "--device" => device = args.next().ok_or("--device needs cpu or cuda")?,
+            // cargo bench passes --bench to harness-less benches.
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    Ok(Args {
+        threads,
+        only,
+        device,
+    })
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass, which is zero-initialised POD.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+struct Measured {
+    median_s: f64,
+    reps: usize,
+    cpu_util: f64,
+}
+
+/// WORKLOADS.md's timing rules: warm up (≥ 2 reps and ≥ 0.2 s, at most 50), then time each
+/// repetition alone (≥ 7 reps and ≥ 0.5 s, at most 500) and take the median. A first warm-up
+/// repetition over 1 s means one warm-up and 3 timed repetitions.
+fn measure(mut rep: impl FnMut() -> Result<()>) -> Result<Measured> {
+    let start = Instant::now();
+    rep()?;
+    let first = start.elapsed();
+    let (min_timed, min_time) = if first > Duration::from_secs(1) {
+        (3, Duration::ZERO)
+    } else {
+        let mut n = 1;
+        while n < 50 && (n < 2 || start.elapsed() < Duration::from_millis(200)) {
+            rep()?;
+            n += 1;
+        }
+        (7, Duration::from_millis(500))
+    };
+    let mut times = Vec::new();
+    let (wall0, cpu0) = (Instant::now(), cpu_time());
+    while times.len() < 500 && (times.len() < min_timed || wall0.elapsed() < min_time) {
+        let t = Instant::now();
+        rep()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let (wall, cpu) = (
+        wall0.elapsed().as_secs_f64(),
+        (cpu_time() - cpu0).as_secs_f64(),
+    );
+    times.sort_by(|a, b| a.total_cmp(b));
+    let n = times.len();
+    let median_s = if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        0.5 * (times[n / 2 - 1] + times[n / 2])
+    };
+    Ok(Measured {
+        median_s,
+        reps: n,
+        cpu_util: cpu / wall,
+    })
+}
+
+fn build_note() -> &'static str {
+    if cfg!(target_feature = "avx2") && cfg!(target_feature = "fma") {
+        "release, target-cpu with avx2+fma"
+    } else {
+        "release, default target (not -C target-cpu=native)"
+    }
+}
+
+fn report(device: &str, threads: usize, workload: &str, m: &Measured, rate: f64, unit: &str) {
+    println!(
+        "{{\"framework\":\"tessera\",\"device\":\"{device}\",\"workload\":\"{workload}\",\"threads\":{threads},\
+         \"median_s\":{:e},\"rate\":{rate:.4},\"unit\":\"{unit}\",\"reps\":{},\"cpu_util\":{:.2},\
+         \"version\":\"{}\",\"build\":\"{}\"}}",
+        m.median_s,
+        m.reps,
+        m.cpu_util,
+        env!("CARGO_PKG_VERSION"),
+        build_note()
+    );
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("workloads: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("workloads: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let device = Device::parse(&args.device)?;
+    let threads = if args.device == "cpu" {
+        tessera::cpu::set_num_threads(args.threads)?;
+        args.threads
+    } else {
+        0
+    };
+    let wanted =
+        |id: &str| args.only.is_empty() || args.only.iter().any(|p| id.starts_with(p.as_str()));
+    let mut gen = Generator::new(0);
+
+    for n in [256usize, 512, 1024, 2048] {
+        let id = format!("W1_sgemm_{n}");
+        if !wanted(&id) {
+            continue;
+        }
+        eprintln!("{id} ...");
+        let a = Tensor::randn(&[n, n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let b = Tensor::randn(&[n, n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let m = measure(|| {
+            black_box(a.matmul(&b)?);
+            Ok(())
+        })?;
+        report(
+            device.name(),
+            threads,
+            &id,
+            &m,
+            2.0 * (n as f64).powi(3) / m.median_s / 1e9,
+            "GFLOP/s",
+        );
+    }
+
+    if wanted("W6_elementwise") {
+        eprintln!("W6_elementwise ...");
+        let n = 16_777_216;
+        let a = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let b = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let c = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let m = measure(|| {
+            black_box(a.mul(&b)?.add(&c)?.relu()?);
+            Ok(())
+        })?;
+        report(
+            device.name(),
+            threads,
+            "W6_elementwise",
+            &m,
+            16.0 * n as f64 / m.median_s / 1e9,
+            "GB/s",
+        );
+    }
+    Ok(())
+}

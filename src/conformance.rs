@@ -377,7 +377,7 @@ fn compare(
     let (mut max_abs, mut max_rel, mut ok) = (0.0f64, 0.0f64, true);
     for (&a, &b) in g.iter().zip(&w) {
         let err = (a - b).abs();
-        if !(err <= atol + rtol * b.abs()) {
+        if err.is_nan() || err > atol + rtol * b.abs() {
             ok = false;
         }
         let err = if err.is_nan() { f64::INFINITY } else { err };

@@ -93,7 +93,7 @@ fn hessian_vector_product_of_an_mlp_matches_finite_differences() -> Result<()> {
     let dev = cpu();
     let mut gen = Generator::new(3);
     let x = Tensor::randn(&[4, 3], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
-    let params = vec![
+    let params = [
         Tensor::randn(&[5, 3], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
         Tensor::randn(&[5], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
         Tensor::randn(&[2, 5], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
@@ -157,7 +157,7 @@ fn gradcheck_reports_a_wrong_backward_rule() -> Result<()> {
         }))
     };
     let x = t(&[0.5, 1.5, -1.0], &[3]);
-    let e = gradcheck(cube, &[x.clone()], GradcheckOptions::default())
+    let e = gradcheck(cube, std::slice::from_ref(&x), GradcheckOptions::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("finite differences"), "{e}");

@@ -100,7 +100,8 @@ pub fn gradcheck(
             let numeric = (probe(opts.eps)? - probe(-opts.eps)?) / (2.0 * opts.eps);
             let err = (analytic[j] - numeric).abs();
             worst = worst.max(err);
-            if !(err <= opts.atol + opts.rtol * numeric.abs()) {
+            // Written so that a NaN error fails too.
+            if err.is_nan() || err > opts.atol + opts.rtol * numeric.abs() {
                 return Err(Error::Autograd {
                     op: "gradcheck",
                     msg: format!(

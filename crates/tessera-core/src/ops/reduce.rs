@@ -286,9 +286,7 @@ impl Tensor {
         })?;
         let mut axes = Vec::new();
         for (i, &d) in self.dims().iter().enumerate() {
-            if i < extra {
-                axes.push(i as isize);
-            } else if shape[i - extra] == 1 && d != 1 {
+            if i < extra || (shape[i - extra] == 1 && d != 1) {
                 axes.push(i as isize);
             } else if shape[i - extra] != d {
                 return Err(Error::shape(

@@ -55,7 +55,7 @@ impl Tensor {
         }
         let mut dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
         if let Some(i) = inferred {
-            if known == 0 || n % known != 0 {
+            if known == 0 || !n.is_multiple_of(known) {
                 return Err(Error::invalid(
                     "reshape",
                     format!(
@@ -392,7 +392,7 @@ impl Tensor {
     /// Constant padding, `torch.nn.functional.pad` order: `(before, after)` pairs starting with
     /// the last dim.
     pub fn pad(&self, pads: &[usize], value: f64) -> Result<Tensor> {
-        if pads.len() % 2 != 0 || pads.len() / 2 > self.rank() {
+        if !pads.len().is_multiple_of(2) || pads.len() / 2 > self.rank() {
             return Err(Error::invalid(
                 "pad",
                 format!(

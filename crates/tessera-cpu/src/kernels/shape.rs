@@ -6,7 +6,7 @@ use tessera_core::{contiguous_strides, Error, Layout, Result};
 
 /// Multi-index odometer over `shape`, calling `f(index)` in row-major order.
 fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize]) -> Result<()>) -> Result<()> {
-    if shape.iter().any(|&d| d == 0) {
+    if shape.contains(&0) {
         return Ok(());
     }
     let mut idx = vec![0usize; shape.len()];
