@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
-use tessera_core::{DType, Device, Error, HostData, Result, Tensor};
+use tessera_core::{ops, DType, Device, Error, HostData, Result, Tensor};
 
 /// The worst disagreement found in one compared tensor.
 #[derive(Debug, Clone)]
@@ -235,18 +235,218 @@ fn boolean(attrs: &Value, key: &str) -> Result<bool> {
         .ok_or_else(|| Error::invalid("conformance", format!("attr {key} missing")))
 }
 
-fn arg(args: &[Tensor], i: usize) -> Result<&Tensor> {
-    args.get(i)
-        .ok_or_else(|| Error::invalid("conformance", format!("missing input {i}")))
+/// What an op produced: its outputs in order, and extra outputs by name (running statistics).
+pub struct Produced {
+    pub outputs: Vec<Tensor>,
+    pub extra: Vec<(String, Tensor)>,
 }
 
-/// Applies one op of the vocabulary to positional `args`. `Ok(None)`: not implemented yet.
-pub fn apply(op: &str, attrs: &Value, args: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
-    let x = || arg(args, 0);
-    let y = || arg(args, 1);
+impl From<Tensor> for Produced {
+    fn from(t: Tensor) -> Self {
+        Produced {
+            outputs: vec![t],
+            extra: vec![],
+        }
+    }
+}
+
+/// A case's inputs: positional, and by name for optional ones.
+pub struct Inputs<'a>(pub &'a [(String, Tensor)]);
+
+impl Inputs<'_> {
+    fn pos(&self, i: usize) -> Result<&Tensor> {
+        self.0
+            .get(i)
+            .map(|(_, t)| t)
+            .ok_or_else(|| Error::invalid("conformance", format!("missing input {i}")))
+    }
+    fn named(&self, name: &str) -> Option<&Tensor> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+    fn req(&self, name: &str) -> Result<&Tensor> {
+        self.named(name)
+            .ok_or_else(|| Error::invalid("conformance", format!("missing input {name}")))
+    }
+    fn all(&self) -> Vec<&Tensor> {
+        self.0.iter().map(|(_, t)| t).collect()
+    }
+}
+
+/// An int or a list of ints.
+fn int_or_list(attrs: &Value, key: &str) -> Result<Vec<usize>> {
+    match &attrs[key] {
+        Value::Number(n) => n.as_u64().map(|v| vec![v as usize]),
+        Value::Array(a) => a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        Error::invalid(
+            "conformance",
+            format!("attr {key}: expected an int or a list of ints"),
+        )
+    })
+}
+
+fn conv_padding(attrs: &Value) -> Result<ops::conv::Padding> {
+    use ops::conv::Padding;
+    let bad = || Error::invalid("conformance", "bad conv padding");
+    Ok(match &attrs["padding"] {
+        Value::String(s) if s == "same" => Padding::Same,
+        Value::String(s) if s == "valid" => Padding::Valid,
+        Value::Number(n) => Padding::symmetric(n.as_u64().ok_or_else(bad)? as usize),
+        Value::Array(a) if a.iter().all(Value::is_array) => Padding::Explicit(
+            a.iter()
+                .map(|p| match p.as_array().map(Vec::as_slice) {
+                    Some([b, e]) => Ok((
+                        b.as_u64().ok_or_else(bad)? as usize,
+                        e.as_u64().ok_or_else(bad)? as usize,
+                    )),
+                    _ => Err(bad()),
+                })
+                .collect::<Result<_>>()?,
+        ),
+        Value::Array(a) => Padding::Explicit(
+            a.iter()
+                .map(|p| p.as_u64().map(|v| (v as usize, v as usize)).ok_or_else(bad))
+                .collect::<Result<_>>()?,
+        ),
+        _ => return Err(bad()),
+    })
+}
+
+fn conv_options(attrs: &Value) -> Result<ops::conv::ConvOptions> {
+    Ok(ops::conv::ConvOptions {
+        stride: int_or_list(attrs, "stride")?,
+        padding: conv_padding(attrs)?,
+        dilation: int_or_list(attrs, "dilation")?,
+        groups: int(attrs, "groups")?.max(0) as usize,
+    })
+}
+
+fn pool_options(attrs: &Value) -> Result<ops::pool::PoolOptions> {
+    Ok(ops::pool::PoolOptions {
+        kernel_size: int_or_list(attrs, "kernel_size")?,
+        stride: Some(int_or_list(attrs, "stride")?),
+        padding: int_or_list(attrs, "padding")?,
+        dilation: if attrs["dilation"].is_null() {
+            vec![1]
+        } else {
+            int_or_list(attrs, "dilation")?
+        },
+        ceil_mode: boolean(attrs, "ceil_mode")?,
+        count_include_pad: attrs["count_include_pad"].as_bool().unwrap_or(true),
+    })
+}
+
+fn reduction(attrs: &Value) -> Result<ops::loss::Reduction> {
+    ops::loss::Reduction::parse(attrs["reduction"].as_str().unwrap_or(""))
+}
+
+fn recurrent(cell: ops::rnn::Cell, attrs: &Value, inp: &Inputs<'_>) -> Result<Produced> {
+    let opts = ops::rnn::RnnOptions {
+        hidden_size: int(attrs, "hidden_size")? as usize,
+        num_layers: int(attrs, "num_layers")? as usize,
+        bidirectional: boolean(attrs, "bidirectional")?,
+        batch_first: boolean(attrs, "batch_first")?,
+        bias: boolean(attrs, "bias")?,
+    };
+    let dirs = if opts.bidirectional { 2 } else { 1 };
+    let mut suffixes = Vec::new();
+    for l in 0..opts.num_layers {
+        for d in 0..dirs {
+            suffixes.push(format!("_l{l}{}", if d == 1 { "_reverse" } else { "" }));
+        }
+    }
+    let weights = suffixes
+        .iter()
+        .map(|sfx| {
+            Ok(ops::rnn::RnnWeights {
+                w_ih: inp.req(&format!("weight_ih{sfx}"))?,
+                w_hh: inp.req(&format!("weight_hh{sfx}"))?,
+                b_ih: inp.named(&format!("bias_ih{sfx}")),
+                b_hh: inp.named(&format!("bias_hh{sfx}")),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = ops::rnn::rnn(
+        cell,
+        inp.req("x")?,
+        inp.req("h0")?,
+        inp.named("c0"),
+        &weights,
+        &opts,
+    )?;
+    let mut outputs = vec![out.output, out.h_n];
+    outputs.extend(out.c_n);
+    Ok(Produced {
+        outputs,
+        extra: vec![],
+    })
+}
+
+fn inception(inp: &Inputs<'_>) -> Result<Tensor> {
+    use ops::conv::{conv2d, ConvOptions};
+    let conv = |x: &Tensor, name: &str, pad: usize| -> Result<Tensor> {
+        conv2d(
+            x,
+            inp.req(&format!("{name}.weight"))?,
+            inp.named(&format!("{name}.bias")),
+            &ConvOptions::new().padding(pad),
+        )?
+        .relu()
+    };
+    let x = inp.req("x")?;
+    let b1 = conv(x, "b1", 0)?;
+    let b3 = conv(&conv(x, "b3r", 0)?, "b3", 1)?;
+    let b5 = conv(&conv(x, "b5r", 0)?, "b5", 2)?;
+    let pooled = ops::pool::max_pool2d(x, &ops::pool::PoolOptions::new(3).stride(1).padding(1))?;
+    let bp = conv(&pooled, "bp", 0)?;
+    Tensor::concat(&[&b1, &b3, &b5, &bp], 1)
+}
+
+fn lenet5_loss(inp: &Inputs<'_>) -> Result<Produced> {
+    use ops::conv::{conv2d, ConvOptions};
+    use ops::pool::{max_pool2d, PoolOptions};
+    let p = |n: &str| inp.req(n);
+    let h = conv2d(
+        inp.req("x")?,
+        p("conv1.weight")?,
+        Some(p("conv1.bias")?),
+        &ConvOptions::new().padding(2),
+    )?
+    .relu()?;
+    let h = max_pool2d(&h, &PoolOptions::new(2))?;
+    let h = conv2d(
+        &h,
+        p("conv2.weight")?,
+        Some(p("conv2.bias")?),
+        &ConvOptions::new(),
+    )?
+    .relu()?;
+    let h = max_pool2d(&h, &PoolOptions::new(2))?.flatten(1, -1)?;
+    let h = h.linear(p("fc1.weight")?, Some(p("fc1.bias")?))?.relu()?;
+    let h = h.linear(p("fc2.weight")?, Some(p("fc2.bias")?))?.relu()?;
+    let logits = h.linear(p("fc3.weight")?, Some(p("fc3.bias")?))?;
+    let loss = ops::loss::cross_entropy(
+        &logits,
+        inp.req("target")?,
+        ops::loss::Reduction::Mean,
+        0.0,
+        -100,
+    )?;
+    Ok(Produced {
+        outputs: vec![logits, loss],
+        extra: vec![],
+    })
+}
+
+/// Applies one op of the vocabulary. `Ok(None)`: not implemented yet.
+pub fn apply(op: &str, attrs: &Value, inp: &Inputs<'_>) -> Result<Option<Produced>> {
+    let x = || inp.pos(0);
+    let y = || inp.pos(1);
     let dims = || ints(attrs, "dims");
     let keep = || boolean(attrs, "keepdim");
-    let out = match op {
+    let out: Tensor = match op {
         "neg" => x()?.neg()?,
         "abs" => x()?.abs()?,
         "exp" => x()?.exp()?,
@@ -274,7 +474,7 @@ pub fn apply(op: &str, attrs: &Value, args: &[Tensor]) -> Result<Option<Vec<Tens
         "softmax" => x()?.softmax(int(attrs, "dim")?)?,
         "log_softmax" => x()?.log_softmax(int(attrs, "dim")?)?,
         "matmul" => x()?.matmul(y()?)?,
-        "linear" => x()?.linear(y()?, args.get(2))?,
+        "linear" => x()?.linear(y()?, inp.0.get(2).map(|(_, t)| t))?,
         "reshape" => x()?.reshape(&ints(attrs, "shape")?)?,
         "permute" => x()?.permute(&dims()?)?,
         "transpose" => x()?.transpose(int(attrs, "dim0")?, int(attrs, "dim1")?)?,
@@ -290,8 +490,8 @@ pub fn apply(op: &str, attrs: &Value, args: &[Tensor]) -> Result<Option<Vec<Tens
                 step as usize,
             )?
         }
-        "concat" => Tensor::concat(&args.iter().collect::<Vec<_>>(), int(attrs, "dim")?)?,
-        "stack" => Tensor::stack(&args.iter().collect::<Vec<_>>(), int(attrs, "dim")?)?,
+        "concat" => Tensor::concat(&inp.all(), int(attrs, "dim")?)?,
+        "stack" => Tensor::stack(&inp.all(), int(attrs, "dim")?)?,
         "pad" => {
             let pads = ints(attrs, "pads")?;
             if pads.iter().any(|&p| p < 0) {
@@ -305,12 +505,102 @@ pub fn apply(op: &str, attrs: &Value, args: &[Tensor]) -> Result<Option<Vec<Tens
         "expand" => x()?.expand(&ints(attrs, "shape")?)?,
         "index_select" => x()?.index_select(int(attrs, "dim")?, y()?)?,
         "gather" => x()?.gather(int(attrs, "dim")?, y()?)?,
+        "conv1d" => ops::conv::conv1d(x()?, y()?, inp.named("bias"), &conv_options(attrs)?)?,
+        "conv2d" => ops::conv::conv2d(x()?, y()?, inp.named("bias"), &conv_options(attrs)?)?,
+        "conv_transpose2d" => {
+            let o = ops::conv::ConvTransposeOptions {
+                stride: int_or_list(attrs, "stride")?,
+                padding: int_or_list(attrs, "padding")?,
+                output_padding: int_or_list(attrs, "output_padding")?,
+                dilation: int_or_list(attrs, "dilation")?,
+                groups: int(attrs, "groups")?.max(0) as usize,
+            };
+            ops::conv::conv_transpose2d(x()?, y()?, inp.named("bias"), &o)?
+        }
+        "max_pool1d" => ops::pool::max_pool1d(x()?, &pool_options(attrs)?)?,
+        "max_pool2d" => ops::pool::max_pool2d(x()?, &pool_options(attrs)?)?,
+        "avg_pool2d" => ops::pool::avg_pool2d(x()?, &pool_options(attrs)?)?,
+        "adaptive_avg_pool2d" => {
+            let o = int_or_list(attrs, "output_size")?;
+            let [oh, ow] = o[..] else {
+                return Err(Error::invalid(
+                    "conformance",
+                    "output_size needs two values",
+                ));
+            };
+            ops::pool::adaptive_avg_pool2d(x()?, [oh, ow])?
+        }
+        "global_avg_pool2d" => ops::pool::global_avg_pool2d(x()?, keep()?)?,
+        "batch_norm" => {
+            let (y, stats) = ops::norm::batch_norm(
+                x()?,
+                inp.req("running_mean")?,
+                inp.req("running_var")?,
+                inp.named("weight"),
+                inp.named("bias"),
+                boolean(attrs, "training")?,
+                float(attrs, "momentum")?,
+                float(attrs, "eps")?,
+            )?;
+            let extra = stats
+                .map(|(m, v)| {
+                    vec![
+                        ("running_mean".to_string(), m),
+                        ("running_var".to_string(), v),
+                    ]
+                })
+                .unwrap_or_default();
+            return Ok(Some(Produced {
+                outputs: vec![y],
+                extra,
+            }));
+        }
+        "layer_norm" => {
+            let shape = int_or_list(attrs, "normalized_shape")?;
+            ops::norm::layer_norm(
+                x()?,
+                &shape,
+                inp.named("weight"),
+                inp.named("bias"),
+                float(attrs, "eps")?,
+            )?
+        }
+        "dropout" => ops::norm::dropout_with_mask(x()?, inp.req("mask")?, float(attrs, "p")?)?,
+        "embedding" => {
+            let pad = attrs["padding_idx"].as_i64().map(|v| v as isize);
+            ops::norm::embedding(inp.req("indices")?, inp.req("weight")?, pad)?
+        }
+        "lstm" => return recurrent(ops::rnn::Cell::Lstm, attrs, inp).map(Some),
+        "gru" => return recurrent(ops::rnn::Cell::Gru, attrs, inp).map(Some),
+        "cross_entropy" => ops::loss::cross_entropy(
+            inp.req("input")?,
+            inp.req("target")?,
+            reduction(attrs)?,
+            float(attrs, "label_smoothing")?,
+            int(attrs, "ignore_index")? as i64,
+        )?,
+        "nll_loss" => ops::loss::nll_loss(
+            inp.req("input")?,
+            inp.req("target")?,
+            reduction(attrs)?,
+            int(attrs, "ignore_index")? as i64,
+        )?,
+        "mse_loss" => {
+            ops::loss::mse_loss(inp.req("input")?, inp.req("target")?, reduction(attrs)?)?
+        }
+        "binary_cross_entropy_with_logits" => ops::loss::binary_cross_entropy_with_logits(
+            inp.req("input")?,
+            inp.req("target")?,
+            reduction(attrs)?,
+        )?,
+        "inception_block" => inception(inp)?,
+        "lenet5_loss" => return lenet5_loss(inp).map(Some),
         _ => return Ok(None),
     };
-    Ok(Some(vec![out]))
+    Ok(Some(out.into()))
 }
 
-fn run_chain(attrs: &Value, inputs: &[(String, Tensor)]) -> Result<Option<Vec<Tensor>>> {
+fn run_chain(attrs: &Value, inputs: &[(String, Tensor)]) -> Result<Option<Produced>> {
     let steps = attrs["steps"]
         .as_array()
         .ok_or_else(|| Error::invalid("chain", "no steps"))?;
@@ -335,12 +625,17 @@ fn run_chain(attrs: &Value, inputs: &[(String, Tensor)]) -> Result<Option<Vec<Te
                 None => Err(Error::invalid("chain", "non-string arg")),
             })
             .collect::<Result<Vec<_>>>()?;
-        match apply(op, &step["attrs"], &args)? {
-            Some(mut outs) => prev = Some(outs.remove(0)),
+        let named: Vec<(String, Tensor)> = args
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (format!("arg{i}"), t))
+            .collect();
+        match apply(op, &step["attrs"], &Inputs(&named))? {
+            Some(mut p) => prev = Some(p.outputs.remove(0)),
             None => return Ok(None),
         }
     }
-    Ok(prev.map(|p| vec![p]))
+    Ok(prev.map(Produced::from))
 }
 
 fn compare(
@@ -416,13 +711,18 @@ pub fn run_case(case: &Value, device: &Device) -> Result<Option<Vec<Failure>>> {
         };
         inputs.push((inp["name"].as_str().unwrap_or("?").to_string(), t));
     }
-    let args: Vec<Tensor> = inputs.iter().map(|(_, t)| t.clone()).collect();
-    let outs = if op == "chain" {
+    let produced = if op == "chain" {
         run_chain(attrs, &inputs)?
     } else {
-        apply(op, attrs, &args)?
+        apply(op, attrs, &Inputs(&inputs))?
     };
-    let Some(outs) = outs else { return Ok(None) };
+    let Some(Produced {
+        outputs: outs,
+        extra,
+    }) = produced
+    else {
+        return Ok(None);
+    };
     let want_outs = case["outputs"]
         .as_array()
         .ok_or_else(|| bad("case", "no outputs"))?;
@@ -436,6 +736,22 @@ pub fn run_case(case: &Value, device: &Device) -> Result<Option<Vec<Failure>>> {
     for (got, want) in outs.iter().zip(want_outs) {
         let n = want["name"].as_str().unwrap_or("y");
         failures.extend(compare(n, got, want, rtol, atol, device)?);
+    }
+    for want in case["extra_outputs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let n = want["name"].as_str().unwrap_or("?");
+        match extra.iter().find(|(k, _)| k == n) {
+            Some((_, got)) => failures.extend(compare(n, got, want, rtol, atol, device)?),
+            None => {
+                return Err(Error::invalid(
+                    "conformance",
+                    format!("op did not produce extra output {n}"),
+                ))
+            }
+        }
     }
     // s = Σ_k <out_k, grad_out_k>, then backward.
     let grad_outs = case["grad_outputs"]

@@ -5,10 +5,20 @@
 //! - [`reduce`]: sum, mean, max, min, argmax, logsumexp, var, softmax, log_softmax
 //! - [`matmul`]: matmul (with batch broadcasting), linear
 //! - [`shape`]: reshape, permute, transpose, slice, expand, concat, stack, pad, gather, ...
+//! - [`conv`]: conv1d, conv2d (any padding incl. JAX `SAME`, dilation, groups), conv_transpose2d
+//! - [`pool`]: max_pool1d/2d, avg_pool2d, adaptive_avg_pool2d, global_avg_pool2d
+//! - [`norm`]: batch_norm, layer_norm, dropout, embedding
+//! - [`loss`]: cross_entropy, nll_loss, mse_loss, binary_cross_entropy_with_logits
+//! - [`rnn`]: LSTM and GRU over sequences (multi-layer, bidirectional)
 
+pub mod conv;
 pub mod elementwise;
+pub mod loss;
 pub mod matmul;
+pub mod norm;
+pub mod pool;
 pub mod reduce;
+pub mod rnn;
 pub mod shape;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,460 @@
+//! Convolutions, built from differentiable primitives so every backend runs them and every
+//! order of derivative works:
+//!
+//! | op | forward | backward (automatic) |
+//! | --- | --- | --- |
+//! | unfold (im2col) | `gather` of the input at precomputed window positions (a fill value outside) | `scatter_add` into the input (col2im) |
+//! | conv2d | unfold, then weight `[G, O/G, C/G·K]` · cols `[N, G, C/G·K, L]` | matmul and gather rules |
+//! | conv1d | conv2d with a height of 1 | |
+//! | conv_transpose2d | weightᵀ · x, then `scatter_add` of the columns into the output (col2im), cropped | matmul and scatter rules |
+//!
+//! Padding follows PyTorch (zeros); `Padding::Same` is JAX/TensorFlow `SAME` (also for strides
+//! > 1, where PyTorch refuses): `out = ceil(n / s)`, the odd pixel of padding goes after.
+
+use super::same_kind;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Padding of a convolution's spatial dims.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Padding {
+    /// `(before, after)` per spatial dim; one pair applies to every dim.
+    Explicit(Vec<(usize, usize)>),
+    /// Output size `ceil(n / stride)`, padding split with the odd pixel after (JAX `SAME`).
+    Same,
+    /// No padding.
+    Valid,
+}
+
+impl Padding {
+    /// The same padding on both sides of every spatial dim.
+    pub fn symmetric(p: usize) -> Padding {
+        Padding::Explicit(vec![(p, p)])
+    }
+}
+
+/// Options of [`conv1d`] and [`conv2d`]: per-dim lists of length 1 apply to every spatial dim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvOptions {
+    pub stride: Vec<usize>,
+    pub padding: Padding,
+    pub dilation: Vec<usize>,
+    pub groups: usize,
+}
+
+impl Default for ConvOptions {
+    fn default() -> Self {
+        ConvOptions {
+            stride: vec![1],
+            padding: Padding::Valid,
+            dilation: vec![1],
+            groups: 1,
+        }
+    }
+}
+
+impl ConvOptions {
+    /// Stride 1, no padding, dilation 1, one group.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The same stride in every spatial dim.
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = vec![s];
+        self
+    }
+    /// The same padding on both sides of every spatial dim.
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = Padding::symmetric(p);
+        self
+    }
+    /// Any padding.
+    pub fn padding_mode(mut self, p: Padding) -> Self {
+        self.padding = p;
+        self
+    }
+    /// The same dilation in every spatial dim.
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = vec![d];
+        self
+    }
+    /// Grouped convolution.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// A per-dim list of length 1 or `n`, expanded to `n`.
+pub(crate) fn per_dim(op: &'static str, what: &str, v: &[usize], n: usize) -> Result<Vec<usize>> {
+    match v.len() {
+        1 => Ok(vec![v[0]; n]),
+        l if l == n => Ok(v.to_vec()),
+        l => Err(Error::invalid(
+            op,
+            format!("{what} has {l} values for {n} spatial dims"),
+        )),
+    }
+}
+
+/// Geometry of a sliding window over 2 spatial dims.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub k: [usize; 2],
+    pub s: [usize; 2],
+    pub d: [usize; 2],
+    /// Padding before (top, left).
+    pub p: [usize; 2],
+    pub out: [usize; 2],
+}
+
+impl Window {
+    pub fn taps(&self) -> usize {
+        self.k[0] * self.k[1]
+    }
+    pub fn positions(&self) -> usize {
+        self.out[0] * self.out[1]
+    }
+}
+
+/// `floor((n + before + after - d·(k - 1) - 1) / s) + 1`, or an error when the window does not fit.
+pub(crate) fn out_size(
+    op: &'static str,
+    n: usize,
+    before: usize,
+    after: usize,
+    k: usize,
+    s: usize,
+    d: usize,
+) -> Result<usize> {
+    if k == 0 || s == 0 || d == 0 {
+        return Err(Error::invalid(
+            op,
+            "kernel size, stride and dilation must be at least 1",
+        ));
+    }
+    let span = d * (k - 1) + 1;
+    let padded = n + before + after;
+    if padded < span {
+        return Err(Error::invalid(
+            op,
+            format!("input of size {n} (padded to {padded}) is smaller than the dilated kernel ({span})"),
+        ));
+    }
+    Ok((padded - span) / s + 1)
+}
+
+/// The windows of `x` `[N, C, H, W]` as columns `[N, C, KH·KW, OH·OW]`; taps outside the input
+/// read `fill`. A `gather`, so its backward is the `scatter_add` that col2im is.
+pub(crate) fn unfold(x: &Tensor, w: &Window, fill: f64) -> Result<Tensor> {
+    let (n, c, h, wd) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+    let hw = h * wd;
+    let sentinel = (c * hw) as i64;
+    let mut idx = Vec::with_capacity(c * w.taps() * w.positions());
+    for ci in 0..c {
+        for kh in 0..w.k[0] {
+            for kw in 0..w.k[1] {
+                for oh in 0..w.out[0] {
+                    let ih = (oh * w.s[0] + kh * w.d[0]) as isize - w.p[0] as isize;
+                    for ow in 0..w.out[1] {
+                        let iw = (ow * w.s[1] + kw * w.d[1]) as isize - w.p[1] as isize;
+                        let inside = ih >= 0 && (ih as usize) < h && iw >= 0 && (iw as usize) < wd;
+                        idx.push(if inside {
+                            (ci * hw) as i64 + ih as i64 * wd as i64 + iw as i64
+                        } else {
+                            sentinel
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let len = idx.len();
+    let index = Tensor::from_vec(idx, &[1, len], x.device())?.broadcast_to(&[n, len])?;
+    let flat = x.reshape_usize(&[n, c * hw])?;
+    let pad = Tensor::full(&[n, 1], fill, x.dtype(), x.device())?;
+    let ext = Tensor::concat(&[&flat, &pad], 1)?;
+    ext.gather(1, &index)?
+        .reshape_usize(&[n, c, w.taps(), w.positions()])
+}
+
+/// Resolves padding to `(before, after)` per spatial dim.
+fn resolve_padding(
+    op: &'static str,
+    pad: &Padding,
+    sizes: &[usize],
+    k: &[usize],
+    s: &[usize],
+    d: &[usize],
+) -> Result<Vec<(usize, usize)>> {
+    let n = sizes.len();
+    Ok(match pad {
+        Padding::Valid => vec![(0, 0); n],
+        Padding::Explicit(p) if p.len() == 1 => vec![p[0]; n],
+        Padding::Explicit(p) if p.len() == n => p.clone(),
+        Padding::Explicit(p) => {
+            return Err(Error::invalid(
+                op,
+                format!("padding has {} pairs for {n} spatial dims", p.len()),
+            ))
+        }
+        Padding::Same => (0..n)
+            .map(|i| {
+                let out = sizes[i].div_ceil(s[i]);
+                let total =
+                    ((out.max(1) - 1) * s[i] + d[i] * (k[i] - 1) + 1).saturating_sub(sizes[i]);
+                (total / 2, total - total / 2)
+            })
+            .collect(),
+    })
+}
+
+/// 2-d convolution (cross-correlation, as PyTorch): `x` `[N, C_in, H, W]`, `weight`
+/// `[C_out, C_in/groups, KH, KW]`, `bias` `[C_out]`.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &ConvOptions,
+) -> Result<Tensor> {
+    conv_nd("conv2d", x, weight, bias, opts)
+}
+
+/// 1-d convolution: `x` `[N, C_in, L]`, `weight` `[C_out, C_in/groups, K]`, `bias` `[C_out]`.
+pub fn conv1d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &ConvOptions,
+) -> Result<Tensor> {
+    if x.rank() != 3 || weight.rank() != 3 {
+        return Err(Error::shape(
+            "conv1d",
+            "needs input [N, C, L] and weight [O, C/groups, K]",
+            x.dims(),
+            weight.dims(),
+        ));
+    }
+    let lift = |v: &[usize]| -> Vec<usize> {
+        let mut out = vec![1];
+        out.extend_from_slice(&v[..1.min(v.len())]);
+        out
+    };
+    let padding = match &opts.padding {
+        Padding::Explicit(p) if p.len() == 1 => Padding::Explicit(vec![(0, 0), p[0]]),
+        Padding::Explicit(p) => {
+            return Err(Error::invalid(
+                "conv1d",
+                format!("padding has {} pairs for 1 spatial dim", p.len()),
+            ))
+        }
+        other => other.clone(),
+    };
+    for (what, v) in [("stride", &opts.stride), ("dilation", &opts.dilation)] {
+        if v.len() != 1 {
+            return Err(Error::invalid(
+                "conv1d",
+                format!("{what} has {} values for 1 spatial dim", v.len()),
+            ));
+        }
+    }
+    let o2 = ConvOptions {
+        stride: lift(&opts.stride),
+        padding,
+        dilation: lift(&opts.dilation),
+        groups: opts.groups,
+    };
+    let y = conv_nd("conv1d", &x.unsqueeze(2)?, &weight.unsqueeze(2)?, bias, &o2)?;
+    y.squeeze(2)
+}
+
+fn conv_nd(
+    op: &'static str,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &ConvOptions,
+) -> Result<Tensor> {
+    same_kind(op, x, weight)?;
+    super::float_only(op, x)?;
+    if x.rank() != 4 || weight.rank() != 4 {
+        return Err(Error::shape(
+            op,
+            "needs input [N, C, H, W] and weight [O, C/groups, KH, KW]",
+            x.dims(),
+            weight.dims(),
+        ));
+    }
+    let g = opts.groups;
+    let (n, c) = (x.dims()[0], x.dims()[1]);
+    let (o, cg) = (weight.dims()[0], weight.dims()[1]);
+    if g == 0 || c % g != 0 || o % g != 0 || cg * g != c {
+        return Err(Error::shape(
+            op,
+            format!("input has {c} channels, weight expects {} (groups = {g}); channels and outputs must divide by groups", cg * g),
+            x.dims(),
+            weight.dims(),
+        ));
+    }
+    let k = [weight.dims()[2], weight.dims()[3]];
+    let s = per_dim(op, "stride", &opts.stride, 2)?;
+    let d = per_dim(op, "dilation", &opts.dilation, 2)?;
+    let sizes = [x.dims()[2], x.dims()[3]];
+    let pads = resolve_padding(op, &opts.padding, &sizes, &k, &s, &d)?;
+    let out = [
+        out_size(op, sizes[0], pads[0].0, pads[0].1, k[0], s[0], d[0])?,
+        out_size(op, sizes[1], pads[1].0, pads[1].1, k[1], s[1], d[1])?,
+    ];
+    let win = Window {
+        k,
+        s: [s[0], s[1]],
+        d: [d[0], d[1]],
+        p: [pads[0].0, pads[1].0],
+        out,
+    };
+    let cols = unfold(x, &win, 0.0)?.reshape_usize(&[n, g, cg * win.taps(), win.positions()])?;
+    let wg = weight.reshape_usize(&[g, o / g, cg * win.taps()])?;
+    let y = wg.matmul(&cols)?.reshape_usize(&[n, o, out[0], out[1]])?;
+    add_bias(op, y, bias, o)
+}
+
+fn add_bias(op: &'static str, y: Tensor, bias: Option<&Tensor>, channels: usize) -> Result<Tensor> {
+    match bias {
+        None => Ok(y),
+        Some(b) => {
+            if b.dims() != [channels] {
+                return Err(Error::shape(
+                    op,
+                    format!("bias must be [{channels}]"),
+                    b.dims(),
+                    y.dims(),
+                ));
+            }
+            let mut shape = vec![1; y.rank()];
+            shape[1] = channels;
+            y.add(&b.reshape_usize(&shape)?)
+        }
+    }
+}
+
+/// Options of [`conv_transpose2d`]; per-dim lists of length 1 apply to both dims.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvTransposeOptions {
+    pub stride: Vec<usize>,
+    pub padding: Vec<usize>,
+    pub output_padding: Vec<usize>,
+    pub dilation: Vec<usize>,
+    pub groups: usize,
+}
+
+impl Default for ConvTransposeOptions {
+    fn default() -> Self {
+        ConvTransposeOptions {
+            stride: vec![1],
+            padding: vec![0],
+            output_padding: vec![0],
+            dilation: vec![1],
+            groups: 1,
+        }
+    }
+}
+
+/// Transposed 2-d convolution (the gradient of conv2d with respect to its input): `x`
+/// `[N, C_in, H, W]`, `weight` `[C_in, C_out/groups, KH, KW]`, `bias` `[C_out]`.
+pub fn conv_transpose2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &ConvTransposeOptions,
+) -> Result<Tensor> {
+    let op = "conv_transpose2d";
+    same_kind(op, x, weight)?;
+    super::float_only(op, x)?;
+    if x.rank() != 4 || weight.rank() != 4 {
+        return Err(Error::shape(
+            op,
+            "needs input [N, C_in, H, W] and weight [C_in, C_out/groups, KH, KW]",
+            x.dims(),
+            weight.dims(),
+        ));
+    }
+    let g = opts.groups;
+    let (n, c, h, w) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+    let (cw, og) = (weight.dims()[0], weight.dims()[1]);
+    if g == 0 || cw != c || c % g != 0 {
+        return Err(Error::shape(
+            op,
+            format!("input has {c} channels, weight expects {cw} (groups = {g})"),
+            x.dims(),
+            weight.dims(),
+        ));
+    }
+    let (cig, o) = (c / g, og * g);
+    let k = [weight.dims()[2], weight.dims()[3]];
+    let s = per_dim(op, "stride", &opts.stride, 2)?;
+    let p = per_dim(op, "padding", &opts.padding, 2)?;
+    let op_ = per_dim(op, "output_padding", &opts.output_padding, 2)?;
+    let d = per_dim(op, "dilation", &opts.dilation, 2)?;
+    let mut full = [0; 2];
+    let mut out = [0; 2];
+    for i in 0..2 {
+        if s[i] == 0 || d[i] == 0 || k[i] == 0 {
+            return Err(Error::invalid(
+                op,
+                "kernel size, stride and dilation must be at least 1",
+            ));
+        }
+        if op_[i] >= s[i].max(d[i]) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "output_padding {} must be smaller than stride or dilation",
+                    op_[i]
+                ),
+            ));
+        }
+        let n_in = [h, w][i];
+        full[i] = (n_in - 1) * s[i] + d[i] * (k[i] - 1) + 1 + op_[i];
+        out[i] = full[i]
+            .checked_sub(2 * p[i])
+            .filter(|&v| v > 0)
+            .ok_or_else(|| {
+                Error::invalid(
+                    op,
+                    format!(
+                        "padding {} leaves no output in dim {i} (full size {})",
+                        p[i], full[i]
+                    ),
+                )
+            })?;
+    }
+    let taps = k[0] * k[1];
+    // cols[n, (g, co, kh, kw), (ih, iw)] = Σ_ci weight[ci, co, kh, kw] · x[n, ci, ih, iw]
+    let xg = x.reshape_usize(&[n, g, cig, h * w])?;
+    let wg = weight
+        .reshape_usize(&[g, cig, og * taps])?
+        .transpose(-1, -2)?;
+    let cols = wg.matmul(&xg)?.reshape_usize(&[n, o * taps * h * w])?;
+    let mut idx = Vec::with_capacity(o * taps * h * w);
+    for co in 0..o {
+        for kh in 0..k[0] {
+            for kw in 0..k[1] {
+                for ih in 0..h {
+                    for iw in 0..w {
+                        let (qh, qw) = (ih * s[0] + kh * d[0], iw * s[1] + kw * d[1]);
+                        idx.push(((co * full[0] + qh) * full[1] + qw) as i64);
+                    }
+                }
+            }
+        }
+    }
+    let len = idx.len();
+    let index = Tensor::from_vec(idx, &[1, len], x.device())?.broadcast_to(&[n, len])?;
+    let canvas = Tensor::zeros(&[n, o * full[0] * full[1]], x.dtype(), x.device())?;
+    let y = canvas
+        .scatter_add(1, &index, &cols)?
+        .reshape_usize(&[n, o, full[0], full[1]])?
+        .narrow(2, p[0], out[0])?
+        .narrow(3, p[1], out[1])?;
+    add_bias(op, y, bias, o)
+}

@@ -1,0 +1,221 @@
+//! Normalisation, dropout and embedding lookups: composites of core ops, so gradients (through
+//! the batch statistics too) come from the ops' own rules.
+//!
+//! | op | forward |
+//! | --- | --- |
+//! | batch_norm (train) | `(x - mean) / sqrt(var + eps) · w + b`, mean and biased var over all axes but 1 (two-pass) |
+//! | batch_norm (eval) | the same with the running statistics |
+//! | layer_norm | the same over the last dims |
+//! | dropout | `x · mask / (1 - p)`, mask ~ Bernoulli(1 - p) from the counter-based generator |
+//! | embedding | `index_select` of weight rows; the `padding_idx` row takes no gradient |
+
+use crate::error::{Error, Result};
+use crate::random::Generator;
+use crate::tensor::Tensor;
+
+/// `[1, C, 1, ...]` so a per-channel vector broadcasts against `x`.
+fn per_channel(v: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![1; x.rank()];
+    shape[1] = x.dims()[1];
+    v.reshape_usize(&shape)
+}
+
+/// Batch normalisation over channel axis 1 of `[N, C]`, `[N, C, L]` or `[N, C, H, W]`.
+///
+/// In training mode uses the batch statistics and returns the updated running statistics
+/// (`(1 - momentum)·running + momentum·batch`, the variance unbiased); in eval mode uses the
+/// running statistics and returns `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    x: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    training: bool,
+    momentum: f64,
+    eps: f64,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    super::float_only("batch_norm", x)?;
+    if x.rank() < 2 {
+        return Err(Error::invalid(
+            "batch_norm",
+            format!("needs [N, C, ...], got {}", x.shape()),
+        ));
+    }
+    let c = x.dims()[1];
+    for t in [Some(running_mean), Some(running_var), weight, bias]
+        .into_iter()
+        .flatten()
+    {
+        if t.dims() != [c] {
+            return Err(Error::shape(
+                "batch_norm",
+                format!("statistics and affine parameters must be [{c}]"),
+                t.dims(),
+                x.dims(),
+            ));
+        }
+    }
+    let axes: Vec<isize> = (0..x.rank() as isize).filter(|&a| a != 1).collect();
+    let (y, stats) = if training {
+        let m: usize = axes.iter().map(|&a| x.dims()[a as usize]).product();
+        if m < 2 {
+            return Err(Error::invalid(
+                "batch_norm",
+                format!(
+                    "training needs more than one value per channel, got input {}",
+                    x.shape()
+                ),
+            ));
+        }
+        let mean = x.mean(&axes, true)?;
+        let var = x.var(&axes, 0, true)?;
+        let y = x.sub(&mean)?.div(&var.add_scalar(eps)?.sqrt()?)?;
+        let stats = crate::no_grad(|| -> Result<(Tensor, Tensor)> {
+            let bm = mean.reshape_usize(&[c])?;
+            let bv = var
+                .reshape_usize(&[c])?
+                .mul_scalar(m as f64 / (m - 1) as f64)?;
+            Ok((
+                running_mean
+                    .mul_scalar(1.0 - momentum)?
+                    .add(&bm.mul_scalar(momentum)?)?,
+                running_var
+                    .mul_scalar(1.0 - momentum)?
+                    .add(&bv.mul_scalar(momentum)?)?,
+            ))
+        })?;
+        (y, Some(stats))
+    } else {
+        let mean = per_channel(running_mean, x)?;
+        let std = per_channel(&running_var.add_scalar(eps)?.sqrt()?, x)?;
+        (x.sub(&mean)?.div(&std)?, None)
+    };
+    let y = match weight {
+        Some(w) => y.mul(&per_channel(w, x)?)?,
+        None => y,
+    };
+    let y = match bias {
+        Some(b) => y.add(&per_channel(b, x)?)?,
+        None => y,
+    };
+    Ok((y, stats))
+}
+
+/// Layer normalisation over the last `normalized_shape.len()` dims.
+pub fn layer_norm(
+    x: &Tensor,
+    normalized_shape: &[usize],
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    super::float_only("layer_norm", x)?;
+    let k = normalized_shape.len();
+    if k == 0 || k > x.rank() || &x.dims()[x.rank() - k..] != normalized_shape {
+        return Err(Error::shape(
+            "layer_norm",
+            "the input must end with normalized_shape",
+            x.dims(),
+            normalized_shape,
+        ));
+    }
+    for t in [weight, bias].into_iter().flatten() {
+        if t.dims() != normalized_shape {
+            return Err(Error::shape(
+                "layer_norm",
+                "weight and bias must have normalized_shape",
+                t.dims(),
+                normalized_shape,
+            ));
+        }
+    }
+    let axes: Vec<isize> = (x.rank() - k..x.rank()).map(|a| a as isize).collect();
+    let mean = x.mean(&axes, true)?;
+    let var = x.var(&axes, 0, true)?;
+    let y = x.sub(&mean)?.div(&var.add_scalar(eps)?.sqrt()?)?;
+    let y = match weight {
+        Some(w) => y.mul(w)?,
+        None => y,
+    };
+    match bias {
+        Some(b) => y.add(b),
+        None => Ok(y),
+    }
+}
+
+/// `x · mask / (1 - p)` for a given 0/1 mask (any dtype): dropout made deterministic.
+pub fn dropout_with_mask(x: &Tensor, mask: &Tensor, p: f64) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::invalid(
+            "dropout",
+            format!("p must be in [0, 1), got {p}"),
+        ));
+    }
+    if mask.dims() != x.dims() {
+        return Err(Error::shape(
+            "dropout",
+            "mask must have the input's shape",
+            mask.dims(),
+            x.dims(),
+        ));
+    }
+    x.mul(&mask.to_dtype(x.dtype())?)?
+        .mul_scalar(1.0 / (1.0 - p))
+}
+
+/// Dropout in training mode: each element kept with probability `1 - p` (mask drawn from `gen`,
+/// so it is the same on every device) and scaled by `1 / (1 - p)`.
+pub fn dropout(x: &Tensor, p: f64, gen: &mut Generator) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::invalid(
+            "dropout",
+            format!("p must be in [0, 1), got {p}"),
+        ));
+    }
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    let u = Tensor::rand(x.dims(), 0.0, 1.0, x.dtype(), gen, x.device())?;
+    let keep = u.ge(&u.scalar_like(p)?)?;
+    dropout_with_mask(x, &keep, p)
+}
+
+/// `weight[indices]`: shape `indices.shape + [D]` for `weight` `[V, D]`. The `padding_idx` row
+/// (negative counts from the end) is looked up as stored but receives no gradient.
+pub fn embedding(indices: &Tensor, weight: &Tensor, padding_idx: Option<isize>) -> Result<Tensor> {
+    if weight.rank() != 2 {
+        return Err(Error::shape(
+            "embedding",
+            "weight must be [V, D]",
+            weight.dims(),
+            indices.dims(),
+        ));
+    }
+    let (v, d) = (weight.dims()[0], weight.dims()[1]);
+    let w = match padding_idx {
+        None => weight.clone(),
+        Some(p) => {
+            let row = crate::layout::normalize_dim("embedding", p, v).map_err(|_| {
+                Error::invalid(
+                    "embedding",
+                    format!("padding_idx {p} is out of range for {v} rows"),
+                )
+            })?;
+            let mut mask = vec![1.0; v];
+            mask[row] = 0.0;
+            let mask = Tensor::from_host(
+                crate::HostData::from_f64(weight.dtype(), &mask),
+                &[v, 1],
+                weight.device(),
+            )?;
+            // Same values; the gradient of the padding row is cut.
+            mask.where_(weight, &weight.detach())?
+        }
+    };
+    let mut shape = indices.dims().to_vec();
+    shape.push(d);
+    w.index_select(0, &indices.reshape(&[-1])?)?
+        .reshape_usize(&shape)
+}
