@@ -149,6 +149,140 @@ fn scatter_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
     Ok(v)
 }
 
+fn conv_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    // x [N, C, H, W] with C divisible by 2 (groups), weight [O, C/g, KH, KW], bias [O].
+    let n = 1 + shape.first().copied().unwrap_or(1) % 2;
+    let hw = 5 + shape.get(1).copied().unwrap_or(1) % 2;
+    let g = 1 + (gen.seed() % 2) as usize;
+    let c = 2 * g;
+    let k = 1 + shape.get(2).copied().unwrap_or(2) % 2;
+    Ok(vec![
+        draw(&[n, c, hw, hw + 1], false, gen)?,
+        draw(&[2 * g, c / g, k, k + 1], false, gen)?,
+        draw(&[2 * g], false, gen)?,
+    ])
+}
+
+fn conv1d_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let l = 5 + shape.first().copied().unwrap_or(1);
+    Ok(vec![
+        draw(&[2, 3, l], false, gen)?,
+        draw(&[4, 3, 3], false, gen)?,
+        draw(&[4], false, gen)?,
+    ])
+}
+
+fn convt_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let hw = 2 + shape.first().copied().unwrap_or(1);
+    Ok(vec![
+        draw(&[1, 4, hw, hw + 1], false, gen)?,
+        draw(&[4, 1, 3, 2], false, gen)?,
+        draw(&[2], false, gen)?,
+    ])
+}
+
+fn image(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let h = 3 + shape.first().copied().unwrap_or(1);
+    let w = 3 + shape.get(1).copied().unwrap_or(2);
+    Ok(vec![draw(&[2, 2, h, w], false, gen)?])
+}
+
+fn norm_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let l = 2 + shape.first().copied().unwrap_or(1);
+    Ok(vec![
+        draw(&[3, 4, l], false, gen)?,
+        draw(&[4], false, gen)?,
+        draw(&[4], false, gen)?,
+        draw(&[4], false, gen)?,
+        draw(&[4], true, gen)?,
+    ])
+}
+
+fn class_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let n = 2 + shape.first().copied().unwrap_or(1);
+    let t: Vec<i64> = (0..n * 3)
+        .map(|i| ((i * 5 + gen.seed() as usize) % 4) as i64)
+        .collect();
+    Ok(vec![
+        draw(&[n, 4, 3], false, gen)?,
+        Tensor::from_vec(t, &[n, 3], &cpu())?,
+    ])
+}
+
+fn pair_same(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    let mut s = shape.to_vec();
+    if s.is_empty() {
+        s.push(3);
+    }
+    Ok(vec![
+        draw(&s, false, gen)?,
+        Tensor::rand(&s, 0.0, 1.0, DType::F64, gen, &cpu())?,
+    ])
+}
+
+fn rnn_inputs(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    // x [T, B, I], h0, c0 [D, B, H], then per direction w_ih [G·H, I], w_hh [G·H, H], b_ih, b_hh.
+    let t = 1 + shape.first().copied().unwrap_or(1) % 3;
+    let (b, i, h) = (2, 3, 2);
+    let mut v = vec![
+        draw(&[t, b, i], false, gen)?,
+        draw(&[2, b, h], false, gen)?,
+        draw(&[2, b, h], false, gen)?,
+    ];
+    for _ in 0..2 {
+        v.push(draw(&[4 * h, i], false, gen)?);
+        v.push(draw(&[4 * h, h], false, gen)?);
+        v.push(draw(&[4 * h], false, gen)?);
+        v.push(draw(&[4 * h], false, gen)?);
+    }
+    Ok(v)
+}
+
+fn run_rnn(cell: tessera::ops::rnn::Cell, x: &[Tensor]) -> Result<Tensor> {
+    use tessera::ops::rnn::{rnn, Cell, RnnOptions, RnnWeights};
+    let g = if cell == Cell::Lstm { 4 } else { 3 };
+    let h = 2;
+    // GRU uses the first 3·H rows of the same draws.
+    let cut = |t: &Tensor| t.narrow(0, 0, g * h);
+    let mut owned = vec![];
+    for d in 0..2 {
+        let base = 3 + 4 * d;
+        owned.push((
+            cut(&x[base])?,
+            cut(&x[base + 1])?,
+            cut(&x[base + 2])?,
+            cut(&x[base + 3])?,
+        ));
+    }
+    let weights: Vec<RnnWeights<'_>> = owned
+        .iter()
+        .map(|(a, b, c, d)| RnnWeights {
+            w_ih: a,
+            w_hh: b,
+            b_ih: Some(c),
+            b_hh: Some(d),
+        })
+        .collect();
+    let opts = RnnOptions {
+        hidden_size: h,
+        num_layers: 1,
+        bidirectional: true,
+        batch_first: false,
+        bias: true,
+    };
+    let c0 = if cell == Cell::Lstm {
+        Some(&x[2])
+    } else {
+        None
+    };
+    let out = rnn(cell, &x[0], &x[1], c0, &weights, &opts)?;
+    let mut parts = vec![out.output.flatten(0, -1)?, out.h_n.flatten(0, -1)?];
+    if let Some(c) = out.c_n {
+        parts.push(c.flatten(0, -1)?);
+    }
+    Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)
+}
+
 fn rows() -> Vec<Row> {
     use Inputs::*;
     let u = Unary { positive: false };
@@ -320,6 +454,175 @@ fn rows() -> Vec<Row> {
             }
             x[0].transpose(0, 1)?.contiguous()
         }),
+        // conv, pool, norm, embedding, loss, rnn
+        row!("conv2d", Custom(conv_inputs), true, |x, k| {
+            use tessera::ops::conv::{conv2d, ConvOptions, Padding};
+            let g = x[0].dims()[1] / x[1].dims()[1];
+            let pad = match k % 3 {
+                0 => Padding::Same,
+                1 => Padding::Explicit(vec![(1, 0), (0, 2)]),
+                _ => Padding::Valid,
+            };
+            let o = ConvOptions {
+                stride: vec![1 + (k as usize >> 3) % 2],
+                padding: pad,
+                dilation: vec![1 + (k as usize >> 5) % 2],
+                groups: g,
+            };
+            conv2d(&x[0], &x[1], Some(&x[2]), &o)
+        }),
+        row!("conv1d", Custom(conv1d_inputs), false, |x, k| {
+            use tessera::ops::conv::{conv1d, ConvOptions};
+            conv1d(
+                &x[0],
+                &x[1],
+                Some(&x[2]),
+                &ConvOptions::new()
+                    .stride(1 + (k % 2) as usize)
+                    .padding((k % 3) as usize),
+            )
+        }),
+        row!("conv_transpose2d", Custom(convt_inputs), true, |x, k| {
+            use tessera::ops::conv::{conv_transpose2d, ConvTransposeOptions};
+            let s = 1 + (k % 2) as usize;
+            let o = ConvTransposeOptions {
+                stride: vec![s],
+                padding: vec![(k >> 2) as usize % 2],
+                output_padding: vec![(k >> 4) as usize % s],
+                dilation: vec![1],
+                groups: 2,
+            };
+            conv_transpose2d(&x[0], &x[1], Some(&x[2]), &o)
+        }),
+        row!("max_pool2d", Custom(image), false, |x, k| {
+            use tessera::ops::pool::{max_pool2d, PoolOptions};
+            max_pool2d(
+                &x[0],
+                &PoolOptions::new(2 + (k % 2) as usize)
+                    .stride(1 + (k >> 2) as usize % 2)
+                    .padding(1)
+                    .ceil_mode(k & 8 != 0),
+            )
+        }),
+        row!(
+            "max_pool1d",
+            Custom(|s, g| Ok(vec![draw(&[2, 2, 6 + s.len()], false, g)?])),
+            false,
+            |x, k| {
+                use tessera::ops::pool::{max_pool1d, PoolOptions};
+                max_pool1d(
+                    &x[0],
+                    &PoolOptions::new(3)
+                        .stride(2)
+                        .padding(1)
+                        .dilation(1 + (k % 2) as usize),
+                )
+            }
+        ),
+        row!("avg_pool2d", Custom(image), true, |x, k| {
+            use tessera::ops::pool::{avg_pool2d, PoolOptions};
+            avg_pool2d(
+                &x[0],
+                &PoolOptions::new(3)
+                    .stride(2)
+                    .padding(1)
+                    .ceil_mode(k & 1 != 0)
+                    .count_include_pad(k & 2 != 0),
+            )
+        }),
+        row!("adaptive_avg_pool2d", Custom(image), true, |x, k| {
+            tessera::ops::pool::adaptive_avg_pool2d(&x[0], [2 + (k % 3) as usize, 3])
+        }),
+        row!("global_avg_pool2d", Custom(image), false, |x, _| {
+            tessera::ops::pool::global_avg_pool2d(&x[0], false)
+        }),
+        row!("batch_norm", Custom(norm_inputs), true, |x, k| {
+            let (y, _) = tessera::ops::norm::batch_norm(
+                &x[0],
+                &x[3],
+                &x[4],
+                Some(&x[1]),
+                Some(&x[2]),
+                k % 2 == 0,
+                0.1,
+                1e-5,
+            )?;
+            Ok(y)
+        }),
+        row!("layer_norm", Custom(norm_inputs), true, |x, _| {
+            let w = x[1]
+                .reshape(&[4, 1])?
+                .expand(&[4, x[0].dims()[2] as isize])?
+                .contiguous()?;
+            tessera::ops::norm::layer_norm(&x[0], &x[0].dims()[1..], Some(&w), None, 1e-5)
+        }),
+        row!("dropout", u, false, |x, k| {
+            let mask = Tensor::rand(
+                x[0].dims(),
+                0.0,
+                1.0,
+                DType::F64,
+                &mut Generator::new(k),
+                &cpu(),
+            )?;
+            let mask = mask.ge(&mask.scalar_like(0.3)?)?;
+            tessera::ops::norm::dropout_with_mask(&x[0], &mask, 0.3)
+        }),
+        row!(
+            "embedding",
+            Custom(|s, g| {
+                let idx: Vec<i64> = (0..6).map(|i| ((i * 3 + s.len()) % 5) as i64).collect();
+                Ok(vec![
+                    Tensor::from_vec(idx, &[2, 3], &cpu())?,
+                    draw(&[5, 3], false, g)?,
+                ])
+            }),
+            false,
+            |x, k| tessera::ops::norm::embedding(&x[0], &x[1], None)
+        ),
+        row!("cross_entropy", Custom(class_inputs), true, |x, k| {
+            use tessera::ops::loss::{cross_entropy, Reduction};
+            let r = [Reduction::Mean, Reduction::Sum, Reduction::None][(k % 3) as usize];
+            cross_entropy(
+                &x[0],
+                &x[1],
+                r,
+                if k & 4 != 0 { 0.1 } else { 0.0 },
+                if k & 8 != 0 { 2 } else { -100 },
+            )
+        }),
+        row!("nll_loss", Custom(class_inputs), false, |x, k| {
+            use tessera::ops::loss::{nll_loss, Reduction};
+            nll_loss(
+                &x[0],
+                &x[1],
+                [Reduction::Mean, Reduction::Sum, Reduction::None][(k % 3) as usize],
+                1,
+            )
+        }),
+        row!("mse_loss", Custom(pair_same), true, |x, _| {
+            tessera::ops::loss::mse_loss(&x[0], &x[1], tessera::ops::loss::Reduction::Mean)
+        }),
+        row!(
+            "binary_cross_entropy_with_logits",
+            Custom(pair_same),
+            true,
+            |x, _| {
+                tessera::ops::loss::binary_cross_entropy_with_logits(
+                    &x[0],
+                    &x[1],
+                    tessera::ops::loss::Reduction::Sum,
+                )
+            }
+        ),
+        row!("lstm", Custom(rnn_inputs), false, |x, _| run_rnn(
+            tessera::ops::rnn::Cell::Lstm,
+            x
+        )),
+        row!("gru", Custom(rnn_inputs), false, |x, _| run_rnn(
+            tessera::ops::rnn::Cell::Gru,
+            x
+        )),
     ]
 }
 
@@ -331,7 +634,16 @@ fn shape_strategy() -> impl Strategy<Value = (Vec<usize>, u64, u64)> {
     )
 }
 
+/// First derivatives over `cases` random inputs; second derivatives (costlier: one backward per
+/// perturbed element) over 3.
 fn check_row(row: &Row, cases: u32) {
+    run_row(row, cases, false);
+    if row.second_order {
+        run_row(row, 3, true);
+    }
+}
+
+fn run_row(row: &Row, cases: u32, second: bool) {
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
@@ -372,11 +684,12 @@ fn check_row(row: &Row, cases: u32) {
             seed,
             ..GradcheckOptions::default()
         };
-        gradcheck(f, &inputs, opts)
-            .map_err(|e| TestCaseError::fail(format!("{}: {e}", row.name)))?;
-        if row.second_order {
+        if second {
             gradgradcheck(f, &inputs, opts)
                 .map_err(|e| TestCaseError::fail(format!("{} (second order): {e}", row.name)))?;
+        } else {
+            gradcheck(f, &inputs, opts)
+                .map_err(|e| TestCaseError::fail(format!("{}: {e}", row.name)))?;
         }
         Ok(())
     });
@@ -468,8 +781,32 @@ fn shape_ops_match_finite_differences() {
 }
 
 #[test]
+fn nn_ops_match_finite_differences() {
+    check_family(&[
+        "conv2d",
+        "conv1d",
+        "conv_transpose2d",
+        "max_pool2d",
+        "max_pool1d",
+        "avg_pool2d",
+        "adaptive_avg_pool2d",
+        "global_avg_pool2d",
+        "batch_norm",
+        "layer_norm",
+        "dropout",
+        "embedding",
+        "cross_entropy",
+        "nll_loss",
+        "mse_loss",
+        "binary_cross_entropy_with_logits",
+        "lstm",
+        "gru",
+    ]);
+}
+
+#[test]
 fn every_row_belongs_to_a_family_test() {
     // Keeps the table and the family lists above in step.
-    let listed = 27 + 8 + 2 + 13;
+    let listed = 27 + 8 + 2 + 13 + 18;
     assert_eq!(rows().len(), listed);
 }
