@@ -578,7 +578,7 @@ fn rows() -> Vec<Row> {
                 ])
             }),
             false,
-            |x, k| tessera::ops::norm::embedding(&x[0], &x[1], None)
+            |x, _| tessera::ops::norm::embedding(&x[0], &x[1], None)
         ),
         row!("cross_entropy", Custom(class_inputs), true, |x, k| {
             use tessera::ops::loss::{cross_entropy, Reduction};
