@@ -25,6 +25,8 @@ pub use tessera_core::{
     Gradients, HostData, Layout, Result, Shape, Tensor,
 };
 pub use tessera_cpu as cpu;
+pub use tessera_nn as nn;
+pub use tessera_nn::optim;
 
 /// Gradient checking against finite differences in f64, for tessera's ops and your own.
 pub mod testing {
@@ -59,4 +61,6 @@ impl DeviceExt for Device {
 pub mod prelude {
     pub use crate::DeviceExt;
     pub use tessera_core::{no_grad, DType, Device, Error, Generator, Gradients, Result, Tensor};
+    pub use tessera_nn::optim::{self, Optimizer};
+    pub use tessera_nn::{self as nn, Module};
 }

@@ -72,12 +72,8 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn shape(
-        op: &'static str,
-        msg: impl Into<String>,
-        lhs: &[usize],
-        rhs: &[usize],
-    ) -> Self {
+    /// An [`Error::Shape`] for `op`, naming both shapes.
+    pub fn shape(op: &'static str, msg: impl Into<String>, lhs: &[usize], rhs: &[usize]) -> Self {
         Error::Shape {
             op,
             msg: msg.into(),

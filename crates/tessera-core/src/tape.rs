@@ -305,6 +305,10 @@ impl Gradients {
             None => t.detach().zeros_like(),
         }
     }
+    /// Sets the gradient with respect to `t` (e.g. after clipping).
+    pub fn insert(&mut self, t: &Tensor, grad: Tensor) {
+        self.map.insert(t.id(), grad);
+    }
     /// Removes and returns the gradient with respect to `t`.
     pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
         self.map.remove(&t.id())

@@ -1,0 +1,166 @@
+use crate::init::{default_uniform, Ctx};
+use crate::module::{Module, Named, Parameter};
+use tessera_core::ops::conv::{
+    conv1d, conv2d, conv_transpose2d, ConvOptions, ConvTransposeOptions,
+};
+use tessera_core::{Result, Tensor};
+
+fn named(weight: &Parameter, bias: &Option<Parameter>) -> Named {
+    let mut p = vec![("weight".to_string(), weight.clone())];
+    p.extend(bias.iter().map(|b| ("bias".to_string(), b.clone())));
+    p
+}
+
+/// 2-d convolution, weight OIHW `[out, in/groups, kh, kw]`.
+pub struct Conv2d {
+    pub weight: Parameter,
+    pub bias: Option<Parameter>,
+    pub options: ConvOptions,
+}
+
+impl Conv2d {
+    /// A `k×k` convolution with bias and PyTorch's default initialisation.
+    pub fn new(
+        ctx: &mut Ctx,
+        in_channels: usize,
+        out_channels: usize,
+        k: usize,
+        options: ConvOptions,
+    ) -> Result<Conv2d> {
+        Self::rect(ctx, in_channels, out_channels, [k, k], true, options)
+    }
+    /// Any kernel shape, with or without bias.
+    pub fn rect(
+        ctx: &mut Ctx,
+        in_channels: usize,
+        out_channels: usize,
+        k: [usize; 2],
+        bias: bool,
+        options: ConvOptions,
+    ) -> Result<Conv2d> {
+        let g = options.groups.max(1);
+        let fan_in = in_channels / g * k[0] * k[1];
+        let weight = Parameter::new(default_uniform(
+            ctx,
+            &[out_channels, in_channels / g, k[0], k[1]],
+            fan_in,
+        )?)?;
+        let bias = if bias {
+            Some(Parameter::new(default_uniform(
+                ctx,
+                &[out_channels],
+                fan_in,
+            )?)?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            options,
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let b = self.bias.as_ref().map(|b| b.tensor());
+        conv2d(x, &self.weight.tensor(), b.as_ref(), &self.options)
+    }
+    fn named_parameters(&self) -> Named {
+        named(&self.weight, &self.bias)
+    }
+}
+
+/// 1-d convolution, weight `[out, in/groups, k]`.
+pub struct Conv1d {
+    pub weight: Parameter,
+    pub bias: Option<Parameter>,
+    pub options: ConvOptions,
+}
+
+impl Conv1d {
+    /// A width-`k` convolution with bias and PyTorch's default initialisation.
+    pub fn new(
+        ctx: &mut Ctx,
+        in_channels: usize,
+        out_channels: usize,
+        k: usize,
+        options: ConvOptions,
+    ) -> Result<Conv1d> {
+        let g = options.groups.max(1);
+        let fan_in = in_channels / g * k;
+        let weight = Parameter::new(default_uniform(
+            ctx,
+            &[out_channels, in_channels / g, k],
+            fan_in,
+        )?)?;
+        let bias = Some(Parameter::new(default_uniform(
+            ctx,
+            &[out_channels],
+            fan_in,
+        )?)?);
+        Ok(Conv1d {
+            weight,
+            bias,
+            options,
+        })
+    }
+}
+
+impl Module for Conv1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let b = self.bias.as_ref().map(|b| b.tensor());
+        conv1d(x, &self.weight.tensor(), b.as_ref(), &self.options)
+    }
+    fn named_parameters(&self) -> Named {
+        named(&self.weight, &self.bias)
+    }
+}
+
+/// Transposed 2-d convolution, weight `[in, out/groups, kh, kw]`.
+pub struct ConvTranspose2d {
+    pub weight: Parameter,
+    pub bias: Option<Parameter>,
+    pub options: ConvTransposeOptions,
+}
+
+impl ConvTranspose2d {
+    /// A `k×k` transposed convolution with bias and PyTorch's default initialisation.
+    pub fn new(
+        ctx: &mut Ctx,
+        in_channels: usize,
+        out_channels: usize,
+        k: usize,
+        options: ConvTransposeOptions,
+    ) -> Result<Self> {
+        let g = options.groups.max(1);
+        // PyTorch computes fan_in from weight dim 1 (out/groups) for transposed convolutions.
+        let fan_in = out_channels / g * k * k;
+        let weight = Parameter::new(default_uniform(
+            ctx,
+            &[in_channels, out_channels / g, k, k],
+            fan_in,
+        )?)?;
+        let bias = Some(Parameter::new(default_uniform(
+            ctx,
+            &[out_channels],
+            fan_in,
+        )?)?);
+        Ok(ConvTranspose2d {
+            weight,
+            bias,
+            options,
+        })
+    }
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let b = self.bias.as_ref().map(|b| b.tensor());
+        conv_transpose2d(x, &self.weight.tensor(), b.as_ref(), &self.options)
+    }
+    fn named_parameters(&self) -> Named {
+        named(&self.weight, &self.bias)
+    }
+}

@@ -1,0 +1,70 @@
+use super::Conv2d;
+use crate::init::Ctx;
+use crate::module::{prefixed, Module, Named};
+use tessera_core::ops::conv::ConvOptions;
+use tessera_core::ops::pool::{max_pool2d, PoolOptions};
+use tessera_core::{Result, Tensor};
+
+/// GoogLeNet v1 Inception module: 1×1, 1×1→3×3, 1×1→5×5 and 3×3 max-pool→1×1 branches, each
+/// followed by ReLU, concatenated on channels. Parameter names `b1`, `b3r`, `b3`, `b5r`, `b5`,
+/// `bp`.
+pub struct Inception {
+    pub b1: Conv2d,
+    pub b3r: Conv2d,
+    pub b3: Conv2d,
+    pub b5r: Conv2d,
+    pub b5: Conv2d,
+    pub bp: Conv2d,
+}
+
+impl Inception {
+    /// Branch widths as in the GoogLeNet paper's table: `ch1x1`, `ch3x3red`, `ch3x3`,
+    /// `ch5x5red`, `ch5x5`, `pool_proj`.
+    pub fn new(ctx: &mut Ctx, in_channels: usize, widths: [usize; 6]) -> Result<Inception> {
+        let [c1, c3r, c3, c5r, c5, cp] = widths;
+        let o = ConvOptions::new;
+        Ok(Inception {
+            b1: Conv2d::new(ctx, in_channels, c1, 1, o())?,
+            b3r: Conv2d::new(ctx, in_channels, c3r, 1, o())?,
+            b3: Conv2d::new(ctx, c3r, c3, 3, o().padding(1))?,
+            b5r: Conv2d::new(ctx, in_channels, c5r, 1, o())?,
+            b5: Conv2d::new(ctx, c5r, c5, 5, o().padding(2))?,
+            bp: Conv2d::new(ctx, in_channels, cp, 1, o())?,
+        })
+    }
+
+    /// Output channels: the sum of the branch widths.
+    pub fn out_channels(&self) -> usize {
+        [&self.b1, &self.b3, &self.b5, &self.bp]
+            .iter()
+            .map(|c| c.weight.dims()[0])
+            .sum()
+    }
+}
+
+impl Module for Inception {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let relu = |c: &Conv2d, x: &Tensor| c.forward(x)?.relu();
+        let y1 = relu(&self.b1, x)?;
+        let y3 = relu(&self.b3, &relu(&self.b3r, x)?)?;
+        let y5 = relu(&self.b5, &relu(&self.b5r, x)?)?;
+        let yp = relu(
+            &self.bp,
+            &max_pool2d(x, &PoolOptions::new(3).stride(1).padding(1))?,
+        )?;
+        Tensor::concat(&[&y1, &y3, &y5, &yp], 1)
+    }
+    fn named_parameters(&self) -> Named {
+        [
+            ("b1", &self.b1),
+            ("b3r", &self.b3r),
+            ("b3", &self.b3),
+            ("b5r", &self.b5r),
+            ("b5", &self.b5),
+            ("bp", &self.bp),
+        ]
+        .into_iter()
+        .flat_map(|(n, c)| prefixed(n, c.named_parameters()))
+        .collect()
+    }
+}

@@ -1,0 +1,51 @@
+use crate::init::{default_uniform, Ctx};
+use crate::module::{Module, Named, Parameter};
+use tessera_core::{Result, Tensor};
+
+/// `y = x·Wᵀ + b`, weight `[out, in]`.
+pub struct Linear {
+    pub weight: Parameter,
+    pub bias: Option<Parameter>,
+}
+
+impl Linear {
+    /// PyTorch's default initialisation, with a bias.
+    pub fn new(ctx: &mut Ctx, in_features: usize, out_features: usize) -> Result<Linear> {
+        Self::with_bias(ctx, in_features, out_features, true)
+    }
+    /// With or without a bias.
+    pub fn with_bias(
+        ctx: &mut Ctx,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let weight = Parameter::new(default_uniform(
+            ctx,
+            &[out_features, in_features],
+            in_features,
+        )?)?;
+        let bias = if bias {
+            Some(Parameter::new(default_uniform(
+                ctx,
+                &[out_features],
+                in_features,
+            )?)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let b = self.bias.as_ref().map(|b| b.tensor());
+        x.linear(&self.weight.tensor(), b.as_ref())
+    }
+    fn named_parameters(&self) -> Named {
+        let mut p = vec![("weight".to_string(), self.weight.clone())];
+        p.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
+        p
+    }
+}

@@ -1,0 +1,215 @@
+//! Parameters and the `Module` trait.
+
+use std::sync::{Arc, RwLock};
+use tessera_core::{Error, Result, Tensor};
+
+#[derive(Debug)]
+struct ParamState {
+    value: Tensor,
+    trainable: bool,
+}
+
+/// A named slot holding a tensor that layers read in `forward` and optimizers replace after
+/// each step. Clones share the slot.
+#[derive(Clone, Debug)]
+pub struct Parameter(Arc<RwLock<ParamState>>);
+
+impl Parameter {
+    /// A trainable parameter (a variable on the tape).
+    pub fn new(value: Tensor) -> Result<Parameter> {
+        let value = value.detach().requires_grad_()?;
+        Ok(Parameter(Arc::new(RwLock::new(ParamState {
+            value,
+            trainable: true,
+        }))))
+    }
+
+    /// A buffer: state saved with the model but not trained (running statistics).
+    pub fn buffer(value: Tensor) -> Parameter {
+        Parameter(Arc::new(RwLock::new(ParamState {
+            value: value.detach(),
+            trainable: false,
+        })))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ParamState> {
+        // A poisoned lock only means a panic elsewhere; the tensor inside is still whole.
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ParamState> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current value (the handle whose gradient backward returns).
+    pub fn tensor(&self) -> Tensor {
+        self.read().value.clone()
+    }
+
+    /// Dimension sizes.
+    pub fn dims(&self) -> Vec<usize> {
+        self.read().value.dims().to_vec()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.read().value.numel()
+    }
+
+    /// Whether optimizers update it (false for buffers and frozen parameters).
+    pub fn is_trainable(&self) -> bool {
+        self.read().trainable
+    }
+
+    /// Stops (or resumes) training this parameter: it no longer takes gradients.
+    pub fn set_trainable(&self, trainable: bool) -> Result<()> {
+        let mut s = self.write();
+        s.value = if trainable {
+            s.value.detach().requires_grad_()?
+        } else {
+            s.value.detach()
+        };
+        s.trainable = trainable;
+        Ok(())
+    }
+
+    /// Replaces the value; the shape and dtype must stay the same.
+    pub fn set(&self, value: Tensor) -> Result<()> {
+        let mut s = self.write();
+        if value.dims() != s.value.dims() || value.dtype() != s.value.dtype() {
+            return Err(Error::shape(
+                "Parameter::set",
+                format!(
+                    "new value must keep dtype {} (got {})",
+                    s.value.dtype(),
+                    value.dtype()
+                ),
+                value.dims(),
+                s.value.dims(),
+            ));
+        }
+        let value = value.to_device(s.value.device())?.detach();
+        s.value = if s.trainable {
+            value.requires_grad_()?
+        } else {
+            value
+        };
+        Ok(())
+    }
+}
+
+/// Named parameters, in a stable order.
+pub type Named = Vec<(String, Parameter)>;
+
+/// Prefixes a child's names: `conv1` + `weight` → `conv1.weight`.
+pub fn prefixed(prefix: &str, named: Named) -> Named {
+    named
+        .into_iter()
+        .map(|(n, p)| (format!("{prefix}.{n}"), p))
+        .collect()
+}
+
+/// A building block: a layer, or a network of layers (an ordinary struct holding them).
+///
+/// ```
+/// use tessera_core::{Result, Tensor};
+/// use tessera_nn::{prefixed, Linear, Module, Named};
+///
+/// /// A custom architecture: a residual MLP block.
+/// struct Residual { fc1: Linear, fc2: Linear }
+///
+/// impl Module for Residual {
+///     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+///         let h = self.fc1.forward(x)?.relu()?;
+///         self.fc2.forward(&h)?.add(x)
+///     }
+///     fn named_parameters(&self) -> Named {
+///         let mut p = prefixed("fc1", self.fc1.named_parameters());
+///         p.extend(prefixed("fc2", self.fc2.named_parameters()));
+///         p
+///     }
+/// }
+/// ```
+pub trait Module {
+    /// The output for input `x`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// Parameters and buffers with PyTorch's `state_dict` names, in a stable order.
+    fn named_parameters(&self) -> Named;
+
+    /// Switches training behaviour (dropout, batch statistics) on or off.
+    fn set_training(&mut self, _training: bool) {}
+
+    /// Training mode.
+    fn train(&mut self) {
+        self.set_training(true)
+    }
+
+    /// Evaluation mode.
+    fn eval(&mut self) {
+        self.set_training(false)
+    }
+
+    /// The trainable parameters.
+    fn parameters(&self) -> Vec<Parameter> {
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.is_trainable())
+            .collect()
+    }
+
+    /// Number of trainable parameter elements.
+    fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(|p| p.numel()).sum()
+    }
+}
+
+/// Layers applied one after another; children are named `0`, `1`, ... as in PyTorch.
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<Box<dyn Module>>,
+}
+
+impl Sequential {
+    /// An empty stack.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Appends a layer.
+    #[allow(clippy::should_implement_trait)]
+    pub fn add(mut self, layer: impl Module + 'static) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+    /// Whether there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Module for Sequential {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            h = l.forward(&h)?;
+        }
+        Ok(h)
+    }
+    fn named_parameters(&self) -> Named {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| prefixed(&i.to_string(), l.named_parameters()))
+            .collect()
+    }
+    fn set_training(&mut self, training: bool) {
+        for l in &mut self.layers {
+            l.set_training(training);
+        }
+    }
+}
