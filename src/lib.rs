@@ -57,6 +57,30 @@ impl DeviceExt for Device {
     }
 }
 
+/// A zoo model by name with a one-example input of its usual shape (for `tessera summary`).
+pub fn zoo_model(name: &str, device: &Device) -> Result<(Box<dyn tessera_nn::Module>, Tensor)> {
+    use tessera_nn::zoo::*;
+    let mut ctx = tessera_nn::Ctx::new(device, 0);
+    let image = |c: usize, hw: usize| Tensor::zeros(&[1, c, hw, hw], DType::F32, device);
+    let tokens = |n: usize| Tensor::zeros(&[1, n], DType::I64, device);
+    Ok(match name {
+        "lenet5" => (Box::new(LeNet5::new(&mut ctx)?), image(1, 28)?),
+        "lenet1998" => (Box::new(LeNet1998::new(&mut ctx, true)?), image(1, 32)?),
+        "lenet1998-softmax" => (Box::new(LeNet1998::new(&mut ctx, false)?), image(1, 32)?),
+        "alexnet" => (Box::new(AlexNet::new(&mut ctx, 1000)?), image(3, 227)?),
+        "googlenet" => (Box::new(GoogLeNetSmall::new(&mut ctx, 1, 10)?), image(1, 28)?),
+        "mlp" => (Box::new(Mlp::new(&mut ctx, &[784, 512, 256, 10])?), image(1, 28)?),
+        "textcnn" => (Box::new(TextCnn::new(&mut ctx, 10_000, 128, &[3, 4, 5], 100, 2)?), tokens(50)?),
+        "charlstm" => (Box::new(CharLstm::new(&mut ctx, 96, 64, 256, 2)?), tokens(100)?),
+        other => {
+            return Err(Error::invalid(
+                "zoo",
+                format!("unknown model {other:?}: lenet5, lenet1998, lenet1998-softmax, alexnet, googlenet, mlp, textcnn, charlstm"),
+            ))
+        }
+    })
+}
+
 /// What most programs need: `use tessera::prelude::*;`.
 pub mod prelude {
     pub use crate::DeviceExt;

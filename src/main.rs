@@ -5,6 +5,8 @@ use tessera::prelude::*;
 
 const USAGE: &str = "usage:
   tessera conformance DIR [--device cpu]   run PyTorch-generated test vectors (*.json in DIR)
+  tessera summary MODEL [--device cpu]     per-layer table of a zoo model: lenet5, lenet1998,
+                                           lenet1998-softmax, alexnet, googlenet, mlp, textcnn, charlstm
   tessera help";
 
 fn main() -> ExitCode {
@@ -48,6 +50,17 @@ fn run(args: &[String]) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Some("summary") => {
+            let Some(name) = args.get(1).filter(|a| !a.starts_with("--")) else {
+                eprintln!("{USAGE}");
+                return Ok(ExitCode::from(2));
+            };
+            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
+            let (model, input) = tessera::zoo_model(name, &device)?;
+            println!("{name}");
+            println!("{}", tessera::nn::summary(model.as_ref(), &input)?);
+            Ok(ExitCode::SUCCESS)
         }
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");

@@ -9,9 +9,11 @@ pub mod init;
 pub mod layers;
 mod module;
 pub mod optim;
+pub mod summary;
 pub mod zoo;
 
 pub use init::Ctx;
 pub use layers::*;
 pub use module::{prefixed, Module, Named, Parameter, Sequential};
+pub use summary::{summary, Summary, SummaryRow, Trace};
 pub use tessera_core::ops::loss;

@@ -1,5 +1,6 @@
 //! Parameters and the `Module` trait.
 
+use crate::summary::Trace;
 use std::sync::{Arc, RwLock};
 use tessera_core::{Error, Result, Tensor};
 
@@ -150,6 +151,33 @@ pub trait Module {
         self.set_training(false)
     }
 
+    /// The layer's kind, shown in summaries.
+    fn kind(&self) -> String {
+        "Module".into()
+    }
+
+    /// Connections (multiply-adds, bias included) of one forward pass per example, for
+    /// summaries; 0 for layers that only move data.
+    fn connections(&self, _x: &Tensor, _y: &Tensor) -> u64 {
+        0
+    }
+
+    /// Parameters that count in a summary (a masked layer counts only its live connections).
+    fn summary_params(&self) -> usize {
+        self.num_parameters()
+    }
+
+    /// Whether summaries list this module's children instead of the module itself.
+    fn is_container(&self) -> bool {
+        false
+    }
+
+    /// Runs the forward pass through `trace`, so each child gets a summary row. Containers
+    /// implement it (and `forward` as `self.trace(x, &mut Trace::off())`); leaves keep this.
+    fn trace(&self, x: &Tensor, _trace: &mut Trace) -> Result<Tensor> {
+        self.forward(x)
+    }
+
     /// The trainable parameters.
     fn parameters(&self) -> Vec<Parameter> {
         self.named_parameters()
@@ -194,11 +222,17 @@ impl Sequential {
 
 impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.trace(x, &mut Trace::off())
+    }
+    fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let mut h = x.clone();
-        for l in &self.layers {
-            h = l.forward(&h)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            h = t.call(&i.to_string(), l.as_ref(), &h)?;
         }
         Ok(h)
+    }
+    fn is_container(&self) -> bool {
+        true
     }
     fn named_parameters(&self) -> Named {
         self.layers

@@ -1,11 +1,36 @@
-//! Ready-made models with PyTorch's parameter names.
+//! Ready-made models with PyTorch-style parameter names. Each runs its layers through a
+//! [`Trace`], so `summary()` lists them.
 
 use crate::init::Ctx;
-use crate::layers::{Conv2d, Linear};
+use crate::layers::{
+    Conv1d, Conv2d, Dropout, Embedding, Inception, Linear, LocalResponseNorm, Lstm, MaxPool2d,
+    PartialConv2d, Rbf, Squash, Subsampling, C3_TABLE,
+};
 use crate::module::{prefixed, Module, Named};
+use crate::summary::Trace;
 use tessera_core::ops::conv::ConvOptions;
-use tessera_core::ops::pool::{max_pool2d, PoolOptions};
+use tessera_core::ops::pool::PoolOptions;
+use tessera_core::ops::rnn::{RnnOptions, RnnOutput};
 use tessera_core::{Error, Result, Tensor};
+
+/// Concatenates children's named parameters under their names.
+fn named(children: &[(&str, &dyn Module)]) -> Named {
+    children
+        .iter()
+        .flat_map(|(n, m)| prefixed(n, m.named_parameters()))
+        .collect()
+}
+
+macro_rules! container {
+    () => {
+        fn forward(&self, x: &Tensor) -> Result<Tensor> {
+            self.trace(x, &mut Trace::off())
+        }
+        fn is_container(&self) -> bool {
+            true
+        }
+    };
+}
 
 /// A multilayer perceptron: Linear layers with ReLU between them; parameters `layers.{i}.*`.
 pub struct Mlp {
@@ -30,10 +55,11 @@ impl Mlp {
 }
 
 impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    container!();
+    fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let mut h = x.flatten(1, -1)?;
         for (i, l) in self.layers.iter().enumerate() {
-            h = l.forward(&h)?;
+            h = t.call(&format!("layers.{i}"), l, &h)?;
             if i + 1 < self.layers.len() {
                 h = h.relu()?;
             }
@@ -74,20 +100,354 @@ impl LeNet5 {
 }
 
 impl Module for LeNet5 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let pool = PoolOptions::new(2);
-        let h = max_pool2d(&self.conv1.forward(x)?.relu()?, &pool)?;
-        let h = max_pool2d(&self.conv2.forward(&h)?.relu()?, &pool)?.flatten(1, -1)?;
-        let h = self.fc1.forward(&h)?.relu()?;
-        let h = self.fc2.forward(&h)?.relu()?;
-        self.fc3.forward(&h)
+    container!();
+    fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
+        let pool = MaxPool2d(PoolOptions::new(2));
+        let h = t.call("conv1", &self.conv1, x)?.relu()?;
+        let h = t.call("pool1", &pool, &h)?;
+        let h = t.call("conv2", &self.conv2, &h)?.relu()?;
+        let h = t.call("pool2", &pool, &h)?.flatten(1, -1)?;
+        let h = t.call("fc1", &self.fc1, &h)?.relu()?;
+        let h = t.call("fc2", &self.fc2, &h)?.relu()?;
+        t.call("fc3", &self.fc3, &h)
     }
     fn named_parameters(&self) -> Named {
-        let mut p = prefixed("conv1", self.conv1.named_parameters());
-        p.extend(prefixed("conv2", self.conv2.named_parameters()));
-        p.extend(prefixed("fc1", self.fc1.named_parameters()));
-        p.extend(prefixed("fc2", self.fc2.named_parameters()));
-        p.extend(prefixed("fc3", self.fc3.named_parameters()));
+        named(&[
+            ("conv1", &self.conv1),
+            ("conv2", &self.conv2),
+            ("fc1", &self.fc1),
+            ("fc2", &self.fc2),
+            ("fc3", &self.fc3),
+        ])
+    }
+}
+
+/// The output layer of [`LeNet1998`].
+pub enum LeNetOutput {
+    /// Euclidean RBF units (the paper's), 840 parameters.
+    Rbf(Rbf),
+    /// A linear layer for softmax cross-entropy, 850 parameters.
+    Softmax(Linear),
+}
+
+/// LeNet-5 as published (LeCun et al., 1998): 32×32 input, scaled-tanh squashing, trainable
+/// subsampling S2/S4, C3's partial connection table, C5, F6, and an RBF or softmax output
+/// (counted apart in the summary, as the paper's 60,000 parameters do not include it).
+pub struct LeNet1998 {
+    pub c1: Conv2d,
+    pub s2: Subsampling,
+    pub c3: PartialConv2d,
+    pub s4: Subsampling,
+    pub c5: Conv2d,
+    pub f6: Linear,
+    pub output: LeNetOutput,
+}
+
+impl LeNet1998 {
+    /// With an RBF (`rbf = true`) or softmax output layer.
+    pub fn new(ctx: &mut Ctx, rbf: bool) -> Result<LeNet1998> {
+        Ok(LeNet1998 {
+            c1: Conv2d::new(ctx, 1, 6, 5, ConvOptions::new())?,
+            s2: Subsampling::new(ctx, 6)?,
+            c3: PartialConv2d::new(ctx, 6, &C3_TABLE, 5)?,
+            s4: Subsampling::new(ctx, 16)?,
+            c5: Conv2d::new(ctx, 16, 120, 5, ConvOptions::new())?,
+            f6: Linear::new(ctx, 120, 84)?,
+            output: if rbf {
+                LeNetOutput::Rbf(Rbf::new(ctx, 84, 10)?)
+            } else {
+                LeNetOutput::Softmax(Linear::new(ctx, 84, 10)?)
+            },
+        })
+    }
+    fn output(&self) -> &dyn Module {
+        match &self.output {
+            LeNetOutput::Rbf(r) => r,
+            LeNetOutput::Softmax(l) => l,
+        }
+    }
+}
+
+impl Module for LeNet1998 {
+    container!();
+    /// `x` is `[N, 1, 32, 32]`, or `[N, 1, 28, 28]` (padded by 2, as the paper did for MNIST).
+    fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
+        let x = if x.dims().get(2) == Some(&28) {
+            x.pad(&[2, 2, 2, 2], 0.0)?
+        } else {
+            x.clone()
+        };
+        let h = Squash.forward(&t.call("c1", &self.c1, &x)?)?;
+        let h = t.call("s2", &self.s2, &h)?;
+        let h = Squash.forward(&t.call("c3", &self.c3, &h)?)?;
+        let h = t.call("s4", &self.s4, &h)?;
+        let h = Squash
+            .forward(&t.call("c5", &self.c5, &h)?)?
+            .flatten(1, -1)?;
+        let h = Squash.forward(&t.call("f6", &self.f6, &h)?)?;
+        t.call_separate("output", self.output(), &h)
+    }
+    fn named_parameters(&self) -> Named {
+        named(&[
+            ("c1", &self.c1),
+            ("s2", &self.s2),
+            ("c3", &self.c3),
+            ("s4", &self.s4),
+            ("c5", &self.c5),
+            ("f6", &self.f6),
+            ("output", self.output()),
+        ])
+    }
+}
+
+/// AlexNet as published (Krizhevsky et al., 2012): two towers (grouped convolutions 2, 4 and 5),
+/// local response normalisation, overlapping max pooling, dropout; 227×227×3 input, 1000 classes.
+pub struct AlexNet {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+    pub conv3: Conv2d,
+    pub conv4: Conv2d,
+    pub conv5: Conv2d,
+    pub fc6: Linear,
+    pub fc7: Linear,
+    pub fc8: Linear,
+    pub drop6: Dropout,
+    pub drop7: Dropout,
+}
+
+impl AlexNet {
+    /// `classes` outputs (1000 in the paper).
+    pub fn new(ctx: &mut Ctx, classes: usize) -> Result<AlexNet> {
+        let o = ConvOptions::new;
+        let seed = ctx.gen.seed();
+        Ok(AlexNet {
+            conv1: Conv2d::new(ctx, 3, 96, 11, o().stride(4))?,
+            conv2: Conv2d::new(ctx, 96, 256, 5, o().padding(2).groups(2))?,
+            conv3: Conv2d::new(ctx, 256, 384, 3, o().padding(1))?,
+            conv4: Conv2d::new(ctx, 384, 384, 3, o().padding(1).groups(2))?,
+            conv5: Conv2d::new(ctx, 384, 256, 3, o().padding(1).groups(2))?,
+            fc6: Linear::new(ctx, 256 * 6 * 6, 4096)?,
+            fc7: Linear::new(ctx, 4096, 4096)?,
+            fc8: Linear::new(ctx, 4096, classes)?,
+            drop6: Dropout::new(0.5, seed ^ 6)?,
+            drop7: Dropout::new(0.5, seed ^ 7)?,
+        })
+    }
+}
+
+impl Module for AlexNet {
+    container!();
+    fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
+        let pool = MaxPool2d(PoolOptions::new(3).stride(2));
+        let lrn = LocalResponseNorm::alexnet();
+        let h = t.call("conv1", &self.conv1, x)?.relu()?;
+        let h = t.call("norm1", &lrn, &h)?;
+        let h = t.call("pool1", &pool, &h)?;
+        let h = t.call("conv2", &self.conv2, &h)?.relu()?;
+        let h = t.call("norm2", &lrn, &h)?;
+        let h = t.call("pool2", &pool, &h)?;
+        let h = t.call("conv3", &self.conv3, &h)?.relu()?;
+        let h = t.call("conv4", &self.conv4, &h)?.relu()?;
+        let h = t.call("conv5", &self.conv5, &h)?.relu()?;
+        let h = t.call("pool5", &pool, &h)?.flatten(1, -1)?;
+        let h = t.call("fc6", &self.fc6, &self.drop6.forward(&h)?)?.relu()?;
+        let h = t.call("fc7", &self.fc7, &self.drop7.forward(&h)?)?.relu()?;
+        t.call("fc8", &self.fc8, &h)
+    }
+    fn named_parameters(&self) -> Named {
+        named(&[
+            ("conv1", &self.conv1),
+            ("conv2", &self.conv2),
+            ("conv3", &self.conv3),
+            ("conv4", &self.conv4),
+            ("conv5", &self.conv5),
+            ("fc6", &self.fc6),
+            ("fc7", &self.fc7),
+            ("fc8", &self.fc8),
+        ])
+    }
+    fn set_training(&mut self, training: bool) {
+        self.drop6.set_training(training);
+        self.drop7.set_training(training);
+    }
+}
+
+/// A small GoogLeNet-style network for small images: a 3×3 stem, two Inception modules,
+/// global average pooling, dropout and a linear classifier.
+pub struct GoogLeNetSmall {
+    pub stem: Conv2d,
+    pub inception3a: Inception,
+    pub inception3b: Inception,
+    pub dropout: Dropout,
+    pub fc: Linear,
+}
+
+impl GoogLeNetSmall {
+    /// For `in_channels`-channel images and `classes` outputs.
+    pub fn new(ctx: &mut Ctx, in_channels: usize, classes: usize) -> Result<GoogLeNetSmall> {
+        let stem = Conv2d::new(ctx, in_channels, 32, 3, ConvOptions::new().padding(1))?;
+        let inception3a = Inception::new(ctx, 32, [16, 16, 24, 4, 8, 8])?;
+        let inception3b = Inception::new(ctx, inception3a.out_channels(), [24, 24, 32, 8, 16, 16])?;
+        let fc = Linear::new(ctx, inception3b.out_channels(), classes)?;
+        Ok(GoogLeNetSmall {
+            stem,
+            inception3a,
+            inception3b,
+            dropout: Dropout::new(0.2, ctx.gen.seed() ^ 11)?,
+            fc,
+        })
+    }
+}
+
+impl Module for GoogLeNetSmall {
+    container!();
+    fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
+        let pool = MaxPool2d(PoolOptions::new(2));
+        let h = t.call("stem", &self.stem, x)?.relu()?;
+        let h = t.call("pool1", &pool, &h)?;
+        let h = t.call("inception3a", &self.inception3a, &h)?;
+        let h = t.call("inception3b", &self.inception3b, &h)?;
+        let h = t.call("pool2", &pool, &h)?;
+        let h = tessera_core::ops::pool::global_avg_pool2d(&h, false)?;
+        t.call("fc", &self.fc, &self.dropout.forward(&h)?)
+    }
+    fn named_parameters(&self) -> Named {
+        named(&[
+            ("stem", &self.stem),
+            ("inception3a", &self.inception3a),
+            ("inception3b", &self.inception3b),
+            ("fc", &self.fc),
+        ])
+    }
+    fn set_training(&mut self, training: bool) {
+        self.dropout.set_training(training);
+    }
+}
+
+/// A text CNN (Kim, 2014): embedding → 1-D convolutions of several widths → ReLU →
+/// max-over-time pooling → dropout → linear. Input: token ids `[N, L]` (i64).
+pub struct TextCnn {
+    pub embedding: Embedding,
+    pub convs: Vec<Conv1d>,
+    pub dropout: Dropout,
+    pub fc: Linear,
+}
+
+impl TextCnn {
+    /// `vocab` tokens embedded in `dim`, `filters` maps for each of `widths`, `classes` outputs.
+    pub fn new(
+        ctx: &mut Ctx,
+        vocab: usize,
+        dim: usize,
+        widths: &[usize],
+        filters: usize,
+        classes: usize,
+    ) -> Result<TextCnn> {
+        let embedding = Embedding::new(ctx, vocab, dim, None)?;
+        let convs = widths
+            .iter()
+            .map(|&w| Conv1d::new(ctx, dim, filters, w, ConvOptions::new()))
+            .collect::<Result<_>>()?;
+        let fc = Linear::new(ctx, filters * widths.len(), classes)?;
+        Ok(TextCnn {
+            embedding,
+            convs,
+            dropout: Dropout::new(0.5, ctx.gen.seed() ^ 13)?,
+            fc,
+        })
+    }
+}
+
+impl Module for TextCnn {
+    container!();
+    fn trace(&self, tokens: &Tensor, t: &mut Trace) -> Result<Tensor> {
+        let e = t
+            .call("embedding", &self.embedding, tokens)?
+            .transpose(1, 2)?;
+        let pooled = self
+            .convs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                t.call(&format!("convs.{i}"), c, &e)?
+                    .relu()?
+                    .amax(&[-1], false)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let h = Tensor::concat(&pooled.iter().collect::<Vec<_>>(), 1)?;
+        t.call("fc", &self.fc, &self.dropout.forward(&h)?)
+    }
+    fn named_parameters(&self) -> Named {
+        let mut p = prefixed("embedding", self.embedding.named_parameters());
+        for (i, c) in self.convs.iter().enumerate() {
+            p.extend(prefixed(&format!("convs.{i}"), c.named_parameters()));
+        }
+        p.extend(prefixed("fc", self.fc.named_parameters()));
         p
+    }
+    fn set_training(&mut self, training: bool) {
+        self.dropout.set_training(training);
+    }
+}
+
+/// A character-level LSTM language model: embedding → LSTM (batch first) → linear to the
+/// vocabulary. Input: ids `[N, T]`; output: logits `[N, T, vocab]`.
+pub struct CharLstm {
+    pub embedding: Embedding,
+    pub lstm: Lstm,
+    pub head: Linear,
+}
+
+impl CharLstm {
+    /// `vocab` symbols, `embed` embedding width, `hidden` LSTM width, `layers` layers.
+    pub fn new(
+        ctx: &mut Ctx,
+        vocab: usize,
+        embed: usize,
+        hidden: usize,
+        layers: usize,
+    ) -> Result<CharLstm> {
+        let opts = RnnOptions {
+            hidden_size: hidden,
+            num_layers: layers,
+            bidirectional: false,
+            batch_first: true,
+            bias: true,
+        };
+        Ok(CharLstm {
+            embedding: Embedding::new(ctx, vocab, embed, None)?,
+            lstm: Lstm::new(ctx, embed, opts)?,
+            head: Linear::new(ctx, hidden, vocab)?,
+        })
+    }
+
+    /// Logits and the final LSTM state from an initial state (zeros when `None`); detach the
+    /// state before the next chunk for truncated backpropagation through time.
+    pub fn forward_with_state(
+        &self,
+        ids: &Tensor,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, RnnOutput)> {
+        let e = self.embedding.forward(ids)?;
+        let out = self
+            .lstm
+            .forward_with_state(&e, state.map(|s| s.0), state.map(|s| s.1))?;
+        Ok((self.head.forward(&out.output)?, out))
+    }
+}
+
+impl Module for CharLstm {
+    container!();
+    fn trace(&self, ids: &Tensor, t: &mut Trace) -> Result<Tensor> {
+        let e = t.call("embedding", &self.embedding, ids)?;
+        let h = t.call("lstm", &self.lstm, &e)?;
+        t.call("head", &self.head, &h)
+    }
+    fn named_parameters(&self) -> Named {
+        named(&[
+            ("embedding", &self.embedding),
+            ("lstm", &self.lstm),
+            ("head", &self.head),
+        ])
     }
 }

@@ -19,6 +19,9 @@ pub enum Activation {
 }
 
 impl Module for Activation {
+    fn kind(&self) -> String {
+        format!("{self:?}")
+    }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match *self {
             Activation::Relu => x.relu(),
@@ -40,6 +43,9 @@ impl Module for Activation {
 pub struct Flatten;
 
 impl Module for Flatten {
+    fn kind(&self) -> String {
+        "Flatten".into()
+    }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.flatten(1, -1)
     }

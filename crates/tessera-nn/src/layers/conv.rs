@@ -67,6 +67,15 @@ impl Module for Conv2d {
         let b = self.bias.as_ref().map(|b| b.tensor());
         conv2d(x, &self.weight.tensor(), b.as_ref(), &self.options)
     }
+    fn kind(&self) -> String {
+        "Conv2d".into()
+    }
+    fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
+        // Every output unit sums fan-in products plus its bias.
+        let fan_in: usize = self.weight.dims()[1..].iter().product();
+        let per_example = y.numel() / y.dims().first().copied().unwrap_or(1).max(1);
+        (per_example * (fan_in + self.bias.is_some() as usize)) as u64
+    }
     fn named_parameters(&self) -> Named {
         named(&self.weight, &self.bias)
     }
@@ -112,6 +121,15 @@ impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
         conv1d(x, &self.weight.tensor(), b.as_ref(), &self.options)
+    }
+    fn kind(&self) -> String {
+        "Conv1d".into()
+    }
+    fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
+        // Every output unit sums fan-in products plus its bias.
+        let fan_in: usize = self.weight.dims()[1..].iter().product();
+        let per_example = y.numel() / y.dims().first().copied().unwrap_or(1).max(1);
+        (per_example * (fan_in + self.bias.is_some() as usize)) as u64
     }
     fn named_parameters(&self) -> Named {
         named(&self.weight, &self.bias)
@@ -159,6 +177,20 @@ impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
         conv_transpose2d(x, &self.weight.tensor(), b.as_ref(), &self.options)
+    }
+    fn kind(&self) -> String {
+        "ConvTranspose2d".into()
+    }
+    fn connections(&self, x: &Tensor, y: &Tensor) -> u64 {
+        // Every input unit feeds out/groups · kh · kw outputs; every output adds a bias.
+        let per_in: usize = self.weight.dims()[1..].iter().product();
+        let b = x.dims().first().copied().unwrap_or(1).max(1);
+        ((x.numel() / b) * per_in
+            + if self.bias.is_some() {
+                y.numel() / b
+            } else {
+                0
+            }) as u64
     }
     fn named_parameters(&self) -> Named {
         named(&self.weight, &self.bias)

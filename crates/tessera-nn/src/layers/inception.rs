@@ -1,6 +1,7 @@
 use super::Conv2d;
 use crate::init::Ctx;
 use crate::module::{prefixed, Module, Named};
+use crate::summary::Trace;
 use tessera_core::ops::conv::ConvOptions;
 use tessera_core::ops::pool::{max_pool2d, PoolOptions};
 use tessera_core::{Result, Tensor};
@@ -44,15 +45,24 @@ impl Inception {
 
 impl Module for Inception {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let relu = |c: &Conv2d, x: &Tensor| c.forward(x)?.relu();
-        let y1 = relu(&self.b1, x)?;
-        let y3 = relu(&self.b3, &relu(&self.b3r, x)?)?;
-        let y5 = relu(&self.b5, &relu(&self.b5r, x)?)?;
-        let yp = relu(
-            &self.bp,
-            &max_pool2d(x, &PoolOptions::new(3).stride(1).padding(1))?,
-        )?;
+        self.trace(x, &mut Trace::off())
+    }
+    fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
+        let mut relu = |name: &str, c: &Conv2d, x: &Tensor| t.call(name, c, x)?.relu();
+        let y1 = relu("b1", &self.b1, x)?;
+        let y3 = relu("b3r", &self.b3r, x)?;
+        let y3 = relu("b3", &self.b3, &y3)?;
+        let y5 = relu("b5r", &self.b5r, x)?;
+        let y5 = relu("b5", &self.b5, &y5)?;
+        let pooled = max_pool2d(x, &PoolOptions::new(3).stride(1).padding(1))?;
+        let yp = relu("bp", &self.bp, &pooled)?;
         Tensor::concat(&[&y1, &y3, &y5, &yp], 1)
+    }
+    fn is_container(&self) -> bool {
+        true
+    }
+    fn kind(&self) -> String {
+        "Inception".into()
     }
     fn named_parameters(&self) -> Named {
         [

@@ -43,6 +43,16 @@ impl Module for Linear {
         let b = self.bias.as_ref().map(|b| b.tensor());
         x.linear(&self.weight.tensor(), b.as_ref())
     }
+
+    fn kind(&self) -> String {
+        "Linear".into()
+    }
+    fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
+        // Every output unit sums fan-in products plus its bias.
+        let fan_in: usize = self.weight.dims()[1..].iter().product();
+        let per_example = y.numel() / y.dims().first().copied().unwrap_or(1).max(1);
+        (per_example * (fan_in + self.bias.is_some() as usize)) as u64
+    }
     fn named_parameters(&self) -> Named {
         let mut p = vec![("weight".to_string(), self.weight.clone())];
         p.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));

@@ -2,6 +2,7 @@
 //! and layouts. The math lives in `tessera_core::ops`; a layer only owns state.
 
 mod activation;
+mod classic;
 mod conv;
 mod inception;
 mod linear;
@@ -10,6 +11,7 @@ mod pool;
 mod rnn;
 
 pub use activation::{Activation, Flatten};
+pub use classic::{LocalResponseNorm, PartialConv2d, Rbf, Squash, Subsampling, C3_TABLE};
 pub use conv::{Conv1d, Conv2d, ConvTranspose2d};
 pub use inception::Inception;
 pub use linear::Linear;

@@ -35,6 +35,9 @@ impl BatchNorm {
 }
 
 impl Module for BatchNorm {
+    fn kind(&self) -> String {
+        "BatchNorm".into()
+    }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (w, b) = (
             self.weight.as_ref().map(|p| p.tensor()),
@@ -100,6 +103,9 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
+    fn kind(&self) -> String {
+        "LayerNorm".into()
+    }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm(
             x,
@@ -156,6 +162,9 @@ impl Dropout {
 }
 
 impl Module for Dropout {
+    fn kind(&self) -> String {
+        format!("Dropout({})", self.p)
+    }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !(self.training || MC_DROPOUT.with(|c| c.get())) {
             return Ok(x.clone());
@@ -223,6 +232,9 @@ impl Embedding {
 }
 
 impl Module for Embedding {
+    fn kind(&self) -> String {
+        "Embedding".into()
+    }
     fn forward(&self, indices: &Tensor) -> Result<Tensor> {
         embedding(indices, &self.weight.tensor(), self.padding_idx)
     }

@@ -12,6 +12,9 @@ macro_rules! pool_layer {
             fn forward(&self, x: &Tensor) -> Result<Tensor> {
                 $f(x, &self.0)
             }
+            fn kind(&self) -> String {
+                stringify!($name).into()
+            }
             fn named_parameters(&self) -> Named {
                 vec![]
             }
@@ -38,6 +41,9 @@ impl Module for AdaptiveAvgPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         adaptive_avg_pool2d(x, self.0)
     }
+    fn kind(&self) -> String {
+        "AdaptiveAvgPool2d".into()
+    }
     fn named_parameters(&self) -> Named {
         vec![]
     }
@@ -49,6 +55,9 @@ pub struct GlobalAvgPool2d;
 impl Module for GlobalAvgPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         global_avg_pool2d(x, false)
+    }
+    fn kind(&self) -> String {
+        "GlobalAvgPool2d".into()
     }
     fn named_parameters(&self) -> Named {
         vec![]

@@ -115,6 +115,14 @@ macro_rules! recurrent_layer {
         }
 
         impl Module for $name {
+            fn kind(&self) -> String {
+                stringify!($name).into()
+            }
+            fn connections(&self, x: &Tensor, _y: &Tensor) -> u64 {
+                // Each weight and bias is used once per time step and direction.
+                let steps = x.dims().get(if self.0.options.batch_first { 1 } else { 0 }).copied().unwrap_or(0);
+                (steps * self.num_parameters()) as u64
+            }
             /// The per-step outputs from zero initial states.
             fn forward(&self, x: &Tensor) -> Result<Tensor> {
                 Ok(self.0.run(x, None, None)?.output)
