@@ -67,3 +67,25 @@ pub fn xavier_uniform(
         gain * (6.0 / (fan_in + fan_out).max(1) as f64).sqrt(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initialisers_have_their_bounds_and_spread() -> Result<()> {
+        let dev = Device::new(std::sync::Arc::new(tessera_cpu::CpuBackend));
+        let mut ctx = Ctx::new(&dev, 0).with_dtype(DType::F64);
+        let x = xavier_uniform(&mut ctx, &[200, 300], 300, 200, 1.0)?.to_vec::<f64>()?;
+        let bound = (6.0f64 / 500.0).sqrt();
+        assert!(x.iter().all(|v| v.abs() < bound));
+        let k = kaiming_normal(&mut ctx, &[100, 500], 500)?.to_vec::<f64>()?;
+        let var = k.iter().map(|v| v * v).sum::<f64>() / k.len() as f64;
+        assert!((var - 2.0 / 500.0).abs() < 2e-4, "{var}");
+        // The same seed gives the same weights.
+        let a = default_uniform(&mut Ctx::new(&dev, 5), &[10], 4)?.to_vec::<f32>()?;
+        let b = default_uniform(&mut Ctx::new(&dev, 5), &[10], 4)?.to_vec::<f32>()?;
+        assert_eq!(a, b);
+        Ok(())
+    }
+}
