@@ -184,6 +184,80 @@ fn run(args: &Args) -> Result<()> {
         );
     }
 
+    let labels = |n: usize| {
+        Tensor::from_vec(
+            (0..n)
+                .map(|i| ((7 * i + 3) % 10) as i64)
+                .collect::<Vec<_>>(),
+            &[n],
+            &device,
+        )
+    };
+    let ce = |logits: &Tensor, y: &Tensor| {
+        tessera::nn::loss::cross_entropy(logits, y, tessera::nn::loss::Reduction::Mean, 0.0, -100)
+    };
+
+    if wanted("W3_mlp_train_step") {
+        eprintln!("W3_mlp_train_step ...");
+        let model = tessera::nn::zoo::Mlp::new(
+            &mut tessera::nn::Ctx::new(&device, 1),
+            &[784, 512, 256, 10],
+        )?;
+        let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.01);
+        let x = Tensor::randn(&[128, 784], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let y = labels(128)?;
+        let m = measure(|| {
+            let loss = ce(&model.forward(&x)?, &y)?;
+            opt.step(&loss.backward()?)
+        })?;
+        report(
+            device.name(),
+            threads,
+            "W3_mlp_train_step",
+            &m,
+            1.0 / m.median_s,
+            "steps/s",
+        );
+    }
+
+    if wanted("W4_lenet5_train_step") {
+        eprintln!("W4_lenet5_train_step ...");
+        let model = tessera::nn::zoo::LeNet5::new(&mut tessera::nn::Ctx::new(&device, 1))?;
+        let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.01).momentum(0.9);
+        let x = Tensor::randn(&[64, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let y = labels(64)?;
+        let m = measure(|| {
+            let loss = ce(&model.forward(&x)?, &y)?;
+            opt.step(&loss.backward()?)
+        })?;
+        report(
+            device.name(),
+            threads,
+            "W4_lenet5_train_step",
+            &m,
+            1.0 / m.median_s,
+            "steps/s",
+        );
+    }
+
+    if wanted("W7_lenet5_infer") {
+        eprintln!("W7_lenet5_infer ...");
+        let model = tessera::nn::zoo::LeNet5::new(&mut tessera::nn::Ctx::new(&device, 1))?;
+        let x = Tensor::randn(&[256, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let m = measure(|| {
+            black_box(no_grad(|| model.forward(&x))?);
+            Ok(())
+        })?;
+        report(
+            device.name(),
+            threads,
+            "W7_lenet5_infer",
+            &m,
+            256.0 / m.median_s,
+            "images/s",
+        );
+    }
+
     if wanted("W6_elementwise") {
         eprintln!("W6_elementwise ...");
         let n = 16_777_216;

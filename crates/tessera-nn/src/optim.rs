@@ -411,9 +411,18 @@ mod tests {
 
     #[test]
     fn schedules_follow_their_formulas() {
-        let step = Schedule::Step { step_size: 2, gamma: 0.5 };
-        assert_eq!([0, 1, 2, 5].map(|e| step.lr(0.1, e)), [0.1, 0.1, 0.05, 0.025]);
-        let cos = Schedule::Cosine { t_max: 10, eta_min: 0.0 };
+        let step = Schedule::Step {
+            step_size: 2,
+            gamma: 0.5,
+        };
+        assert_eq!(
+            [0, 1, 2, 5].map(|e| step.lr(0.1, e)),
+            [0.1, 0.1, 0.05, 0.025]
+        );
+        let cos = Schedule::Cosine {
+            t_max: 10,
+            eta_min: 0.0,
+        };
         assert!((cos.lr(1.0, 0) - 1.0).abs() < 1e-12);
         assert!((cos.lr(1.0, 5) - 0.5).abs() < 1e-12);
         assert!(cos.lr(1.0, 10).abs() < 1e-12);
@@ -427,8 +436,14 @@ mod tests {
         let norm = clip_grad_norm(&mut g, std::slice::from_ref(&p), 1.0)?;
         assert!((norm - 5.0).abs() < 1e-12);
         let v = g.get(&p.tensor()).unwrap().to_vec::<f64>()?;
-        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6, "{v:?}");
-        g.insert(&p.tensor(), Tensor::from_vec(vec![f64::NAN, 1.0], &[2], &cpu())?);
+        assert!(
+            (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
+            "{v:?}"
+        );
+        g.insert(
+            &p.tensor(),
+            Tensor::from_vec(vec![f64::NAN, 1.0], &[2], &cpu())?,
+        );
         assert!(clip_grad_norm(&mut g, &[p], 1.0).is_err());
         Ok(())
     }
