@@ -18,6 +18,7 @@
 //! ```
 
 pub mod conformance;
+pub mod data;
 
 pub use tessera_core as core;
 pub use tessera_core::{
