@@ -4,6 +4,11 @@ use std::process::ExitCode;
 use tessera::prelude::*;
 
 const USAGE: &str = "usage:
+  tessera train [--model lenet5|lenet1998|googlenet|mlp] [--data mnist-10k|mnist1d|fashion-mnist|DIR]
+                [--epochs N] [--batch-size B] [--lr X] [--optimizer sgd|adam|adamw]
+                [--schedule cosine|constant] [--normalize MEAN,STD] [--device cpu] [--seed S]
+                [--out DIR] [--resume CKPT]      train (defaults: LeNet-5 on the embedded MNIST-10k)
+  tessera eval CKPT [--model M] [--data D] [--device cpu]   test accuracy and confusion matrix
   tessera conformance DIR [--device cpu]   run PyTorch-generated test vectors (*.json in DIR)
   tessera summary MODEL [--device cpu]     per-layer table of a zoo model: lenet5, lenet1998,
                                            lenet1998-softmax, alexnet, googlenet, mlp, textcnn, charlstm
@@ -50,6 +55,61 @@ fn run(args: &[String]) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Some("train") => {
+            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
+            let mut o = tessera::train::TrainOptions::default();
+            let num = |name: &str| -> Result<Option<f64>> {
+                flag(args, name)
+                    .map(|v| v.parse::<f64>().map_err(|_| Error::invalid("train", format!("{name} needs a number, got {v:?}"))))
+                    .transpose()
+            };
+            if let Some(v) = flag(args, "--model") {
+                o.model = v;
+            }
+            if let Some(v) = flag(args, "--data") {
+                o.data = v;
+            }
+            if let Some(v) = flag(args, "--optimizer") {
+                o.optimizer = v;
+            }
+            if let Some(v) = num("--epochs")? {
+                o.epochs = v as usize;
+            }
+            if let Some(v) = num("--batch-size")? {
+                o.batch_size = v as usize;
+            }
+            if let Some(v) = num("--seed")? {
+                o.seed = v as u64;
+            }
+            o.lr = num("--lr")?;
+            o.out = flag(args, "--out").map(Into::into);
+            o.resume = flag(args, "--resume").map(Into::into);
+            if let Some(v) = flag(args, "--schedule") {
+                o.cosine = match v.as_str() {
+                    "cosine" => true,
+                    "constant" => false,
+                    other => return Err(Error::invalid("train", format!("--schedule cosine|constant, got {other:?}"))),
+                };
+            }
+            if let Some(v) = flag(args, "--normalize") {
+                let parts: Vec<f32> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+                let [m, s] = parts[..] else {
+                    return Err(Error::invalid("train", format!("--normalize MEAN,STD, got {v:?}")));
+                };
+                o.normalize = Some((m, s));
+            }
+            tessera::train::train(&o, &device)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("eval") => {
+            let Some(ckpt) = args.get(1).filter(|a| !a.starts_with("--")) else {
+                eprintln!("{USAGE}");
+                return Ok(ExitCode::from(2));
+            };
+            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
+            tessera::train::eval(std::path::Path::new(ckpt), flag(args, "--model").as_deref(), flag(args, "--data").as_deref(), &device)?;
+            Ok(ExitCode::SUCCESS)
         }
         Some("summary") => {
             let Some(name) = args.get(1).filter(|a| !a.starts_with("--")) else {

@@ -1,0 +1,299 @@
+//! The `tessera train` and `tessera eval` jobs: a model from the zoo on a dataset, with a
+//! progress bar, per-epoch evaluation, `metrics.jsonl`, atomic checkpoints and resumption.
+
+use crate::data::{self, Batch, DataLoader, LoaderOptions, Split};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tessera_core::{no_grad, DType, Device, Error, Result};
+use tessera_nn::checkpoint::{load_model, save_model};
+use tessera_nn::loss::{cross_entropy, Reduction};
+use tessera_nn::optim::{Adam, Optimizer, Schedule, Sgd};
+use tessera_nn::zoo::{GoogLeNetSmall, LeNet1998, LeNet5, Mlp};
+use tessera_nn::{Ctx, Module};
+
+/// Everything `tessera train` takes.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub model: String,
+    pub data: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Defaults per optimizer: 0.05 for SGD (momentum 0.9), 0.001 for Adam/AdamW.
+    pub lr: Option<f64>,
+    pub optimizer: String,
+    pub seed: u64,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub normalize: Option<(f32, f32)>,
+    /// Cosine decay of the learning rate to 0 over all steps (else constant).
+    pub cosine: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            model: "lenet5".into(),
+            data: "mnist-10k".into(),
+            epochs: 10,
+            batch_size: 64,
+            lr: None,
+            optimizer: "sgd".into(),
+            seed: 0,
+            out: None,
+            resume: None,
+            normalize: None,
+            cosine: true,
+        }
+    }
+}
+
+/// What a training run measured.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub test_accuracy: f64,
+    pub best_accuracy: f64,
+    pub best_epoch: usize,
+    pub out_dir: PathBuf,
+    pub seconds: f64,
+}
+
+/// Models `tessera train` can build, for data of `example_shape` with `classes` classes.
+pub fn build_model(name: &str, example_shape: &[usize], classes: usize, ctx: &mut Ctx) -> Result<Box<dyn Module>> {
+    let image28 = example_shape == [1, 28, 28];
+    let need28 = |m: &str| Error::invalid("train", format!("model {m} needs 1×28×28 images, the data has {example_shape:?}"));
+    Ok(match name {
+        "lenet5" if image28 => Box::new(LeNet5::new(ctx)?),
+        "lenet1998" if image28 => Box::new(LeNet1998::new(ctx, false)?),
+        "googlenet" if image28 => Box::new(GoogLeNetSmall::new(ctx, 1, classes)?),
+        "lenet5" | "lenet1998" | "googlenet" => return Err(need28(name)),
+        "mlp" => {
+            let input: usize = example_shape.iter().product();
+            Box::new(Mlp::new(ctx, &[input, 256, classes])?)
+        }
+        other => return Err(Error::invalid("train", format!("unknown model {other:?}: lenet5, lenet1998, googlenet, mlp"))),
+    })
+}
+
+fn make_optimizer(opts: &TrainOptions, model: &dyn Module) -> Result<(Box<dyn Optimizer>, f64)> {
+    let params = model.parameters();
+    Ok(match opts.optimizer.as_str() {
+        "sgd" => {
+            let lr = opts.lr.unwrap_or(0.05);
+            (Box::new(Sgd::new(params, lr).momentum(0.9)), lr)
+        }
+        "adam" => {
+            let lr = opts.lr.unwrap_or(1e-3);
+            (Box::new(Adam::new(params, lr)), lr)
+        }
+        "adamw" => {
+            let lr = opts.lr.unwrap_or(1e-3);
+            (Box::new(Adam::adamw(params, lr)), lr)
+        }
+        other => return Err(Error::invalid("train", format!("unknown optimizer {other:?}: sgd, adam, adamw"))),
+    })
+}
+
+/// Mean loss and accuracy of `model` on `data` (eval mode, no gradients), and the confusion
+/// matrix `[true][predicted]`.
+pub fn evaluate(model: &dyn Module, data: &Arc<data::Dataset>, device: &Device, normalize: Option<(f32, f32)>) -> Result<(f64, f64, Vec<Vec<usize>>)> {
+    let loader = DataLoader::new(data.clone(), LoaderOptions { shuffle: false, normalize, ..LoaderOptions::new(500, 0) })?;
+    let (mut loss, mut correct, mut n) = (0.0, 0usize, 0usize);
+    let k = data.classes;
+    let mut confusion = vec![vec![0usize; k]; k];
+    for batch in loader.epoch(0, device) {
+        let Batch { inputs, labels } = batch?;
+        let logits = no_grad(|| model.forward(&inputs))?;
+        loss += cross_entropy(&logits, &labels, Reduction::Sum, 0.0, -100)?.to_scalar()?;
+        let pred = logits.argmax(1, false)?.to_vec::<i64>()?;
+        for (p, t) in pred.iter().zip(labels.to_vec::<i64>()?) {
+            correct += (*p == t) as usize;
+            if let Some(row) = confusion.get_mut(t as usize) {
+                if let Some(cell) = row.get_mut(*p as usize) {
+                    *cell += 1;
+                }
+            }
+        }
+        n += pred.len();
+    }
+    Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64, confusion))
+}
+
+/// Shows progress: a bar on a terminal, a line per epoch otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(epoch: usize, epochs: usize, steps: usize) -> Progress {
+        if !std::io::stdout().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new(steps as u64);
+        let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        Progress { bar: Some(bar) }
+    }
+    fn update(&self, loss: f64, acc: f64, rate: f64) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("loss {loss:.4} acc {acc:.4} {rate:.0} ex/s"));
+            b.inc(1);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
+
+/// Trains `opts.model` on `opts.data`, printing progress and ending with `test accuracy: X`.
+pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
+    let start = Instant::now();
+    let mut opts = opts.clone();
+    // A resumed run keeps the model and data it was trained with.
+    let resume_meta = match &opts.resume {
+        Some(p) => Some(tessera_nn::checkpoint::load(p, device)?.metadata),
+        None => None,
+    };
+    if let Some(m) = &resume_meta {
+        if let Some(v) = m.get("model") {
+            opts.model = v.clone();
+        }
+        if let Some(v) = m.get("data") {
+            opts.data = v.clone();
+        }
+    }
+    let split: Split = data::load(&opts.data)?;
+    let (train, test) = (Arc::new(split.train), Arc::new(split.test));
+    let mut ctx = Ctx::new(device, opts.seed);
+    let mut model = build_model(&opts.model, &train.example_shape, train.classes, &mut ctx)?;
+    let (mut optimizer, base_lr) = make_optimizer(&opts, model.as_ref())?;
+    let mut first_epoch = 1;
+    if let Some(p) = &opts.resume {
+        let meta = load_model(p, model.as_ref(), Some(optimizer.as_mut()), device)?;
+        first_epoch = meta.get("epoch").and_then(|e| e.parse::<usize>().ok()).map(|e| e + 1).unwrap_or(1);
+    }
+    let out_dir = match &opts.out {
+        Some(d) => d.clone(),
+        None => {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            PathBuf::from(format!("runs/{}-{}-{t}", opts.model, opts.data.replace('/', "_")))
+        }
+    };
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io { path: out_dir.display().to_string(), source: e })?;
+    let loader = DataLoader::new(train.clone(), LoaderOptions { normalize: opts.normalize, ..LoaderOptions::new(opts.batch_size, opts.seed) })?;
+    let steps_per_epoch = loader.batches_per_epoch();
+    let schedule = if opts.cosine { Schedule::Cosine { t_max: opts.epochs * steps_per_epoch, eta_min: 0.0 } } else { Schedule::Constant };
+    println!(
+        "training {} on {} ({} train / {} test) on {} for {} epochs, batch {}, {} lr {}, {} parameters",
+        opts.model,
+        opts.data,
+        train.len(),
+        test.len(),
+        device,
+        opts.epochs,
+        opts.batch_size,
+        opts.optimizer,
+        base_lr,
+        model.num_parameters()
+    );
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let (mut best, mut best_epoch, mut last_acc) = (-1.0f64, 0usize, 0.0);
+    for epoch in first_epoch..=opts.epochs {
+        model.train();
+        let t0 = Instant::now();
+        let progress = Progress::new(epoch, opts.epochs, steps_per_epoch);
+        let (mut seen, mut loss_sum, mut correct) = (0usize, 0.0f64, 0usize);
+        for (i, batch) in loader.epoch(epoch, device).enumerate() {
+            let step = (epoch - 1) * steps_per_epoch + i;
+            optimizer.set_lr(schedule.lr(base_lr, step));
+            let Batch { inputs, labels } = batch?;
+            let logits = model.forward(&inputs)?;
+            let loss = cross_entropy(&logits, &labels, Reduction::Mean, 0.0, -100)?;
+            let value = loss.to_scalar()?;
+            if !value.is_finite() {
+                progress.finish();
+                return Err(Error::NonFinite { op: "train (loss; the last good checkpoint is kept)", step, value });
+            }
+            optimizer.step(&loss.backward()?)?;
+            let n = labels.numel();
+            let pred = logits.argmax(1, false)?;
+            correct += pred.eq(&labels)?.sum_all()?.to_scalar()? as usize;
+            seen += n;
+            loss_sum += value * n as f64;
+            progress.update(loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / t0.elapsed().as_secs_f64());
+        }
+        progress.finish();
+        model.eval();
+        let (test_loss, test_acc, _) = evaluate(model.as_ref(), &test, device, opts.normalize)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let (train_loss, train_acc) = (loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64);
+        println!(
+            "epoch {epoch}/{}: train loss {train_loss:.4} acc {train_acc:.4} | test loss {test_loss:.4} acc {test_acc:.4} | {:.1} s, {:.0} ex/s",
+            opts.epochs,
+            secs,
+            seen as f64 / secs
+        );
+        let line = format!(
+            "{{\"epoch\":{epoch},\"train_loss\":{train_loss},\"train_accuracy\":{train_acc},\"test_loss\":{test_loss},\"test_accuracy\":{test_acc},\"seconds\":{secs},\"lr\":{}}}\n",
+            optimizer.lr()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::Io { path: metrics_path.display().to_string(), source: e })?;
+        f.write_all(line.as_bytes()).map_err(|e| Error::Io { path: metrics_path.display().to_string(), source: e })?;
+        let meta = BTreeMap::from([
+            ("model".to_string(), opts.model.clone()),
+            ("data".to_string(), opts.data.clone()),
+            ("epoch".to_string(), epoch.to_string()),
+            ("test_accuracy".to_string(), format!("{test_acc:.4}")),
+            ("optimizer".to_string(), opts.optimizer.clone()),
+            ("seed".to_string(), opts.seed.to_string()),
+        ]);
+        save_model(&out_dir.join("last.safetensors"), model.as_ref(), Some(optimizer.as_ref()), &meta)?;
+        if test_acc > best {
+            best = test_acc;
+            best_epoch = epoch;
+            save_model(&out_dir.join("best.safetensors"), model.as_ref(), Some(optimizer.as_ref()), &meta)?;
+        }
+        last_acc = test_acc;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    println!("wrote {} (best epoch {best_epoch}: {best:.4}) in {seconds:.1} s", out_dir.display());
+    println!("test accuracy: {last_acc:.4}");
+    Ok(TrainReport { test_accuracy: last_acc, best_accuracy: best, best_epoch, out_dir, seconds })
+}
+
+/// `tessera eval`: accuracy and confusion matrix of a checkpoint (model and data default to
+/// what its metadata records).
+pub fn eval(ckpt: &Path, model: Option<&str>, data_name: Option<&str>, device: &Device) -> Result<f64> {
+    let meta = tessera_nn::checkpoint::load(ckpt, device)?.metadata;
+    let model_name = model.map(String::from).or_else(|| meta.get("model").cloned()).ok_or_else(|| {
+        Error::invalid("eval", format!("{} records no model: pass --model", ckpt.display()))
+    })?;
+    let data_name = data_name.map(String::from).or_else(|| meta.get("data").cloned()).unwrap_or_else(|| "mnist-10k".into());
+    let split = data::load(&data_name)?;
+    let test = Arc::new(split.test);
+    let m = build_model(&model_name, &test.example_shape, test.classes, &mut Ctx::new(device, 0))?;
+    let dtype = m.named_parameters().first().map(|(_, p)| p.tensor().dtype()).unwrap_or(DType::F32);
+    if dtype != DType::F32 {
+        return Err(Error::invalid("eval", "only f32 models are supported"));
+    }
+    load_model(ckpt, m.as_ref(), None, device)?;
+    let (loss, acc, confusion) = evaluate(m.as_ref(), &test, device, None)?;
+    println!("{model_name} on {data_name} ({} test examples): loss {loss:.4}", test.len());
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    for (i, row) in confusion.iter().enumerate() {
+        println!("{i:>3} {}", row.iter().map(|c| format!("{c:>5}")).collect::<String>());
+    }
+    println!("test accuracy: {acc:.4}");
+    Ok(acc)
+}
