@@ -43,19 +43,27 @@ pub struct Split {
 }
 
 fn bad(path: &Path, msg: impl Into<String>) -> Error {
-    Error::BadFile { path: path.display().to_string(), msg: msg.into() }
+    Error::BadFile {
+        path: path.display().to_string(),
+        msg: msg.into(),
+    }
 }
 
 /// Reads an IDX file of unsigned bytes (gzipped or not): its dims and its data.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    let raw = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
     parse_idx(path, &raw)
 }
 
 fn parse_idx(path: &Path, raw: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        GzDecoder::new(raw).read_to_end(&mut out).map_err(|e| bad(path, format!("corrupt gzip data: {e}")))?;
+        GzDecoder::new(raw)
+            .read_to_end(&mut out)
+            .map_err(|e| bad(path, format!("corrupt gzip data: {e}")))?;
         out
     } else {
         raw.to_vec()
@@ -64,17 +72,38 @@ fn parse_idx(path: &Path, raw: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
         return Err(bad(path, "not an IDX file (wrong magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(bad(path, format!("IDX element type 0x{:02x} is not unsigned bytes (0x08)", bytes[2])));
+        return Err(bad(
+            path,
+            format!(
+                "IDX element type 0x{:02x} is not unsigned bytes (0x08)",
+                bytes[2]
+            ),
+        ));
     }
     let nd = bytes[3] as usize;
     let header = 4 + 4 * nd;
     if nd == 0 || bytes.len() < header {
         return Err(bad(path, "IDX header is truncated"));
     }
-    let dims: Vec<usize> = (0..nd).map(|i| u32::from_be_bytes([bytes[4 + 4 * i], bytes[5 + 4 * i], bytes[6 + 4 * i], bytes[7 + 4 * i]]) as usize).collect();
+    let dims: Vec<usize> = (0..nd)
+        .map(|i| {
+            u32::from_be_bytes([
+                bytes[4 + 4 * i],
+                bytes[5 + 4 * i],
+                bytes[6 + 4 * i],
+                bytes[7 + 4 * i],
+            ]) as usize
+        })
+        .collect();
     let n: usize = dims.iter().product();
     if bytes.len() - header != n {
-        return Err(bad(path, format!("IDX dims {dims:?} need {n} bytes of data, the file has {}", bytes.len() - header)));
+        return Err(bad(
+            path,
+            format!(
+                "IDX dims {dims:?} need {n} bytes of data, the file has {}",
+                bytes.len() - header
+            ),
+        ));
     }
     Ok((dims, bytes[header..].to_vec()))
 }
@@ -83,12 +112,29 @@ fn idx_dataset(images: (PathBuf, Vec<u8>), labels: (PathBuf, Vec<u8>)) -> Result
     let (idims, pixels) = parse_idx(&images.0, &images.1)?;
     let (ldims, labs) = parse_idx(&labels.0, &labels.1)?;
     if idims.len() != 3 {
-        return Err(bad(&images.0, format!("expected images [count, rows, cols], got dims {idims:?}")));
+        return Err(bad(
+            &images.0,
+            format!("expected images [count, rows, cols], got dims {idims:?}"),
+        ));
     }
     if ldims.len() != 1 || ldims[0] != idims[0] {
-        return Err(bad(&labels.0, format!("{} labels for {} images in {}", ldims.first().copied().unwrap_or(0), idims[0], images.0.display())));
+        return Err(bad(
+            &labels.0,
+            format!(
+                "{} labels for {} images in {}",
+                ldims.first().copied().unwrap_or(0),
+                idims[0],
+                images.0.display()
+            ),
+        ));
     }
-    let classes = labs.iter().copied().max().map(|m| m as usize + 1).unwrap_or(0).max(10);
+    let classes = labs
+        .iter()
+        .copied()
+        .max()
+        .map(|m| m as usize + 1)
+        .unwrap_or(0)
+        .max(10);
     Ok(Dataset {
         inputs: pixels.iter().map(|&p| p as f32 / 255.0).collect(),
         example_shape: vec![1, idims[1], idims[2]],
@@ -104,24 +150,40 @@ pub fn load_idx_dir(dir: &Path) -> Result<Split> {
         for name in [format!("{stem}.gz"), stem.to_string()] {
             let p = dir.join(&name);
             if p.exists() {
-                let raw = std::fs::read(&p).map_err(|e| Error::Io { path: p.display().to_string(), source: e })?;
+                let raw = std::fs::read(&p).map_err(|e| Error::Io {
+                    path: p.display().to_string(),
+                    source: e,
+                })?;
                 return Ok((p, raw));
             }
         }
         Err(bad(&dir.join(stem), "not found (also tried .gz)"))
     };
     Ok(Split {
-        name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        train: idx_dataset(find("train-images-idx3-ubyte")?, find("train-labels-idx1-ubyte")?)?,
-        test: idx_dataset(find("t10k-images-idx3-ubyte")?, find("t10k-labels-idx1-ubyte")?)?,
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        train: idx_dataset(
+            find("train-images-idx3-ubyte")?,
+            find("train-labels-idx1-ubyte")?,
+        )?,
+        test: idx_dataset(
+            find("t10k-images-idx3-ubyte")?,
+            find("t10k-labels-idx1-ubyte")?,
+        )?,
     })
 }
 
 /// Reads a safetensors dataset with `x_train`, `y_train`, `x_test`, `y_test` (f32 inputs, i64
 /// labels), as MNIST-1D is shipped.
 pub fn load_safetensors_split(path: &Path, raw: &[u8]) -> Result<Split> {
-    let st = safetensors::SafeTensors::deserialize(raw).map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
-    let get = |name: &str| st.tensor(name).map_err(|_| bad(path, format!("missing tensor {name}")));
+    let st = safetensors::SafeTensors::deserialize(raw)
+        .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
+    let get = |name: &str| {
+        st.tensor(name)
+            .map_err(|_| bad(path, format!("missing tensor {name}")))
+    };
     let part = |x: &str, y: &str| -> Result<Dataset> {
         let (xv, yv) = (get(x)?, get(y)?);
         if xv.dtype() != safetensors::Dtype::F32 || yv.dtype() != safetensors::Dtype::I64 {
@@ -129,21 +191,40 @@ pub fn load_safetensors_split(path: &Path, raw: &[u8]) -> Result<Split> {
         }
         let n = yv.shape().first().copied().unwrap_or(0);
         if xv.shape().first() != Some(&n) {
-            return Err(bad(path, format!("{x} has {:?} rows for {n} labels", xv.shape().first())));
+            return Err(bad(
+                path,
+                format!("{x} has {:?} rows for {n} labels", xv.shape().first()),
+            ));
         }
-        let labels: Vec<i64> = yv.data().chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+        let labels: Vec<i64> = yv
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
         if labels.iter().any(|&l| l < 0) {
             return Err(bad(path, format!("{y} holds a negative label")));
         }
         Ok(Dataset {
-            inputs: xv.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            inputs: xv
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             example_shape: xv.shape()[1..].to_vec(),
-            classes: labels.iter().copied().max().map(|m| m as usize + 1).unwrap_or(0),
+            classes: labels
+                .iter()
+                .copied()
+                .max()
+                .map(|m| m as usize + 1)
+                .unwrap_or(0),
             labels,
         })
     };
     Ok(Split {
-        name: path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         train: part("x_train", "y_train")?,
         test: part("x_test", "y_test")?,
     })
@@ -152,10 +233,22 @@ pub fn load_safetensors_split(path: &Path, raw: &[u8]) -> Result<Split> {
 /// The datasets compiled into tessera (see data/ and its licence files).
 mod embedded {
     pub const MNIST_10K: [(&str, &[u8]); 4] = [
-        ("train-images-idx3-ubyte.gz", include_bytes!("../data/mnist-10k/train-images-idx3-ubyte.gz")),
-        ("train-labels-idx1-ubyte.gz", include_bytes!("../data/mnist-10k/train-labels-idx1-ubyte.gz")),
-        ("t10k-images-idx3-ubyte.gz", include_bytes!("../data/mnist-10k/t10k-images-idx3-ubyte.gz")),
-        ("t10k-labels-idx1-ubyte.gz", include_bytes!("../data/mnist-10k/t10k-labels-idx1-ubyte.gz")),
+        (
+            "train-images-idx3-ubyte.gz",
+            include_bytes!("../data/mnist-10k/train-images-idx3-ubyte.gz"),
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            include_bytes!("../data/mnist-10k/train-labels-idx1-ubyte.gz"),
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            include_bytes!("../data/mnist-10k/t10k-images-idx3-ubyte.gz"),
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            include_bytes!("../data/mnist-10k/t10k-labels-idx1-ubyte.gz"),
+        ),
     ];
     pub const MNIST1D: &[u8] = include_bytes!("../data/mnist1d/mnist1d.safetensors");
     /// *Pride and Prejudice* (public domain), the default corpus of the char-LSTM example.
@@ -175,11 +268,21 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub fn load(name: &str) -> Result<Split> {
     match name {
         "mnist-10k" => {
-            let f = |i: usize| (PathBuf::from(format!("mnist-10k/{}", embedded::MNIST_10K[i].0)), embedded::MNIST_10K[i].1.to_vec());
-            Ok(Split { name: name.into(), train: idx_dataset(f(0), f(1))?, test: idx_dataset(f(2), f(3))? })
+            let f = |i: usize| {
+                (
+                    PathBuf::from(format!("mnist-10k/{}", embedded::MNIST_10K[i].0)),
+                    embedded::MNIST_10K[i].1.to_vec(),
+                )
+            };
+            Ok(Split {
+                name: name.into(),
+                train: idx_dataset(f(0), f(1))?,
+                test: idx_dataset(f(2), f(3))?,
+            })
         }
         "mnist1d" => {
-            let mut s = load_safetensors_split(Path::new("mnist1d.safetensors"), embedded::MNIST1D)?;
+            let mut s =
+                load_safetensors_split(Path::new("mnist1d.safetensors"), embedded::MNIST1D)?;
             s.name = name.into();
             Ok(s)
         }
@@ -201,7 +304,10 @@ pub fn load(name: &str) -> Result<Split> {
             if p.is_dir() {
                 load_idx_dir(p)
             } else if p.extension().is_some_and(|e| e == "safetensors") {
-                let raw = std::fs::read(p).map_err(|e| Error::Io { path: path.into(), source: e })?;
+                let raw = std::fs::read(p).map_err(|e| Error::Io {
+                    path: path.into(),
+                    source: e,
+                })?;
                 load_safetensors_split(p, &raw)
             } else {
                 Err(bad(p, "unknown dataset: use mnist-10k, mnist1d, fashion-mnist, a directory of IDX files or a .safetensors file"))
@@ -234,7 +340,14 @@ pub struct LoaderOptions {
 impl LoaderOptions {
     /// Shuffled batches of `batch_size`, keeping the last partial batch.
     pub fn new(batch_size: usize, seed: u64) -> Self {
-        LoaderOptions { batch_size, shuffle: true, drop_last: false, seed, normalize: None, augment: Augment::default() }
+        LoaderOptions {
+            batch_size,
+            shuffle: true,
+            drop_last: false,
+            seed,
+            normalize: None,
+            augment: Augment::default(),
+        }
     }
 }
 
@@ -251,17 +364,27 @@ pub struct DataLoader {
 }
 
 fn mix(seed: u64, epoch: usize, stream: u64) -> u64 {
-    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)
+    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 
 impl DataLoader {
     /// A loader over `data`.
     pub fn new(data: Arc<Dataset>, opts: LoaderOptions) -> Result<DataLoader> {
         if opts.batch_size == 0 {
-            return Err(Error::invalid("DataLoader", "batch_size must be at least 1"));
+            return Err(Error::invalid(
+                "DataLoader",
+                "batch_size must be at least 1",
+            ));
         }
-        if opts.normalize.is_some_and(|(_, s)| s <= 0.0 || !s.is_finite()) {
-            return Err(Error::invalid("DataLoader", "normalize needs a positive, finite std"));
+        if opts
+            .normalize
+            .is_some_and(|(_, s)| s <= 0.0 || !s.is_finite())
+        {
+            return Err(Error::invalid(
+                "DataLoader",
+                "normalize needs a positive, finite std",
+            ));
         }
         Ok(DataLoader { data, opts })
     }
@@ -303,11 +426,20 @@ impl DataLoader {
                 }
             }
         });
-        Batches { rx, device: device.clone(), shape: self.data.example_shape.clone() }
+        Batches {
+            rx,
+            device: device.clone(),
+            shape: self.data.example_shape.clone(),
+        }
     }
 }
 
-fn host_batch(data: &Dataset, opts: &LoaderOptions, epoch: usize, ids: &[usize]) -> (Vec<f32>, Vec<i64>) {
+fn host_batch(
+    data: &Dataset,
+    opts: &LoaderOptions,
+    epoch: usize,
+    ids: &[usize],
+) -> (Vec<f32>, Vec<i64>) {
     let len = data.example_len();
     let mut x = Vec::with_capacity(ids.len() * len);
     let aug = opts.augment;
@@ -315,11 +447,22 @@ fn host_batch(data: &Dataset, opts: &LoaderOptions, epoch: usize, ids: &[usize])
     for &i in ids {
         let ex = &data.inputs[i * len..(i + 1) * len];
         if image && (aug.crop_padding > 0 || aug.hflip) {
-            let (c, h, w) = (data.example_shape[0], data.example_shape[1], data.example_shape[2]);
+            let (c, h, w) = (
+                data.example_shape[0],
+                data.example_shape[1],
+                data.example_shape[2],
+            );
             let s = mix(opts.seed, epoch, 2);
-            let (u1, u2, u3) = (uniform(s, 3 * i as u64), uniform(s, 3 * i as u64 + 1), uniform(s, 3 * i as u64 + 2));
+            let (u1, u2, u3) = (
+                uniform(s, 3 * i as u64),
+                uniform(s, 3 * i as u64 + 1),
+                uniform(s, 3 * i as u64 + 2),
+            );
             let p = aug.crop_padding as isize;
-            let (dy, dx) = ((u1 * (2 * p + 1) as f64) as isize - p, (u2 * (2 * p + 1) as f64) as isize - p);
+            let (dy, dx) = (
+                (u1 * (2 * p + 1) as f64) as isize - p,
+                (u2 * (2 * p + 1) as f64) as isize - p,
+            );
             let flip = aug.hflip && u3 < 0.5;
             for ch in 0..c {
                 for y in 0..h as isize {
@@ -327,7 +470,11 @@ fn host_batch(data: &Dataset, opts: &LoaderOptions, epoch: usize, ids: &[usize])
                         let sx = if flip { w as isize - 1 - xx } else { xx } + dx;
                         let sy = y + dy;
                         let inside = sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize;
-                        x.push(if inside { ex[ch * h * w + sy as usize * w + sx as usize] } else { 0.0 });
+                        x.push(if inside {
+                            ex[ch * h * w + sy as usize * w + sx as usize]
+                        } else {
+                            0.0
+                        });
                     }
                 }
             }
@@ -355,9 +502,14 @@ impl Iterator for Batches {
         let mut shape = vec![y.len()];
         shape.extend_from_slice(&self.shape);
         let n = y.len();
-        Some(Tensor::from_vec(x, &shape, &self.device).and_then(|inputs| {
-            Ok(Batch { inputs, labels: Tensor::from_vec(y, &[n], &self.device)? })
-        }))
+        Some(
+            Tensor::from_vec(x, &shape, &self.device).and_then(|inputs| {
+                Ok(Batch {
+                    inputs,
+                    labels: Tensor::from_vec(y, &[n], &self.device)?,
+                })
+            }),
+        )
     }
 }
 
@@ -370,35 +522,59 @@ mod tests {
         let s = load("mnist-10k").unwrap();
         assert_eq!((s.train.len(), s.test.len()), (8000, 2000));
         assert_eq!(s.train.example_shape, vec![1, 28, 28]);
-        let mean = s.train.inputs.iter().map(|&v| v as f64).sum::<f64>() / s.train.inputs.len() as f64;
+        let mean =
+            s.train.inputs.iter().map(|&v| v as f64).sum::<f64>() / s.train.inputs.len() as f64;
         assert!((mean - 0.1311).abs() < 1e-3, "{mean}");
         let ones = s.test.labels.iter().filter(|&&l| l == 1).count();
         assert_eq!(ones, 225);
         let m = load("mnist1d").unwrap();
-        assert_eq!((m.train.len(), m.test.len(), m.train.example_shape.clone()), (4000, 1000, vec![40]));
+        assert_eq!(
+            (m.train.len(), m.test.len(), m.train.example_shape.clone()),
+            (4000, 1000, vec![40])
+        );
     }
 
     #[test]
     fn bad_idx_files_are_errors_naming_the_file() {
         let p = Path::new("x.idx");
-        assert!(parse_idx(p, &[1, 2, 3, 4]).unwrap_err().to_string().contains("magic"));
+        assert!(parse_idx(p, &[1, 2, 3, 4])
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
         let mut hdr = vec![0, 0, 8, 1, 0, 0, 0, 5, 1, 2];
-        assert!(parse_idx(p, &hdr).unwrap_err().to_string().contains("need 5 bytes"));
+        assert!(parse_idx(p, &hdr)
+            .unwrap_err()
+            .to_string()
+            .contains("need 5 bytes"));
         hdr.extend([3, 4, 5]);
         assert_eq!(parse_idx(p, &hdr).unwrap().0, vec![5]);
         let e = idx_dataset(
-            (PathBuf::from("img"), vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1, 7, 9]),
+            (
+                PathBuf::from("img"),
+                vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1, 7, 9],
+            ),
             (PathBuf::from("lab"), vec![0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3]),
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("lab") && e.contains("3 labels for 2 images"), "{e}");
-        assert!(parse_idx(p, &[0x1f, 0x8b, 0, 0]).unwrap_err().to_string().contains("gzip"));
+        assert!(
+            e.contains("lab") && e.contains("3 labels for 2 images"),
+            "{e}"
+        );
+        assert!(parse_idx(p, &[0x1f, 0x8b, 0, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("gzip"));
     }
 
     #[test]
     fn loader_shuffles_reproducibly_and_batches_everything() {
-        let data = Arc::new(Dataset { inputs: (0..10).map(|v| v as f32).collect(), example_shape: vec![1], labels: (0..10).collect(), classes: 10 });
+        let data = Arc::new(Dataset {
+            inputs: (0..10).map(|v| v as f32).collect(),
+            example_shape: vec![1],
+            labels: (0..10).collect(),
+            classes: 10,
+        });
         let l = DataLoader::new(data.clone(), LoaderOptions::new(4, 7)).unwrap();
         assert_eq!(l.order(0), l.order(0));
         assert_ne!(l.order(0), l.order(1));
@@ -407,8 +583,18 @@ mod tests {
         assert_eq!(sorted, (0..10).collect::<Vec<_>>());
         let dev = tessera_cpu::cpu();
         let batches: Vec<Batch> = l.epoch(0, &dev).collect::<Result<_>>().unwrap();
-        assert_eq!(batches.iter().map(|b| b.labels.numel()).collect::<Vec<_>>(), vec![4, 4, 2]);
-        let drop = DataLoader::new(data, LoaderOptions { drop_last: true, ..LoaderOptions::new(4, 7) }).unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.labels.numel()).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        let drop = DataLoader::new(
+            data,
+            LoaderOptions {
+                drop_last: true,
+                ..LoaderOptions::new(4, 7)
+            },
+        )
+        .unwrap();
         assert_eq!(drop.epoch(0, &dev).count(), 2);
     }
 }

@@ -61,7 +61,11 @@ fn run(args: &[String]) -> Result<ExitCode> {
             let mut o = tessera::train::TrainOptions::default();
             let num = |name: &str| -> Result<Option<f64>> {
                 flag(args, name)
-                    .map(|v| v.parse::<f64>().map_err(|_| Error::invalid("train", format!("{name} needs a number, got {v:?}"))))
+                    .map(|v| {
+                        v.parse::<f64>().map_err(|_| {
+                            Error::invalid("train", format!("{name} needs a number, got {v:?}"))
+                        })
+                    })
                     .transpose()
             };
             if let Some(v) = flag(args, "--model") {
@@ -89,13 +93,21 @@ fn run(args: &[String]) -> Result<ExitCode> {
                 o.cosine = match v.as_str() {
                     "cosine" => true,
                     "constant" => false,
-                    other => return Err(Error::invalid("train", format!("--schedule cosine|constant, got {other:?}"))),
+                    other => {
+                        return Err(Error::invalid(
+                            "train",
+                            format!("--schedule cosine|constant, got {other:?}"),
+                        ))
+                    }
                 };
             }
             if let Some(v) = flag(args, "--normalize") {
                 let parts: Vec<f32> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
                 let [m, s] = parts[..] else {
-                    return Err(Error::invalid("train", format!("--normalize MEAN,STD, got {v:?}")));
+                    return Err(Error::invalid(
+                        "train",
+                        format!("--normalize MEAN,STD, got {v:?}"),
+                    ));
                 };
                 o.normalize = Some((m, s));
             }
@@ -108,7 +120,12 @@ fn run(args: &[String]) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
-            tessera::train::eval(std::path::Path::new(ckpt), flag(args, "--model").as_deref(), flag(args, "--data").as_deref(), &device)?;
+            tessera::train::eval(
+                std::path::Path::new(ckpt),
+                flag(args, "--model").as_deref(),
+                flag(args, "--data").as_deref(),
+                &device,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Some("summary") => {

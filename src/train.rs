@@ -61,9 +61,19 @@ pub struct TrainReport {
 }
 
 /// Models `tessera train` can build, for data of `example_shape` with `classes` classes.
-pub fn build_model(name: &str, example_shape: &[usize], classes: usize, ctx: &mut Ctx) -> Result<Box<dyn Module>> {
+pub fn build_model(
+    name: &str,
+    example_shape: &[usize],
+    classes: usize,
+    ctx: &mut Ctx,
+) -> Result<Box<dyn Module>> {
     let image28 = example_shape == [1, 28, 28];
-    let need28 = |m: &str| Error::invalid("train", format!("model {m} needs 1×28×28 images, the data has {example_shape:?}"));
+    let need28 = |m: &str| {
+        Error::invalid(
+            "train",
+            format!("model {m} needs 1×28×28 images, the data has {example_shape:?}"),
+        )
+    };
     Ok(match name {
         "lenet5" if image28 => Box::new(LeNet5::new(ctx)?),
         "lenet1998" if image28 => Box::new(LeNet1998::new(ctx, false)?),
@@ -73,7 +83,12 @@ pub fn build_model(name: &str, example_shape: &[usize], classes: usize, ctx: &mu
             let input: usize = example_shape.iter().product();
             Box::new(Mlp::new(ctx, &[input, 256, classes])?)
         }
-        other => return Err(Error::invalid("train", format!("unknown model {other:?}: lenet5, lenet1998, googlenet, mlp"))),
+        other => {
+            return Err(Error::invalid(
+                "train",
+                format!("unknown model {other:?}: lenet5, lenet1998, googlenet, mlp"),
+            ))
+        }
     })
 }
 
@@ -92,14 +107,31 @@ fn make_optimizer(opts: &TrainOptions, model: &dyn Module) -> Result<(Box<dyn Op
             let lr = opts.lr.unwrap_or(1e-3);
             (Box::new(Adam::adamw(params, lr)), lr)
         }
-        other => return Err(Error::invalid("train", format!("unknown optimizer {other:?}: sgd, adam, adamw"))),
+        other => {
+            return Err(Error::invalid(
+                "train",
+                format!("unknown optimizer {other:?}: sgd, adam, adamw"),
+            ))
+        }
     })
 }
 
 /// Mean loss and accuracy of `model` on `data` (eval mode, no gradients), and the confusion
 /// matrix `[true][predicted]`.
-pub fn evaluate(model: &dyn Module, data: &Arc<data::Dataset>, device: &Device, normalize: Option<(f32, f32)>) -> Result<(f64, f64, Vec<Vec<usize>>)> {
-    let loader = DataLoader::new(data.clone(), LoaderOptions { shuffle: false, normalize, ..LoaderOptions::new(500, 0) })?;
+pub fn evaluate(
+    model: &dyn Module,
+    data: &Arc<data::Dataset>,
+    device: &Device,
+    normalize: Option<(f32, f32)>,
+) -> Result<(f64, f64, Vec<Vec<usize>>)> {
+    let loader = DataLoader::new(
+        data.clone(),
+        LoaderOptions {
+            shuffle: false,
+            normalize,
+            ..LoaderOptions::new(500, 0)
+        },
+    )?;
     let (mut loss, mut correct, mut n) = (0.0, 0usize, 0usize);
     let k = data.classes;
     let mut confusion = vec![vec![0usize; k]; k];
@@ -118,7 +150,11 @@ pub fn evaluate(model: &dyn Module, data: &Arc<data::Dataset>, device: &Device, 
         }
         n += pred.len();
     }
-    Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64, confusion))
+    Ok((
+        loss / n.max(1) as f64,
+        correct as f64 / n.max(1) as f64,
+        confusion,
+    ))
 }
 
 /// Shows progress: a bar on a terminal, a line per epoch otherwise.
@@ -132,9 +168,10 @@ impl Progress {
             return Progress { bar: None };
         }
         let bar = indicatif::ProgressBar::new(steps as u64);
-        let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let style =
+            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_prefix(format!("{epoch}/{epochs}"));
         Progress { bar: Some(bar) }
@@ -177,19 +214,46 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
     let mut first_epoch = 1;
     if let Some(p) = &opts.resume {
         let meta = load_model(p, model.as_ref(), Some(optimizer.as_mut()), device)?;
-        first_epoch = meta.get("epoch").and_then(|e| e.parse::<usize>().ok()).map(|e| e + 1).unwrap_or(1);
+        first_epoch = meta
+            .get("epoch")
+            .and_then(|e| e.parse::<usize>().ok())
+            .map(|e| e + 1)
+            .unwrap_or(1);
     }
     let out_dir = match &opts.out {
         Some(d) => d.clone(),
         None => {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            PathBuf::from(format!("runs/{}-{}-{t}", opts.model, opts.data.replace('/', "_")))
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from(format!(
+                "runs/{}-{}-{t}",
+                opts.model,
+                opts.data.replace('/', "_")
+            ))
         }
     };
-    std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io { path: out_dir.display().to_string(), source: e })?;
-    let loader = DataLoader::new(train.clone(), LoaderOptions { normalize: opts.normalize, ..LoaderOptions::new(opts.batch_size, opts.seed) })?;
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io {
+        path: out_dir.display().to_string(),
+        source: e,
+    })?;
+    let loader = DataLoader::new(
+        train.clone(),
+        LoaderOptions {
+            normalize: opts.normalize,
+            ..LoaderOptions::new(opts.batch_size, opts.seed)
+        },
+    )?;
     let steps_per_epoch = loader.batches_per_epoch();
-    let schedule = if opts.cosine { Schedule::Cosine { t_max: opts.epochs * steps_per_epoch, eta_min: 0.0 } } else { Schedule::Constant };
+    let schedule = if opts.cosine {
+        Schedule::Cosine {
+            t_max: opts.epochs * steps_per_epoch,
+            eta_min: 0.0,
+        }
+    } else {
+        Schedule::Constant
+    };
     println!(
         "training {} on {} ({} train / {} test) on {} for {} epochs, batch {}, {} lr {}, {} parameters",
         opts.model,
@@ -219,7 +283,11 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             let value = loss.to_scalar()?;
             if !value.is_finite() {
                 progress.finish();
-                return Err(Error::NonFinite { op: "train (loss; the last good checkpoint is kept)", step, value });
+                return Err(Error::NonFinite {
+                    op: "train (loss; the last good checkpoint is kept)",
+                    step,
+                    value,
+                });
             }
             optimizer.step(&loss.backward()?)?;
             let n = labels.numel();
@@ -227,13 +295,20 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             correct += pred.eq(&labels)?.sum_all()?.to_scalar()? as usize;
             seen += n;
             loss_sum += value * n as f64;
-            progress.update(loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / t0.elapsed().as_secs_f64());
+            progress.update(
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                seen as f64 / t0.elapsed().as_secs_f64(),
+            );
         }
         progress.finish();
         model.eval();
         let (test_loss, test_acc, _) = evaluate(model.as_ref(), &test, device, opts.normalize)?;
         let secs = t0.elapsed().as_secs_f64();
-        let (train_loss, train_acc) = (loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64);
+        let (train_loss, train_acc) = (
+            loss_sum / seen.max(1) as f64,
+            correct as f64 / seen.max(1) as f64,
+        );
         println!(
             "epoch {epoch}/{}: train loss {train_loss:.4} acc {train_acc:.4} | test loss {test_loss:.4} acc {test_acc:.4} | {:.1} s, {:.0} ex/s",
             opts.epochs,
@@ -248,8 +323,14 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             .create(true)
             .append(true)
             .open(&metrics_path)
-            .map_err(|e| Error::Io { path: metrics_path.display().to_string(), source: e })?;
-        f.write_all(line.as_bytes()).map_err(|e| Error::Io { path: metrics_path.display().to_string(), source: e })?;
+            .map_err(|e| Error::Io {
+                path: metrics_path.display().to_string(),
+                source: e,
+            })?;
+        f.write_all(line.as_bytes()).map_err(|e| Error::Io {
+            path: metrics_path.display().to_string(),
+            source: e,
+        })?;
         let meta = BTreeMap::from([
             ("model".to_string(), opts.model.clone()),
             ("data".to_string(), opts.data.clone()),
@@ -258,41 +339,89 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             ("optimizer".to_string(), opts.optimizer.clone()),
             ("seed".to_string(), opts.seed.to_string()),
         ]);
-        save_model(&out_dir.join("last.safetensors"), model.as_ref(), Some(optimizer.as_ref()), &meta)?;
+        save_model(
+            &out_dir.join("last.safetensors"),
+            model.as_ref(),
+            Some(optimizer.as_ref()),
+            &meta,
+        )?;
         if test_acc > best {
             best = test_acc;
             best_epoch = epoch;
-            save_model(&out_dir.join("best.safetensors"), model.as_ref(), Some(optimizer.as_ref()), &meta)?;
+            save_model(
+                &out_dir.join("best.safetensors"),
+                model.as_ref(),
+                Some(optimizer.as_ref()),
+                &meta,
+            )?;
         }
         last_acc = test_acc;
     }
     let seconds = start.elapsed().as_secs_f64();
-    println!("wrote {} (best epoch {best_epoch}: {best:.4}) in {seconds:.1} s", out_dir.display());
+    println!(
+        "wrote {} (best epoch {best_epoch}: {best:.4}) in {seconds:.1} s",
+        out_dir.display()
+    );
     println!("test accuracy: {last_acc:.4}");
-    Ok(TrainReport { test_accuracy: last_acc, best_accuracy: best, best_epoch, out_dir, seconds })
+    Ok(TrainReport {
+        test_accuracy: last_acc,
+        best_accuracy: best,
+        best_epoch,
+        out_dir,
+        seconds,
+    })
 }
 
 /// `tessera eval`: accuracy and confusion matrix of a checkpoint (model and data default to
 /// what its metadata records).
-pub fn eval(ckpt: &Path, model: Option<&str>, data_name: Option<&str>, device: &Device) -> Result<f64> {
+pub fn eval(
+    ckpt: &Path,
+    model: Option<&str>,
+    data_name: Option<&str>,
+    device: &Device,
+) -> Result<f64> {
     let meta = tessera_nn::checkpoint::load(ckpt, device)?.metadata;
-    let model_name = model.map(String::from).or_else(|| meta.get("model").cloned()).ok_or_else(|| {
-        Error::invalid("eval", format!("{} records no model: pass --model", ckpt.display()))
-    })?;
-    let data_name = data_name.map(String::from).or_else(|| meta.get("data").cloned()).unwrap_or_else(|| "mnist-10k".into());
+    let model_name = model
+        .map(String::from)
+        .or_else(|| meta.get("model").cloned())
+        .ok_or_else(|| {
+            Error::invalid(
+                "eval",
+                format!("{} records no model: pass --model", ckpt.display()),
+            )
+        })?;
+    let data_name = data_name
+        .map(String::from)
+        .or_else(|| meta.get("data").cloned())
+        .unwrap_or_else(|| "mnist-10k".into());
     let split = data::load(&data_name)?;
     let test = Arc::new(split.test);
-    let m = build_model(&model_name, &test.example_shape, test.classes, &mut Ctx::new(device, 0))?;
-    let dtype = m.named_parameters().first().map(|(_, p)| p.tensor().dtype()).unwrap_or(DType::F32);
+    let m = build_model(
+        &model_name,
+        &test.example_shape,
+        test.classes,
+        &mut Ctx::new(device, 0),
+    )?;
+    let dtype = m
+        .named_parameters()
+        .first()
+        .map(|(_, p)| p.tensor().dtype())
+        .unwrap_or(DType::F32);
     if dtype != DType::F32 {
         return Err(Error::invalid("eval", "only f32 models are supported"));
     }
     load_model(ckpt, m.as_ref(), None, device)?;
     let (loss, acc, confusion) = evaluate(m.as_ref(), &test, device, None)?;
-    println!("{model_name} on {data_name} ({} test examples): loss {loss:.4}", test.len());
+    println!(
+        "{model_name} on {data_name} ({} test examples): loss {loss:.4}",
+        test.len()
+    );
     println!("confusion matrix (rows: true class, columns: predicted):");
     for (i, row) in confusion.iter().enumerate() {
-        println!("{i:>3} {}", row.iter().map(|c| format!("{c:>5}")).collect::<String>());
+        println!(
+            "{i:>3} {}",
+            row.iter().map(|c| format!("{c:>5}")).collect::<String>()
+        );
     }
     println!("test accuracy: {acc:.4}");
     Ok(acc)

@@ -1,0 +1,103 @@
+//! Training smoke tests on the embedded real data, with accuracy floors.
+
+use tessera::prelude::*;
+use tessera::train::{train, TrainOptions};
+
+fn out(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("tessera-train-{name}-{}", std::process::id()))
+}
+
+#[test]
+fn mlp_learns_embedded_mnist_and_resumes() -> Result<()> {
+    let dev = Device::parse("cpu")?;
+    let dir = out("mlp");
+    let opts = TrainOptions {
+        model: "mlp".into(),
+        epochs: 2,
+        out: Some(dir.clone()),
+        ..TrainOptions::default()
+    };
+    let first = train(
+        &TrainOptions {
+            epochs: 1,
+            ..opts.clone()
+        },
+        &dev,
+    )?;
+    assert!(
+        first.test_accuracy > 0.88,
+        "after one epoch: {}",
+        first.test_accuracy
+    );
+    // Resuming from epoch 1 runs only epoch 2, with the optimizer state restored.
+    let resumed = train(
+        &TrainOptions {
+            resume: Some(dir.join("last.safetensors")),
+            ..opts
+        },
+        &dev,
+    )?;
+    assert!(
+        resumed.test_accuracy > 0.90,
+        "after two epochs: {}",
+        resumed.test_accuracy
+    );
+    let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    assert!(lines.lines().nth(1).unwrap().starts_with("{\"epoch\":2,"));
+    let acc = tessera::train::eval(&dir.join("last.safetensors"), None, None, &dev)?;
+    assert!((acc - resumed.test_accuracy).abs() < 1e-9);
+    Ok(())
+}
+
+#[test]
+fn a_diverging_run_stops_with_an_error_naming_the_step() -> Result<()> {
+    let dev = Device::parse("cpu")?;
+    let opts = TrainOptions {
+        model: "mlp".into(),
+        epochs: 1,
+        lr: Some(1e9),
+        cosine: false,
+        out: Some(out("nan")),
+        ..TrainOptions::default()
+    };
+    let e = train(&opts, &dev).unwrap_err().to_string();
+    assert!(e.contains("non-finite") && e.contains("step"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn unknown_models_and_missing_data_are_clear_errors() {
+    let dev = Device::parse("cpu").unwrap();
+    let e = train(
+        &TrainOptions {
+            model: "resnet".into(),
+            ..TrainOptions::default()
+        },
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unknown model"), "{e}");
+    let e = train(
+        &TrainOptions {
+            data: "/nonexistent/dir".into(),
+            ..TrainOptions::default()
+        },
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("/nonexistent/dir"), "{e}");
+    let e = train(
+        &TrainOptions {
+            model: "lenet5".into(),
+            data: "mnist1d".into(),
+            ..TrainOptions::default()
+        },
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("1×28×28"), "{e}");
+}
