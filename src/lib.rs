@@ -19,6 +19,7 @@
 
 pub mod conformance;
 pub mod data;
+pub mod plot;
 pub mod train;
 
 pub use tessera_core as core;

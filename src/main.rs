@@ -9,6 +9,7 @@ const USAGE: &str = "usage:
                 [--schedule cosine|constant] [--normalize MEAN,STD] [--device cpu] [--seed S]
                 [--out DIR] [--resume CKPT]      train (defaults: LeNet-5 on the embedded MNIST-10k)
   tessera eval CKPT [--model M] [--data D] [--device cpu]   test accuracy and confusion matrix
+  tessera predict CKPT IMAGE.png [--model M]   classify one 28×28 grayscale PNG
   tessera conformance DIR [--device cpu]   run PyTorch-generated test vectors (*.json in DIR)
   tessera summary MODEL [--device cpu]     per-layer table of a zoo model: lenet5, lenet1998,
                                            lenet1998-softmax, alexnet, googlenet, mlp, textcnn, charlstm
@@ -124,6 +125,20 @@ fn run(args: &[String]) -> Result<ExitCode> {
                 std::path::Path::new(ckpt),
                 flag(args, "--model").as_deref(),
                 flag(args, "--data").as_deref(),
+                &device,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("predict") => {
+            let (Some(ckpt), Some(image)) = (args.get(1), args.get(2)) else {
+                eprintln!("{USAGE}");
+                return Ok(ExitCode::from(2));
+            };
+            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
+            tessera::train::predict(
+                std::path::Path::new(ckpt),
+                std::path::Path::new(image),
+                flag(args, "--model").as_deref(),
                 &device,
             )?;
             Ok(ExitCode::SUCCESS)

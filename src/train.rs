@@ -345,6 +345,9 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             Some(optimizer.as_ref()),
             &meta,
         )?;
+        let history = crate::plot::read_metrics(&metrics_path)?;
+        let title = format!("{} on {}", opts.model, opts.data);
+        crate::plot::write_curves(&out_dir.join("curves.png"), &title, &history)?;
         if test_acc > best {
             best = test_acc;
             best_epoch = epoch;
@@ -425,4 +428,86 @@ pub fn eval(
     }
     println!("test accuracy: {acc:.4}");
     Ok(acc)
+}
+
+/// Reads a 28×28 PNG as grayscale in [0, 1] (RGB is averaged; alpha ignored).
+pub fn read_digit_png(path: &Path) -> Result<Vec<f32>> {
+    let bad = |msg: String| Error::BadFile {
+        path: path.display().to_string(),
+        msg,
+    };
+    let file = std::fs::File::open(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| bad(format!("not a PNG: {e}")))?;
+    let size = reader.output_buffer_size();
+    let mut buf = vec![0; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| bad(format!("corrupt PNG: {e}")))?;
+    if (info.width, info.height) != (28, 28) {
+        return Err(bad(format!(
+            "image is {}×{}, expected 28×28",
+            info.width, info.height
+        )));
+    }
+    let channels = info.color_type.samples();
+    let gray: Vec<f32> = buf[..info.buffer_size()]
+        .chunks(channels)
+        .map(|px| {
+            let c = if channels >= 3 {
+                (px[0] as f32 + px[1] as f32 + px[2] as f32) / 3.0
+            } else {
+                px[0] as f32
+            };
+            c / 255.0
+        })
+        .collect();
+    Ok(gray)
+}
+
+/// `tessera predict`: the class of one 28×28 grayscale PNG. MNIST digits are light on dark; a
+/// dark-on-light image (mean above 0.5) is inverted first, and the output says so.
+pub fn predict(ckpt: &Path, image: &Path, model: Option<&str>, device: &Device) -> Result<usize> {
+    let meta = tessera_nn::checkpoint::load(ckpt, device)?.metadata;
+    let name = model
+        .map(String::from)
+        .or_else(|| meta.get("model").cloned())
+        .ok_or_else(|| {
+            Error::invalid(
+                "predict",
+                format!("{} records no model: pass --model", ckpt.display()),
+            )
+        })?;
+    let m = build_model(&name, &[1, 28, 28], 10, &mut Ctx::new(device, 0))?;
+    load_model(ckpt, m.as_ref(), None, device)?;
+    let mut px = read_digit_png(image)?;
+    let mean = px.iter().sum::<f32>() / px.len() as f32;
+    if mean > 0.5 {
+        px.iter_mut().for_each(|v| *v = 1.0 - *v);
+        println!("(dark digit on a light background: inverted to MNIST's light-on-dark)");
+    }
+    let x = tessera_core::Tensor::from_vec(px, &[1, 1, 28, 28], device)?;
+    let probs = no_grad(|| m.forward(&x)?.softmax(1))?.to_vec::<f32>()?;
+    let (best, p) =
+        probs.iter().enumerate().fold(
+            (0, 0.0f32),
+            |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
+        );
+    println!(
+        "probabilities: {}",
+        probs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{i}:{p:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("predicted: {best} (p = {p:.3})");
+    Ok(best)
 }

@@ -47,6 +47,28 @@ fn mlp_learns_embedded_mnist_and_resumes() -> Result<()> {
     assert!(lines.lines().nth(1).unwrap().starts_with("{\"epoch\":2,"));
     let acc = tessera::train::eval(&dir.join("last.safetensors"), None, None, &dev)?;
     assert!((acc - resumed.test_accuracy).abs() < 1e-9);
+    assert!(dir.join("curves.png").exists());
+
+    // predict on a test digit written as a PNG, and a clear error for a wrong size.
+    let split = tessera::data::load("mnist-10k")?;
+    let digit: Vec<u8> = split.test.inputs[..784]
+        .iter()
+        .map(|v| (v * 255.0).round() as u8)
+        .collect();
+    let write_png = |path: &std::path::Path, w: u32, h: u32, px: &[u8]| {
+        let mut enc = png::Encoder::new(std::fs::File::create(path).unwrap(), w, h);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.write_header().unwrap().write_image_data(px).unwrap();
+    };
+    let png_path = dir.join("digit.png");
+    write_png(&png_path, 28, 28, &digit);
+    let class = tessera::train::predict(&dir.join("last.safetensors"), &png_path, None, &dev)?;
+    assert_eq!(class as i64, split.test.labels[0]);
+    write_png(&png_path, 10, 10, &[0; 100]);
+    let e = tessera::train::predict(&dir.join("last.safetensors"), &png_path, None, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("10×10") && e.contains("digit.png"), "{e}");
     Ok(())
 }
 
