@@ -42,16 +42,10 @@ pub fn write_curves(path: &Path, title: &str, m: &[EpochMetrics]) -> Result<()> 
     let (left, right) = root.split_horizontally(550);
     let last = m.iter().map(|r| r.epoch).max().unwrap_or(1).max(2) as f64;
     let first = m.iter().map(|r| r.epoch).min().unwrap_or(1) as f64;
-    let panels: [(
-        &DrawingArea<BitMapBackend<'_>, _>,
-        &str,
-        fn(&EpochMetrics) -> (f64, f64),
-    ); 2] = [
-        (&left, "loss (cross-entropy)", |r| {
-            (r.train_loss, r.test_loss)
-        }),
-        (&right, "accuracy", |r| (r.train_accuracy, r.test_accuracy)),
-    ];
+    type Pick = fn(&EpochMetrics) -> (f64, f64);
+    let loss: Pick = |r| (r.train_loss, r.test_loss);
+    let accuracy: Pick = |r| (r.train_accuracy, r.test_accuracy);
+    let panels = [(&left, "loss (cross-entropy)", loss), (&right, "accuracy", accuracy)];
     for (area, name, get) in panels {
         let values: Vec<(f64, f64)> = m.iter().map(get).collect();
         let lo = values
