@@ -45,7 +45,10 @@ pub fn write_curves(path: &Path, title: &str, m: &[EpochMetrics]) -> Result<()> 
     type Pick = fn(&EpochMetrics) -> (f64, f64);
     let loss: Pick = |r| (r.train_loss, r.test_loss);
     let accuracy: Pick = |r| (r.train_accuracy, r.test_accuracy);
-    let panels = [(&left, "loss (cross-entropy)", loss), (&right, "accuracy", accuracy)];
+    let panels = [
+        (&left, "loss (cross-entropy)", loss),
+        (&right, "accuracy", accuracy),
+    ];
     for (area, name, get) in panels {
         let values: Vec<(f64, f64)> = m.iter().map(get).collect();
         let lo = values

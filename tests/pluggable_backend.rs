@@ -425,6 +425,36 @@ fn a_backend_defined_outside_core_runs_composite_ops_and_backward() -> Result<()
 }
 
 #[test]
+fn convolution_and_pooling_fall_back_to_primitives() -> Result<()> {
+    use tessera::ops::conv::{conv2d, ConvOptions};
+    use tessera::ops::pool::{max_pool2d, PoolOptions};
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    let mut gen = Generator::new(9);
+    let x = Tensor::randn(&[2, 2, 6, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let w = Tensor::randn(&[3, 2, 3, 3], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let run = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+        let y = conv2d(x, w, None, &ConvOptions::new().stride(2).padding(1))?;
+        max_pool2d(&y, &PoolOptions::new(2).stride(1).padding(1))?
+            .square()?
+            .sum_all()
+    };
+    let g = run(&x, &w)?.backward()?;
+    let (xc, wc) = (
+        x.detach().to_device(&cpu)?.requires_grad_()?,
+        w.detach().to_device(&cpu)?.requires_grad_()?,
+    );
+    let gc = run(&xc, &wc)?.backward()?;
+    for (a, b) in [
+        (g.get(&x).unwrap(), gc.get(&xc).unwrap()),
+        (g.get(&w).unwrap(), gc.get(&wc).unwrap()),
+    ] {
+        let (a, b) = (a.to_vec::<f64>()?, b.to_vec::<f64>()?);
+        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-10));
+    }
+    Ok(())
+}
+
+#[test]
 fn mixing_devices_is_an_error_naming_both() -> Result<()> {
     let a = Tensor::ones(&[2], DType::F64, &toy())?;
     let b = Tensor::ones(&[2], DType::F64, &Device::parse("cpu")?)?;

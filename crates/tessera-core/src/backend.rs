@@ -115,6 +115,40 @@ pub enum Distribution {
     Normal { mean: f64, std: f64 },
 }
 
+/// A sliding window over the last two dims of `[N, C, H, W]` (convolution and pooling).
+/// Output position `o`, tap `t` reads input row `o·s - p + t·d` (likewise for columns);
+/// positions outside the input read a fill value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Kernel size (rows, columns).
+    pub k: [usize; 2],
+    /// Stride.
+    pub s: [usize; 2],
+    /// Dilation.
+    pub d: [usize; 2],
+    /// Padding before (top, left).
+    pub p: [usize; 2],
+    /// Output positions per dim.
+    pub out: [usize; 2],
+}
+
+impl Window {
+    /// Taps per window (`k[0]·k[1]`).
+    pub fn taps(&self) -> usize {
+        self.k[0] * self.k[1]
+    }
+    /// Window positions (`out[0]·out[1]`).
+    pub fn positions(&self) -> usize {
+        self.out[0] * self.out[1]
+    }
+    /// The input coordinate of output position `o` and tap `t` along `dim`, if inside `[0, n)`.
+    #[inline]
+    pub fn source(&self, dim: usize, o: usize, t: usize, n: usize) -> Option<usize> {
+        let i = (o * self.s[dim] + t * self.d[dim]) as isize - self.p[dim] as isize;
+        (i >= 0 && (i as usize) < n).then_some(i as usize)
+    }
+}
+
 /// A device implementation. Object-safe: core holds it as `Arc<dyn Backend>`.
 pub trait Backend: Send + Sync + Debug + 'static {
     /// The device's name, e.g. `cpu` or `cuda:0`.
@@ -180,6 +214,18 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Softmax (or log-softmax when `log`) along `dim`, stable against large inputs.
     fn softmax(&self, x: View<'_>, dim: usize, log: bool) -> Result<Arc<dyn Buffer>> {
         fallback::softmax(self, x, dim, log)
+    }
+
+    /// im2col: the windows of `x` `[N, C, H, W]` as `[N, C, taps, positions]`, reading `fill`
+    /// outside the input.
+    fn unfold2d(&self, x: View<'_>, w: &Window, fill: f64) -> Result<Arc<dyn Buffer>> {
+        fallback::unfold2d(self, x, w, fill)
+    }
+
+    /// col2im, the adjoint of `unfold2d`: `cols` `[N, C, taps, positions]` summed into a new
+    /// `[N, C, H, W]` (`hw` = `[H, W]`); entries that read the fill value are dropped.
+    fn fold2d(&self, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<Arc<dyn Buffer>> {
+        fallback::fold2d(self, cols, w, hw)
     }
 }
 

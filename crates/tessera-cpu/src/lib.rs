@@ -13,11 +13,11 @@ pub mod kernels;
 pub use buffer::{CpuBuffer, CpuStorage};
 
 use buffer::CpuElem;
-use kernels::{elementwise as ew, matmul as mm, reduce as rd, shape as sh, Float, Num};
+use kernels::{conv as cv, elementwise as ew, matmul as mm, reduce as rd, shape as sh, Float, Num};
 use std::sync::{Arc, OnceLock};
 use tessera_core::{
     Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, HostData, Layout, ReduceOp,
-    Result, UnaryOp, View,
+    Result, UnaryOp, View, Window,
 };
 
 /// The CPU backend.
@@ -318,6 +318,42 @@ impl Backend for CpuBackend {
                 .collect::<Result<Vec<_>>>()?;
             out(sh::assemble(len, fill, &typed_parts))
         })
+    }
+
+    fn unfold2d(&self, x: View<'_>, w: &Window, fill: f64) -> Result<Arc<dyn Buffer>> {
+        let s = x.layout.shape();
+        if !x.layout.is_contiguous() {
+            let copy = self.cast(x, x.buf.dtype())?;
+            return self.unfold2d(
+                View {
+                    buf: copy.as_ref(),
+                    layout: &Layout::contiguous(s),
+                },
+                w,
+                fill,
+            );
+        }
+        let r = x.layout.offset()..x.layout.offset() + x.layout.numel();
+        with_dtype!(float x.buf.dtype(), "unfold2d", |T| {
+            out(cv::unfold(&typed::<T>("unfold2d", x)?[r], s[0] * s[1], [s[2], s[3]], w, <T as Num>::from_f64(fill)))
+        })
+    }
+
+    fn fold2d(&self, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<Arc<dyn Buffer>> {
+        let s = cols.layout.shape();
+        if !cols.layout.is_contiguous() {
+            let copy = self.cast(cols, cols.buf.dtype())?;
+            return self.fold2d(
+                View {
+                    buf: copy.as_ref(),
+                    layout: &Layout::contiguous(s),
+                },
+                w,
+                hw,
+            );
+        }
+        let r = cols.layout.offset()..cols.layout.offset() + cols.layout.numel();
+        with_dtype!(float cols.buf.dtype(), "fold2d", |T| out(cv::fold(&typed::<T>("fold2d", cols)?[r], s[0] * s[1], hw, w)))
     }
 
     fn softmax(&self, x: View<'_>, dim: usize, log: bool) -> Result<Arc<dyn Buffer>> {

@@ -1,6 +1,7 @@
 //! Default bodies of the composite ops of [`Backend`], written with its primitives only.
 
-use super::{Backend, BinaryOp, Buffer, ReduceOp, UnaryOp, View};
+use super::{Backend, BinaryOp, Buffer, ReduceOp, UnaryOp, View, Window};
+use crate::dtype::HostData;
 use crate::error::Result;
 use crate::layout::Layout;
 use std::sync::Arc;
@@ -74,4 +75,115 @@ pub fn softmax<B: Backend + ?Sized>(
             },
         )
     }
+}
+
+/// For each (channel, tap, position), the flat index into one example `[C·H·W]`, or `C·H·W`
+/// (one past the end) where the window reads outside the input.
+pub fn unfold_index(c: usize, h: usize, wd: usize, w: &Window) -> Vec<i64> {
+    let hw = h * wd;
+    let outside = (c * hw) as i64;
+    let mut idx = Vec::with_capacity(c * w.taps() * w.positions());
+    for ci in 0..c {
+        for kh in 0..w.k[0] {
+            for kw in 0..w.k[1] {
+                for oh in 0..w.out[0] {
+                    let ih = w.source(0, oh, kh, h);
+                    for ow in 0..w.out[1] {
+                        idx.push(match (ih, w.source(1, ow, kw, wd)) {
+                            (Some(i), Some(j)) => (ci * hw + i * wd + j) as i64,
+                            _ => outside,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    idx
+}
+
+/// Uploads the unfold index as a `[N, L]` view (stride 0 over the batch).
+fn index_view<B: Backend + ?Sized>(
+    b: &B,
+    c: usize,
+    h: usize,
+    wd: usize,
+    w: &Window,
+    n: usize,
+) -> Result<(Arc<dyn Buffer>, Layout)> {
+    let idx = unfold_index(c, h, wd, w);
+    let l = idx.len();
+    Ok((
+        b.upload(HostData::I64(idx))?,
+        Layout::new(vec![n, l], vec![0, 1], 0),
+    ))
+}
+
+/// `unfold2d` from `assemble` (the input plus a fill column per example) and `gather`.
+pub fn unfold2d<B: Backend + ?Sized>(
+    b: &B,
+    x: View<'_>,
+    w: &Window,
+    fill: f64,
+) -> Result<Arc<dyn Buffer>> {
+    let s = x.layout.shape();
+    let (n, c, h, wd) = (s[0], s[1], s[2], s[3]);
+    let row = c * h * wd + 1;
+    let region = Layout::new(s.to_vec(), vec![row, h * wd, wd, 1], 0);
+    let ext = b.assemble(n * row, x.buf.dtype(), fill, &[(region, x)])?;
+    let (idx, il) = index_view(b, c, h, wd, w, n)?;
+    let ext_l = Layout::contiguous(&[n, row]);
+    b.gather(
+        View {
+            buf: ext.as_ref(),
+            layout: &ext_l,
+        },
+        1,
+        View {
+            buf: idx.as_ref(),
+            layout: &il,
+        },
+    )
+}
+
+/// `fold2d` from `scatter_add` into the extended rows, then a copy without the fill column.
+pub fn fold2d<B: Backend + ?Sized>(
+    b: &B,
+    cols: View<'_>,
+    w: &Window,
+    hw: [usize; 2],
+) -> Result<Arc<dyn Buffer>> {
+    let s = cols.layout.shape();
+    let (n, c) = (s[0], s[1]);
+    let (h, wd) = (hw[0], hw[1]);
+    let row = c * h * wd + 1;
+    let l = c * w.taps() * w.positions();
+    // The columns as `[N, L]`: a view of contiguous data, else a contiguous copy.
+    let copy;
+    let (buf, flat) = if cols.layout.is_contiguous() {
+        (
+            cols.buf,
+            Layout::new(vec![n, l], vec![l, 1], cols.layout.offset()),
+        )
+    } else {
+        copy = b.cast(cols, cols.buf.dtype())?;
+        (copy.as_ref(), Layout::contiguous(&[n, l]))
+    };
+    let (idx, il) = index_view(b, c, h, wd, w, n)?;
+    let summed = b.scatter_add(
+        &[n, row],
+        1,
+        View {
+            buf: idx.as_ref(),
+            layout: &il,
+        },
+        View { buf, layout: &flat },
+    )?;
+    let body = Layout::new(vec![n, c, h, wd], vec![row, h * wd, wd, 1], 0);
+    b.cast(
+        View {
+            buf: summed.as_ref(),
+            layout: &body,
+        },
+        cols.buf.dtype(),
+    )
 }

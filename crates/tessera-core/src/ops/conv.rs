@@ -97,25 +97,7 @@ pub(crate) fn per_dim(op: &'static str, what: &str, v: &[usize], n: usize) -> Re
     }
 }
 
-/// Geometry of a sliding window over 2 spatial dims.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Window {
-    pub k: [usize; 2],
-    pub s: [usize; 2],
-    pub d: [usize; 2],
-    /// Padding before (top, left).
-    pub p: [usize; 2],
-    pub out: [usize; 2],
-}
-
-impl Window {
-    pub fn taps(&self) -> usize {
-        self.k[0] * self.k[1]
-    }
-    pub fn positions(&self) -> usize {
-        self.out[0] * self.out[1]
-    }
-}
+pub(crate) use crate::backend::Window;
 
 /// `floor((n + before + after - d·(k - 1) - 1) / s) + 1`, or an error when the window does not fit.
 pub(crate) fn out_size(
@@ -144,38 +126,28 @@ pub(crate) fn out_size(
     Ok((padded - span) / s + 1)
 }
 
-/// The windows of `x` `[N, C, H, W]` as columns `[N, C, KH·KW, OH·OW]`; taps outside the input
-/// read `fill`. A `gather`, so its backward is the `scatter_add` that col2im is.
+/// The windows of `x` `[N, C, H, W]` as columns `[N, C, KH·KW, OH·OW]` (im2col); taps outside
+/// the input read `fill`. Its backward is [`fold`] (col2im), whose backward is this again.
 pub(crate) fn unfold(x: &Tensor, w: &Window, fill: f64) -> Result<Tensor> {
-    let (n, c, h, wd) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
-    let hw = h * wd;
-    let sentinel = (c * hw) as i64;
-    let mut idx = Vec::with_capacity(c * w.taps() * w.positions());
-    for ci in 0..c {
-        for kh in 0..w.k[0] {
-            for kw in 0..w.k[1] {
-                for oh in 0..w.out[0] {
-                    let ih = (oh * w.s[0] + kh * w.d[0]) as isize - w.p[0] as isize;
-                    for ow in 0..w.out[1] {
-                        let iw = (ow * w.s[1] + kw * w.d[1]) as isize - w.p[1] as isize;
-                        let inside = ih >= 0 && (ih as usize) < h && iw >= 0 && (iw as usize) < wd;
-                        idx.push(if inside {
-                            (ci * hw) as i64 + ih as i64 * wd as i64 + iw as i64
-                        } else {
-                            sentinel
-                        });
-                    }
-                }
-            }
-        }
-    }
-    let len = idx.len();
-    let index = Tensor::from_vec(idx, &[1, len], x.device())?.broadcast_to(&[n, len])?;
-    let flat = x.reshape_usize(&[n, c * hw])?;
-    let pad = Tensor::full(&[n, 1], fill, x.dtype(), x.device())?;
-    let ext = Tensor::concat(&[&flat, &pad], 1)?;
-    ext.gather(1, &index)?
-        .reshape_usize(&[n, c, w.taps(), w.positions()])
+    let d = x.dims();
+    let (n, c, h, wd) = (d[0], d[1], d[2], d[3]);
+    let buf = x.device().backend().unfold2d(x.view(), w, fill)?;
+    let out = x.output(buf, &[n, c, w.taps(), w.positions()]);
+    let win = *w;
+    Ok(out.record_op("unfold", &[x], move |g, _| {
+        Ok(vec![Some(fold(g, &win, [h, wd])?)])
+    }))
+}
+
+/// col2im: columns `[N, C, KH·KW, OH·OW]` summed back into `[N, C, H, W]`.
+pub(crate) fn fold(cols: &Tensor, w: &Window, hw: [usize; 2]) -> Result<Tensor> {
+    let d = cols.dims();
+    let buf = cols.device().backend().fold2d(cols.view(), w, hw)?;
+    let out = cols.output(buf, &[d[0], d[1], hw[0], hw[1]]);
+    let win = *w;
+    Ok(out.record_op("fold", &[cols], move |g, _| {
+        Ok(vec![Some(unfold(g, &win, 0.0)?)])
+    }))
 }
 
 /// Resolves padding to `(before, after)` per spatial dim.
