@@ -197,6 +197,42 @@ fn run(args: &Args) -> Result<()> {
         tessera::nn::loss::cross_entropy(logits, y, tessera::nn::loss::Reduction::Mean, 0.0, -100)
     };
 
+    for (id, n, ci, co, hw, k, pad) in [
+        ("W2a_conv_lenet", 64, 6, 16, 14, 5, 0),
+        ("W2b_conv_alexnet", 16, 192, 384, 13, 3, 1),
+    ] {
+        if !wanted(id) {
+            continue;
+        }
+        eprintln!("{id} ...");
+        use tessera::ops::conv::{conv2d, ConvOptions};
+        let x = Tensor::randn(&[n, ci, hw, hw], 0.0, 1.0, DType::F32, &mut gen, &device)?
+            .requires_grad_()?;
+        let w = Tensor::randn(&[co, ci, k, k], 0.0, 1.0, DType::F32, &mut gen, &device)?
+            .requires_grad_()?;
+        let b = Tensor::randn(&[co], 0.0, 1.0, DType::F32, &mut gen, &device)?.requires_grad_()?;
+        let opts = ConvOptions::new().padding(pad);
+        let m = measure(|| {
+            let g = conv2d(&x, &w, Some(&b), &opts)?.sum_all()?.backward()?;
+            black_box((
+                g.get(&x).is_some(),
+                g.get(&w).is_some(),
+                g.get(&b).is_some(),
+            ));
+            Ok(())
+        })?;
+        let ho = hw + 2 * pad - k + 1;
+        let flops = 3.0 * 2.0 * (n * co * ho * ho * ci * k * k) as f64;
+        report(
+            device.name(),
+            threads,
+            id,
+            &m,
+            flops / m.median_s / 1e9,
+            "GFLOP/s",
+        );
+    }
+
     if wanted("W3_mlp_train_step") {
         eprintln!("W3_mlp_train_step ...");
         let model = tessera::nn::zoo::Mlp::new(
@@ -234,6 +270,33 @@ fn run(args: &Args) -> Result<()> {
             device.name(),
             threads,
             "W4_lenet5_train_step",
+            &m,
+            1.0 / m.median_s,
+            "steps/s",
+        );
+    }
+
+    if wanted("W5_lstm_bptt") {
+        eprintln!("W5_lstm_bptt ...");
+        use tessera::ops::rnn::RnnOptions;
+        let opts = RnnOptions {
+            hidden_size: 256,
+            num_layers: 1,
+            bidirectional: false,
+            batch_first: false,
+            bias: true,
+        };
+        let lstm = tessera::nn::Lstm::new(&mut tessera::nn::Ctx::new(&device, 1), 128, opts)?;
+        let x = Tensor::randn(&[35, 32, 128], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let m = measure(|| {
+            let g = lstm.forward(&x)?.sum_all()?.backward()?;
+            black_box(g.len());
+            Ok(())
+        })?;
+        report(
+            device.name(),
+            threads,
+            "W5_lstm_bptt",
             &m,
             1.0 / m.median_s,
             "steps/s",
