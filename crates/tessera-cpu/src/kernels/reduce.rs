@@ -164,7 +164,7 @@ pub fn arg_reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axis: usize) -> Vec
     let (n, stride) = (l.shape()[axis], l.strides()[axis]);
     let s = split(l, &[axis]);
     let mut out = alloc::<i64>(s.n_out);
-    out.iter_mut().enumerate().for_each(|(o, v)| {
+    let one = |(o, v): (usize, &mut i64)| {
         let base = s.offset + unravel(o, &s.kept, &s.kept_strides);
         let (mut best, mut at) = (x[base], 0);
         for k in 1..n {
@@ -175,7 +175,15 @@ pub fn arg_reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axis: usize) -> Vec
             }
         }
         *v = at as i64;
-    });
+    };
+    if s.n_out * n >= PAR_MIN {
+        out.par_iter_mut()
+            .enumerate()
+            .with_min_len(64)
+            .for_each(one);
+    } else {
+        out.iter_mut().enumerate().for_each(one);
+    }
     out
 }
 

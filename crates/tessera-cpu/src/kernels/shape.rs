@@ -1,42 +1,16 @@
 //! Gather, scatter-add and assemble (copy parts into regions of a filled buffer).
 
-use super::{copy_into, Num};
+use super::{copy_into, for_segments, Num, Rows};
 use crate::buffer::alloc;
-use tessera_core::{contiguous_strides, Error, Layout, Result};
+use std::sync::Mutex;
+use tessera_core::{Error, Layout, Result};
 
-/// Multi-index odometer over `shape`, calling `f(index)` in row-major order.
-fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize]) -> Result<()>) -> Result<()> {
-    if shape.contains(&0) {
-        return Ok(());
-    }
-    let mut idx = vec![0usize; shape.len()];
-    loop {
-        f(&idx)?;
-        let mut d = shape.len();
-        loop {
-            if d == 0 {
-                return Ok(());
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-}
-
-fn checked(op: &'static str, v: i64, dim: usize, size: usize) -> Result<usize> {
-    if v < 0 || v as usize >= size {
-        return Err(Error::IndexOutOfRange {
-            op,
-            index: v,
-            dim,
-            size,
-        });
-    }
-    Ok(v as usize)
+/// `x`'s layout over the index's shape, with the gathered dim's stride zeroed: the offset of
+/// everything but the looked-up coordinate.
+fn base_layout(lx: &Layout, li: &Layout, dim: usize) -> Layout {
+    let mut strides = lx.strides().to_vec();
+    strides[dim] = 0;
+    Layout::new(li.shape().to_vec(), strides, lx.offset())
 }
 
 /// `out[i] = x[i with index[i] at dim]`.
@@ -48,16 +22,31 @@ pub fn gather<T: Num>(
     li: &Layout,
 ) -> Result<Vec<T>> {
     let mut out = alloc::<T>(li.numel());
-    let size = lx.shape()[dim];
-    let mut k = 0;
-    for_each_index(li.shape(), |idx| {
-        let j = checked("gather", index[li.offset_of(idx)], dim, size)?;
-        let off = lx.offset_of(idx) + j * lx.strides()[dim] - idx[dim] * lx.strides()[dim];
-        out[k] = x[off];
-        k += 1;
-        Ok(())
-    })?;
-    Ok(out)
+    let (size, sd) = (lx.shape()[dim], lx.strides()[dim]);
+    let base = base_layout(lx, li, dim);
+    let rows = Rows::new(&[li, &base]);
+    let (si, sx) = (rows.inner_strides[0], rows.inner_strides[1]);
+    let bad: Mutex<Option<Error>> = Mutex::new(None);
+    for_segments(&mut out, rows.inner, |o, row, col| {
+        let (pi, px) = (rows.at(0, row, col), rows.at(1, row, col));
+        for (k, v) in o.iter_mut().enumerate() {
+            let j = index[pi + k * si];
+            if j < 0 || j as usize >= size {
+                *bad.lock().unwrap_or_else(|e| e.into_inner()) = Some(Error::IndexOutOfRange {
+                    op: "gather",
+                    index: j,
+                    dim,
+                    size,
+                });
+                return;
+            }
+            *v = x[px + k * sx + j as usize * sd];
+        }
+    });
+    match bad.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// Zeros of `shape` with `src[i]` added at `i with index[i] at dim`.
@@ -72,16 +61,33 @@ pub fn scatter_add<T: Num>(
     let n = shape.iter().product();
     let mut out = alloc::<T>(n);
     out.fill(T::zero());
-    let strides = contiguous_strides(shape);
-    let size = shape[dim];
-    for_each_index(li.shape(), |idx| {
-        let j = checked("scatter_add", index[li.offset_of(idx)], dim, size)?;
-        let off: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>()
-            + (j * strides[dim])
-            - idx[dim] * strides[dim];
-        out[off] = out[off] + src[ls.offset_of(idx)];
-        Ok(())
-    })?;
+    let lo = Layout::contiguous(shape);
+    let (size, sd) = (shape[dim], lo.strides()[dim]);
+    let base = base_layout(&lo, li, dim);
+    let rows = Rows::new(&[li, ls, &base]);
+    let (si, ss, so) = (
+        rows.inner_strides[0],
+        rows.inner_strides[1],
+        rows.inner_strides[2],
+    );
+    let n_rows: usize = rows.outer.iter().product();
+    // Sequential: repeated indices make writes collide.
+    for row in 0..n_rows {
+        let (pi, ps, po) = (rows.at(0, row, 0), rows.at(1, row, 0), rows.at(2, row, 0));
+        for k in 0..rows.inner {
+            let j = index[pi + k * si];
+            if j < 0 || j as usize >= size {
+                return Err(Error::IndexOutOfRange {
+                    op: "scatter_add",
+                    index: j,
+                    dim,
+                    size,
+                });
+            }
+            let o = po + k * so + j as usize * sd;
+            out[o] = out[o] + src[ps + k * ss];
+        }
+    }
     Ok(out)
 }
 
