@@ -6,6 +6,26 @@ use crate::buffer::alloc;
 use rayon::prelude::*;
 use tessera_core::Window;
 
+/// The output columns `ow` whose tap `kw` lands inside a row of width `n`: `lo..hi`, with the
+/// input column of `lo` (later ones step by the stride).
+#[inline]
+fn inside(w: &Window, kw: usize, n: usize) -> (usize, usize, usize) {
+    let off = (kw * w.d[1]) as isize - w.p[1] as isize; // input column of ow = 0
+    let s = w.s[1] as isize;
+    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+    let hi = if n as isize - 1 - off < 0 {
+        0
+    } else {
+        (n as isize - 1 - off) / s + 1
+    };
+    let (lo, hi) = (
+        lo.min(w.out[1] as isize) as usize,
+        hi.clamp(0, w.out[1] as isize) as usize,
+    );
+    let first = (off + lo as isize * s).max(0) as usize;
+    (lo, hi.max(lo), first)
+}
+
 /// `[N, C, taps, positions]` columns of `x` (contiguous `[N, C, H, W]`), `fill` outside.
 pub fn unfold<T: Num>(x: &[T], planes: usize, hw: [usize; 2], w: &Window, fill: T) -> Vec<T> {
     let (h, wd) = (hw[0], hw[1]);
@@ -22,11 +42,15 @@ pub fn unfold<T: Num>(x: &[T], planes: usize, hw: [usize; 2], w: &Window, fill: 
                         None => row.fill(fill),
                         Some(ih) => {
                             let line = &src[ih * wd..(ih + 1) * wd];
-                            for (ow, v) in row.iter_mut().enumerate() {
-                                *v = match w.source(1, ow, kw, wd) {
-                                    Some(iw) => line[iw],
-                                    None => fill,
-                                };
+                            let (lo, hi, first) = inside(w, kw, wd);
+                            row[..lo].fill(fill);
+                            row[hi..].fill(fill);
+                            if w.s[1] == 1 {
+                                row[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
+                            } else {
+                                for (j, v) in row[lo..hi].iter_mut().enumerate() {
+                                    *v = line[first + j * w.s[1]];
+                                }
                             }
                         }
                     }
@@ -58,8 +82,15 @@ pub fn fold<T: Num>(cols: &[T], planes: usize, hw: [usize; 2], w: &Window) -> Ve
                         continue;
                     };
                     let line = &mut o[ih * wd..(ih + 1) * wd];
-                    for (ow, &v) in tap[oh * w.out[1]..(oh + 1) * w.out[1]].iter().enumerate() {
-                        if let Some(iw) = w.source(1, ow, kw, wd) {
+                    let (lo, hi, first) = inside(w, kw, wd);
+                    let vals = &tap[oh * w.out[1] + lo..oh * w.out[1] + hi];
+                    if w.s[1] == 1 {
+                        for (d, &v) in line[first..first + vals.len()].iter_mut().zip(vals) {
+                            *d = *d + v;
+                        }
+                    } else {
+                        for (j, &v) in vals.iter().enumerate() {
+                            let iw = first + j * w.s[1];
                             line[iw] = line[iw] + v;
                         }
                     }

@@ -131,23 +131,42 @@ pub fn reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axes: &[usize]) -> Vec<
         }
         return out;
     }
+    // General case: walk the reduced elements row by row (the last reduced dim inner).
+    let r = s.red.len();
+    let (inner, istr) = (s.red[r - 1], s.red_strides[r - 1]);
+    let rows_n = s.group / inner;
     let one = |o: usize| -> T {
         let base = s.offset + unravel(o, &s.kept, &s.kept_strides);
-        let mut acc = x[base + unravel(0, &s.red, &s.red_strides)];
-        for g in 1..s.group {
-            let v = x[base + unravel(g, &s.red, &s.red_strides)];
-            acc = match op {
-                ReduceOp::Sum => acc + v,
-                _ => {
-                    if better(op, v, acc) {
+        let mut acc: Option<T> = None;
+        for row in 0..rows_n {
+            let rb = base + unravel(row, &s.red[..r - 1], &s.red_strides[..r - 1]);
+            let part = match (op, istr) {
+                (ReduceOp::Sum, 1) => sum_contig(&x[rb..rb + inner]),
+                (ReduceOp::Sum, _) => (1..inner).fold(x[rb], |a, k| a + x[rb + k * istr]),
+                _ => (1..inner).fold(x[rb], |m, k| {
+                    let v = x[rb + k * istr];
+                    if better(op, v, m) {
                         v
                     } else {
-                        acc
+                        m
                     }
-                }
+                }),
             };
+            acc = Some(match acc {
+                None => part,
+                Some(a) => match op {
+                    ReduceOp::Sum => a + part,
+                    _ => {
+                        if better(op, part, a) {
+                            part
+                        } else {
+                            a
+                        }
+                    }
+                },
+            });
         }
-        acc
+        acc.unwrap_or_else(T::zero)
     };
     if big {
         out.par_iter_mut()
@@ -164,26 +183,34 @@ pub fn arg_reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axis: usize) -> Vec
     let (n, stride) = (l.shape()[axis], l.strides()[axis]);
     let s = split(l, &[axis]);
     let mut out = alloc::<i64>(s.n_out);
-    let one = |(o, v): (usize, &mut i64)| {
-        let base = s.offset + unravel(o, &s.kept, &s.kept_strides);
-        let (mut best, mut at) = (x[base], 0);
+    let r = s.kept.len();
+    let (inner, istr) = if r == 0 {
+        (1, 0)
+    } else {
+        (s.kept[r - 1], s.kept_strides[r - 1])
+    };
+    let (outer, outer_strides) = if r == 0 {
+        (&[][..], &[][..])
+    } else {
+        (&s.kept[..r - 1], &s.kept_strides[..r - 1])
+    };
+    // A run of neighbouring outputs at a time, candidates in the outer loop: the inner loop
+    // runs over contiguous memory when the kept dims are.
+    super::for_segments(&mut out, inner, |o, row, col| {
+        let base = s.offset + unravel(row, outer, outer_strides) + col * istr;
+        let mut best: Vec<T> = (0..o.len()).map(|j| x[base + j * istr]).collect();
+        o.fill(0);
         for k in 1..n {
-            let c = x[base + k * stride];
-            if better(op, c, best) {
-                best = c;
-                at = k;
+            let b = base + k * stride;
+            for (j, (at, m)) in o.iter_mut().zip(best.iter_mut()).enumerate() {
+                let v = x[b + j * istr];
+                if better(op, v, *m) {
+                    *m = v;
+                    *at = k as i64;
+                }
             }
         }
-        *v = at as i64;
-    };
-    if s.n_out * n >= PAR_MIN {
-        out.par_iter_mut()
-            .enumerate()
-            .with_min_len(64)
-            .for_each(one);
-    } else {
-        out.iter_mut().enumerate().for_each(one);
-    }
+    });
     out
 }
 
