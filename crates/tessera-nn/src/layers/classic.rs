@@ -166,6 +166,12 @@ impl Rbf {
 
 impl Module for Rbf {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() != 2 {
+            return Err(Error::invalid(
+                "Rbf",
+                format!("needs [N, features], got {}", x.shape()),
+            ));
+        }
         // Σ (x - w)² = |x|² - 2 x·w + |w|²
         let w = self.weight.tensor();
         let xx = x.square()?.sum(&[1], true)?;
@@ -207,6 +213,12 @@ impl LocalResponseNorm {
 
 impl Module for LocalResponseNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() != 4 || self.size == 0 {
+            return Err(Error::invalid(
+                "LocalResponseNorm",
+                format!("needs [N, C, H, W] and size >= 1, got {}", x.shape()),
+            ));
+        }
         let (n, c, h, w) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
         // Average of squares over a window of channels: pool over the channel axis.
         let sq = x.square()?.reshape_usize(&[n, 1, c, h * w])?;
