@@ -5,12 +5,6 @@ use tessera_core::ops::conv::{
 };
 use tessera_core::{Result, Tensor};
 
-fn named(weight: &Parameter, bias: &Option<Parameter>) -> Named {
-    let mut p = vec![("weight".to_string(), weight.clone())];
-    p.extend(bias.iter().map(|b| ("bias".to_string(), b.clone())));
-    p
-}
-
 /// 2-d convolution, weight OIHW `[out, in/groups, kh, kw]`.
 pub struct Conv2d {
     pub weight: Parameter,
@@ -71,13 +65,10 @@ impl Module for Conv2d {
         "Conv2d".into()
     }
     fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
-        // Every output unit sums fan-in products plus its bias.
-        let fan_in: usize = self.weight.dims()[1..].iter().product();
-        let per_example = y.numel() / y.dims().first().copied().unwrap_or(1).max(1);
-        (per_example * (fan_in + self.bias.is_some() as usize)) as u64
+        super::dense_connections(&self.weight, self.bias.is_some(), y)
     }
     fn named_parameters(&self) -> Named {
-        named(&self.weight, &self.bias)
+        super::weight_and_bias(&self.weight, &self.bias)
     }
 }
 
@@ -126,13 +117,10 @@ impl Module for Conv1d {
         "Conv1d".into()
     }
     fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
-        // Every output unit sums fan-in products plus its bias.
-        let fan_in: usize = self.weight.dims()[1..].iter().product();
-        let per_example = y.numel() / y.dims().first().copied().unwrap_or(1).max(1);
-        (per_example * (fan_in + self.bias.is_some() as usize)) as u64
+        super::dense_connections(&self.weight, self.bias.is_some(), y)
     }
     fn named_parameters(&self) -> Named {
-        named(&self.weight, &self.bias)
+        super::weight_and_bias(&self.weight, &self.bias)
     }
 }
 
@@ -193,6 +181,6 @@ impl Module for ConvTranspose2d {
             }) as u64
     }
     fn named_parameters(&self) -> Named {
-        named(&self.weight, &self.bias)
+        super::weight_and_bias(&self.weight, &self.bias)
     }
 }

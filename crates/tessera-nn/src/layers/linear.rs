@@ -48,14 +48,9 @@ impl Module for Linear {
         "Linear".into()
     }
     fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
-        // Every output unit sums fan-in products plus its bias.
-        let fan_in: usize = self.weight.dims()[1..].iter().product();
-        let per_example = y.numel() / y.dims().first().copied().unwrap_or(1).max(1);
-        (per_example * (fan_in + self.bias.is_some() as usize)) as u64
+        super::dense_connections(&self.weight, self.bias.is_some(), y)
     }
     fn named_parameters(&self) -> Named {
-        let mut p = vec![("weight".to_string(), self.weight.clone())];
-        p.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
-        p
+        super::weight_and_bias(&self.weight, &self.bias)
     }
 }
