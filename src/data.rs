@@ -568,6 +568,66 @@ mod tests {
     }
 
     #[test]
+    fn flips_mirror_rows_and_crops_shift_with_zero_fill() {
+        let img: Vec<f32> = (1..=6).map(|v| v as f32).collect(); // 1×2×3
+        let data = Arc::new(Dataset {
+            inputs: img.clone(),
+            example_shape: vec![1, 2, 3],
+            labels: vec![0],
+            classes: 1,
+        });
+        let dev = tessera_cpu::cpu();
+        let flip = LoaderOptions {
+            augment: Augment {
+                crop_padding: 0,
+                hflip: true,
+            },
+            ..LoaderOptions::new(1, 3)
+        };
+        let l = DataLoader::new(data.clone(), flip).unwrap();
+        let seen: std::collections::BTreeSet<Vec<i64>> = (0..20)
+            .map(|e| {
+                l.epoch(e, &dev)
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .inputs
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&v| v as i64)
+                    .collect()
+            })
+            .collect();
+        let want: std::collections::BTreeSet<Vec<i64>> =
+            [vec![1, 2, 3, 4, 5, 6], vec![3, 2, 1, 6, 5, 4]]
+                .into_iter()
+                .collect();
+        assert_eq!(seen, want);
+        let crop = LoaderOptions {
+            augment: Augment {
+                crop_padding: 1,
+                hflip: false,
+            },
+            ..LoaderOptions::new(1, 3)
+        };
+        let l = DataLoader::new(data, crop).unwrap();
+        for e in 0..20 {
+            let v = l
+                .epoch(e, &dev)
+                .next()
+                .unwrap()
+                .unwrap()
+                .inputs
+                .to_vec::<f32>()
+                .unwrap();
+            // A shift by at most one pixel: every value is 0 (padding) or an original pixel.
+            assert!(v.iter().all(|x| *x == 0.0 || img.contains(x)), "{v:?}");
+            assert!(v.iter().filter(|x| **x != 0.0).count() >= 2);
+        }
+    }
+
+    #[test]
     fn loader_shuffles_reproducibly_and_batches_everything() {
         let data = Arc::new(Dataset {
             inputs: (0..10).map(|v| v as f32).collect(),

@@ -6,7 +6,8 @@ use tessera::prelude::*;
 const USAGE: &str = "usage:
   tessera train [--model lenet5|lenet1998|googlenet|mlp] [--data mnist-10k|mnist1d|fashion-mnist|DIR]
                 [--epochs N] [--batch-size B] [--lr X] [--optimizer sgd|adam|adamw]
-                [--schedule cosine|constant] [--normalize MEAN,STD] [--device cpu] [--seed S]
+                [--schedule cosine|constant] [--normalize MEAN,STD] [--crop-padding P] [--hflip]
+                [--device cpu] [--seed S]
                 [--out DIR] [--resume CKPT]      train (defaults: LeNet-5 on the embedded MNIST-10k)
   tessera eval CKPT [--model M] [--data D] [--device cpu]   test accuracy and confusion matrix
   tessera predict CKPT IMAGE.png [--model M]   classify one 28×28 grayscale PNG
@@ -102,6 +103,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
                     }
                 };
             }
+            if let Some(v) = num("--crop-padding")? {
+                o.augment.crop_padding = v as usize;
+            }
+            o.augment.hflip = args.iter().any(|a| a == "--hflip");
             if let Some(v) = flag(args, "--normalize") {
                 let parts: Vec<f32> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
                 let [m, s] = parts[..] else {

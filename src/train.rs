@@ -30,6 +30,8 @@ pub struct TrainOptions {
     pub normalize: Option<(f32, f32)>,
     /// Cosine decay of the learning rate to 0 over all steps (else constant).
     pub cosine: bool,
+    /// Augmentation of training images (random crop with padding, horizontal flips).
+    pub augment: data::Augment,
 }
 
 impl Default for TrainOptions {
@@ -46,6 +48,7 @@ impl Default for TrainOptions {
             resume: None,
             normalize: None,
             cosine: true,
+            augment: data::Augment::default(),
         }
     }
 }
@@ -242,6 +245,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         train.clone(),
         LoaderOptions {
             normalize: opts.normalize,
+            augment: opts.augment,
             ..LoaderOptions::new(opts.batch_size, opts.seed)
         },
     )?;
