@@ -76,7 +76,15 @@ struct Measured {
 /// WORKLOADS.md's timing rules: warm up (≥ 2 reps and ≥ 0.2 s, at most 50), then time each
 /// repetition alone (≥ 7 reps and ≥ 0.5 s, at most 500) and take the median. A first warm-up
 /// repetition over 1 s means one warm-up and 3 timed repetitions.
-fn measure(mut rep: impl FnMut() -> Result<()>) -> Result<Measured> {
+fn measure(
+    sync: &dyn Fn() -> Result<()>,
+    mut inner: impl FnMut() -> Result<()>,
+) -> Result<Measured> {
+    // An asynchronous device finishes its queued work inside the timed region.
+    let mut rep = || {
+        inner()?;
+        sync()
+    };
     let start = Instant::now();
     rep()?;
     let first = start.elapsed();
@@ -158,6 +166,24 @@ fn run(args: &Args) -> Result<()> {
     } else {
         0
     };
+    // WORKLOADS.md names devices "cpu" or "cuda" (no ordinal).
+    let kind = if args.device == "cpu" { "cpu" } else { "cuda" };
+    let gpu = match args.device.as_str() {
+        "cpu" => None,
+        _ => Some(tessera::cuda::backend(
+            args.device
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0),
+        )?),
+    };
+    if let Some(g) = &gpu {
+        eprintln!("GPU: {}", g.gpu_name());
+    }
+    let sync = || match &gpu {
+        Some(g) => g.synchronize(),
+        None => Ok(()),
+    };
     let wanted =
         |id: &str| args.only.is_empty() || args.only.iter().any(|p| id.starts_with(p.as_str()));
     let mut gen = Generator::new(0);
@@ -170,12 +196,12 @@ fn run(args: &Args) -> Result<()> {
         eprintln!("{id} ...");
         let a = Tensor::randn(&[n, n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let b = Tensor::randn(&[n, n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
-        let m = measure(|| {
+        let m = measure(&sync, || {
             black_box(a.matmul(&b)?);
             Ok(())
         })?;
         report(
-            device.name(),
+            kind,
             threads,
             &id,
             &m,
@@ -212,7 +238,7 @@ fn run(args: &Args) -> Result<()> {
             .requires_grad_()?;
         let b = Tensor::randn(&[co], 0.0, 1.0, DType::F32, &mut gen, &device)?.requires_grad_()?;
         let opts = ConvOptions::new().padding(pad);
-        let m = measure(|| {
+        let m = measure(&sync, || {
             let g = conv2d(&x, &w, Some(&b), &opts)?.sum_all()?.backward()?;
             black_box((
                 g.get(&x).is_some(),
@@ -223,14 +249,7 @@ fn run(args: &Args) -> Result<()> {
         })?;
         let ho = hw + 2 * pad - k + 1;
         let flops = 3.0 * 2.0 * (n * co * ho * ho * ci * k * k) as f64;
-        report(
-            device.name(),
-            threads,
-            id,
-            &m,
-            flops / m.median_s / 1e9,
-            "GFLOP/s",
-        );
+        report(kind, threads, id, &m, flops / m.median_s / 1e9, "GFLOP/s");
     }
 
     if wanted("W3_mlp_train_step") {
@@ -242,12 +261,12 @@ fn run(args: &Args) -> Result<()> {
         let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.01);
         let x = Tensor::randn(&[128, 784], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let y = labels(128)?;
-        let m = measure(|| {
+        let m = measure(&sync, || {
             let loss = ce(&model.forward(&x)?, &y)?;
             opt.step(&loss.backward()?)
         })?;
         report(
-            device.name(),
+            kind,
             threads,
             "W3_mlp_train_step",
             &m,
@@ -262,12 +281,12 @@ fn run(args: &Args) -> Result<()> {
         let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.01).momentum(0.9);
         let x = Tensor::randn(&[64, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let y = labels(64)?;
-        let m = measure(|| {
+        let m = measure(&sync, || {
             let loss = ce(&model.forward(&x)?, &y)?;
             opt.step(&loss.backward()?)
         })?;
         report(
-            device.name(),
+            kind,
             threads,
             "W4_lenet5_train_step",
             &m,
@@ -288,13 +307,13 @@ fn run(args: &Args) -> Result<()> {
         };
         let lstm = tessera::nn::Lstm::new(&mut tessera::nn::Ctx::new(&device, 1), 128, opts)?;
         let x = Tensor::randn(&[35, 32, 128], 0.0, 1.0, DType::F32, &mut gen, &device)?;
-        let m = measure(|| {
+        let m = measure(&sync, || {
             let g = lstm.forward(&x)?.sum_all()?.backward()?;
             black_box(g.len());
             Ok(())
         })?;
         report(
-            device.name(),
+            kind,
             threads,
             "W5_lstm_bptt",
             &m,
@@ -307,12 +326,12 @@ fn run(args: &Args) -> Result<()> {
         eprintln!("W7_lenet5_infer ...");
         let model = tessera::nn::zoo::LeNet5::new(&mut tessera::nn::Ctx::new(&device, 1))?;
         let x = Tensor::randn(&[256, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
-        let m = measure(|| {
+        let m = measure(&sync, || {
             black_box(no_grad(|| model.forward(&x))?);
             Ok(())
         })?;
         report(
-            device.name(),
+            kind,
             threads,
             "W7_lenet5_infer",
             &m,
@@ -327,12 +346,12 @@ fn run(args: &Args) -> Result<()> {
         let a = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let b = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let c = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
-        let m = measure(|| {
+        let m = measure(&sync, || {
             black_box(a.mul(&b)?.add(&c)?.relu()?);
             Ok(())
         })?;
         report(
-            device.name(),
+            kind,
             threads,
             "W6_elementwise",
             &m,

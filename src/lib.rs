@@ -28,6 +28,7 @@ pub use tessera_core::{
     Gradients, HostData, Layout, Result, Shape, Tensor,
 };
 pub use tessera_cpu as cpu;
+pub use tessera_cuda as cuda;
 pub use tessera_nn as nn;
 pub use tessera_nn::optim;
 
@@ -38,22 +39,24 @@ pub mod testing {
 
 /// Picking a device by name, as command lines do.
 pub trait DeviceExt: Sized {
-    /// `cpu`; `cuda` and `cuda:N` once the CUDA backend exists (until then, a clear error).
+    /// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`. Without a usable GPU (no driver, no device, no
+    /// NVRTC or cuBLAS library) `cuda` is an error that says which piece is missing.
     fn parse(name: &str) -> Result<Self>;
 }
 
 impl DeviceExt for Device {
     fn parse(name: &str) -> Result<Device> {
-        match name {
-            "cpu" => Ok(tessera_cpu::cpu()),
-            n if n == "cuda" || n.starts_with("cuda:") => Err(Error::Device {
-                device: n.to_string(),
-                msg: "this build of tessera has no CUDA backend yet (crates/tessera-cuda is \
-                      planned); use --device cpu"
-                    .into(),
-            }),
-            n => Err(Error::Device {
-                device: n.to_string(),
+        let ordinal = match name {
+            "cpu" => return Ok(tessera_cpu::cpu()),
+            "cuda" => Some(0),
+            n => n
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse::<usize>().ok()),
+        };
+        match ordinal {
+            Some(i) => tessera_cuda::device(i),
+            None => Err(Error::Device {
+                device: name.to_string(),
                 msg: "unknown device; expected cpu, cuda or cuda:N".into(),
             }),
         }

@@ -7,12 +7,15 @@ const USAGE: &str = "usage:
   tessera train [--model lenet5|lenet1998|googlenet|mlp] [--data mnist-10k|mnist1d|fashion-mnist|DIR]
                 [--epochs N] [--batch-size B] [--lr X] [--optimizer sgd|adam|adamw]
                 [--schedule cosine|constant] [--normalize MEAN,STD] [--crop-padding P] [--hflip]
-                [--device cpu] [--seed S]
+                [--device cpu|cuda] [--seed S]
                 [--out DIR] [--resume CKPT]      train (defaults: LeNet-5 on the embedded MNIST-10k)
-  tessera eval CKPT [--model M] [--data D] [--device cpu]   test accuracy and confusion matrix
+  tessera eval CKPT [--model M] [--data D] [--device cpu|cuda]
+                                           test accuracy and confusion matrix
   tessera predict CKPT IMAGE.png [--model M]   classify one 28×28 grayscale PNG
-  tessera conformance DIR [--device cpu]   run PyTorch-generated test vectors (*.json in DIR)
-  tessera summary MODEL [--device cpu]     per-layer table of a zoo model: lenet5, lenet1998,
+  tessera conformance DIR [--device cpu|cuda]
+                                           run PyTorch-generated test vectors (*.json in DIR)
+  tessera summary MODEL [--device cpu|cuda]
+                                           per-layer table of a zoo model: lenet5, lenet1998,
                                            lenet1998-softmax, alexnet, googlenet, mlp, textcnn, charlstm
   tessera help";
 

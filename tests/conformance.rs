@@ -34,10 +34,26 @@ fn conformance_vectors_pass_on_cpu() -> Result<()> {
     Ok(())
 }
 
+/// The same vectors on the GPU when one is usable; otherwise the error must say why.
 #[test]
-fn cuda_conformance_is_skipped_without_a_backend() {
-    match Device::parse("cuda") {
-        Ok(_) => panic!("no CUDA backend is built yet"),
-        Err(e) => eprintln!("skipped: cuda conformance: {e}"),
+fn conformance_vectors_pass_on_cuda_when_present() -> Result<()> {
+    let dev = match Device::parse("cuda") {
+        Ok(d) => d,
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("cuda"), "{msg}");
+            eprintln!("skipped: cuda conformance: {msg}");
+            return Ok(());
+        }
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let report = tessera::conformance::run_dir(&dir, &dev)?;
+    for line in report.failure_lines() {
+        eprintln!("{line}");
     }
+    eprintln!("cuda: {}", report.summary());
+    assert_eq!(report.failed, 0, "{}", report.failure_lines().join("\n"));
+    assert_eq!(report.skipped, 0, "skipped ops: {:?}", report.skipped_ops);
+    assert!(report.passed >= 321, "{}", report.summary());
+    Ok(())
 }

@@ -27,8 +27,9 @@ struct Row {
     second_order: bool,
 }
 
+/// The device under test: `TESSERA_TEST_DEVICE` (e.g. `cuda`), CPU by default.
 fn cpu() -> Device {
-    Device::parse("cpu").unwrap()
+    Device::parse(&std::env::var("TESSERA_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap()
 }
 
 fn draw(shape: &[usize], positive: bool, gen: &mut Generator) -> Result<Tensor> {

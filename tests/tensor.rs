@@ -170,10 +170,14 @@ fn bad_input_is_an_error_naming_the_op_and_shapes() -> Result<()> {
         .to_string()
         .contains("to_vec"));
     assert!(a.backward().unwrap_err().to_string().contains("backward"));
-    assert!(Device::parse("cuda")
+    match Device::parse("cuda") {
+        Ok(d) => assert_eq!(d.name(), "cuda:0"),
+        Err(e) => assert!(e.to_string().contains("cuda"), "{e}"),
+    }
+    assert!(Device::parse("cuda:x")
         .unwrap_err()
         .to_string()
-        .contains("cuda"));
+        .contains("unknown device"));
     assert!(Device::parse("tpu")
         .unwrap_err()
         .to_string()

@@ -1,0 +1,141 @@
+//! Launchers of conv.cu: im2col (`unfold2d`) and col2im (`fold2d`) for convolution and pooling.
+
+use super::{grid, suffix};
+use crate::{cuda_buf, launch, CudaBackend, CudaBuffer};
+use cudarc::driver::DeviceRepr;
+use tessera_core::{Buffer, Error, Result, View, Window};
+
+/// The window geometry as conv.cu reads it (`Win`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Win {
+    pub k: [i64; 2],
+    pub s: [i64; 2],
+    pub d: [i64; 2],
+    pub p: [i64; 2],
+    pub o: [i64; 2],
+}
+
+// SAFETY: plain old data laid out as the C struct (k0, k1, s0, s1, ...).
+unsafe impl DeviceRepr for Win {}
+
+impl From<&Window> for Win {
+    fn from(w: &Window) -> Win {
+        let two = |a: [usize; 2]| [a[0] as i64, a[1] as i64];
+        Win {
+            k: two(w.k),
+            s: two(w.s),
+            d: two(w.d),
+            p: two(w.p),
+            o: two(w.out),
+        }
+    }
+}
+
+fn rank4(op: &'static str, shape: &[usize]) -> Result<()> {
+    if shape.len() != 4 {
+        return Err(Error::invalid(
+            op,
+            format!("expected a rank-4 tensor, got shape {shape:?}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn unfold(be: &CudaBackend, x: View<'_>, w: &Window, fill: f64) -> Result<CudaBuffer> {
+    let s = x.layout.shape();
+    rank4("unfold2d", s)?;
+    let xb = cuda_buf("unfold2d", x)?;
+    let copy = be.contiguous("unfold2d", x)?;
+    let src = match &copy {
+        Some(c) => c.ptr(),
+        None => xb.ptr_at(x.layout.offset()),
+    };
+    let n = s[0] * s[1] * w.taps() * w.positions();
+    let out = be.empty(n, xb.dtype())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let (len, h, wd, g, op_) = (n as i64, s[2] as i64, s[3] as i64, Win::from(w), out.ptr());
+    match xb.dtype() {
+        tessera_core::DType::F32 => {
+            let f = fill as f32;
+            launch!(
+                be,
+                "conv",
+                "unfold_f32",
+                grid(n),
+                len,
+                src,
+                h,
+                wd,
+                g,
+                f,
+                op_
+            )?
+        }
+        _ => {
+            let f = fill;
+            launch!(
+                be,
+                "conv",
+                format!("unfold_{}", suffix(xb.dtype())),
+                grid(n),
+                len,
+                src,
+                h,
+                wd,
+                g,
+                f,
+                op_
+            )?
+        }
+    }
+    Ok(out)
+}
+
+pub fn fold(be: &CudaBackend, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<CudaBuffer> {
+    let s = cols.layout.shape();
+    rank4("fold2d", s)?;
+    if s[2] != w.taps() || s[3] != w.positions() {
+        return Err(Error::invalid(
+            "fold2d",
+            format!(
+                "columns of shape {s:?} do not match {} taps x {} positions",
+                w.taps(),
+                w.positions()
+            ),
+        ));
+    }
+    let cb = cuda_buf("fold2d", cols)?;
+    let copy = be.contiguous("fold2d", cols)?;
+    let src = match &copy {
+        Some(c) => c.ptr(),
+        None => cb.ptr_at(cols.layout.offset()),
+    };
+    let n = s[0] * s[1] * hw[0] * hw[1];
+    let out = be.empty(n, cb.dtype())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let (len, h, wd, g, op_) = (
+        n as i64,
+        hw[0] as i64,
+        hw[1] as i64,
+        Win::from(w),
+        out.ptr(),
+    );
+    launch!(
+        be,
+        "conv",
+        format!("fold_{}", suffix(cb.dtype())),
+        grid(n),
+        len,
+        src,
+        h,
+        wd,
+        g,
+        op_
+    )?;
+    Ok(out)
+}

@@ -1,0 +1,172 @@
+// Elementwise maps over strided layouts (operands already broadcast to one shape by core):
+// unary, binary, where, cast, fill and counter-based random numbers.
+// Op codes match `UnaryOp`/`BinaryOp` as numbered in elementwise.rs.
+
+template <typename T>
+__device__ __forceinline__ T unary_num(int op, T v, double p0, double p1) {
+    const T z = (T)0;
+    switch (op) {
+        case 0: return -v;
+        case 1: return M<T>::abs(v);
+        case 2: return v > z ? (T)1 : (v < z ? (T)-1 : v);
+        case 8: return v > z ? v : z;
+        case 11: return v * v;
+        case 14: return v + from_f64<T>(p0);
+        case 15: return v * from_f64<T>(p0);
+        case 17: {
+            T lo = from_f64<T>(p0), hi = from_f64<T>(p1);
+            return v < lo ? lo : (v > hi ? hi : v);
+        }
+    }
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T unary_float(int op, T v, double p0, double p1) {
+    const T one = (T)1, z = (T)0;
+    switch (op) {
+        case 3: return M<T>::exp(v);
+        case 4: return M<T>::log(v);
+        case 5: return M<T>::sqrt(v);
+        case 6: return M<T>::tanh(v);
+        // Both branches keep exp's argument non-positive, so nothing overflows.
+        case 7: if (v >= z) { return one / (one + M<T>::exp(-v)); } else { T e = M<T>::exp(v); return e / (one + e); }
+        case 9: return M<T>::erf(v);
+        case 10: return one / v;
+        case 12: return v > z ? v : v * (T)p0;
+        case 13: {
+            T b = (T)p0, t = (T)p1, x = v * b;
+            if (x > t) return v;
+            T m = x > z ? x : z;
+            return (m + M<T>::log1p(M<T>::exp(-M<T>::abs(x)))) / b;
+        }
+        case 16: return M<T>::pow(v, (T)p0);
+    }
+    return unary_num<T>(op, v, p0, p1);
+}
+
+#define UNARY(NAME, T, F)                                                                        \
+    extern "C" __global__ void NAME(int op, double p0, double p1, i64 n, const T* x, Strided lx, \
+                                    T* out) {                                                    \
+        FOR_EACH(i, n) out[i] = F<T>(op, x[at(lx, i)], p0, p1);                                  \
+    }
+UNARY(unary_f32, float, unary_float)
+UNARY(unary_f64, double, unary_float)
+UNARY(unary_i64, i64, unary_num)
+
+template <typename T> __device__ __forceinline__ T pow_op(T a, T b) { return M<T>::pow(a, b); }
+template <> __device__ __forceinline__ i64 pow_op<i64>(i64 a, i64 b) {
+    if (b < 0) return 0;
+    // Wrapping exponentiation by squaring, as Rust's wrapping_pow.
+    u64 r = 1, base = (u64)a, e = (u64)b;
+    while (e) { if (e & 1) r *= base; base *= base; e >>= 1; }
+    return (i64)r;
+}
+
+template <typename T>
+__device__ __forceinline__ T binary_op(int op, T x, T y) {
+    switch (op) {
+        case 0: return x + y;
+        case 1: return x - y;
+        case 2: return x * y;
+        case 3: return x / y;
+        case 4: return pow_op<T>(x, y);
+        // NaN wins, as in PyTorch.
+        case 5: return (x > y || M<T>::isnan(x)) ? x : y;
+        case 6: return (x < y || M<T>::isnan(x)) ? x : y;
+        case 7: return x == y ? (T)1 : (T)0;
+        case 8: return x != y ? (T)1 : (T)0;
+        case 9: return x < y ? (T)1 : (T)0;
+        case 10: return x <= y ? (T)1 : (T)0;
+        case 11: return x > y ? (T)1 : (T)0;
+        case 12: return x >= y ? (T)1 : (T)0;
+    }
+    return x;
+}
+
+#define BINARY(NAME, T)                                                                          \
+    extern "C" __global__ void NAME(int op, i64 n, const T* a, Strided la, const T* b,           \
+                                    Strided lb, T* out) {                                        \
+        FOR_EACH(i, n) out[i] = binary_op<T>(op, a[at(la, i)], b[at(lb, i)]);                    \
+    }
+BINARY(binary_f32, float)
+BINARY(binary_f64, double)
+BINARY(binary_i64, i64)
+
+#define WHERE(NAME, C, T)                                                                        \
+    extern "C" __global__ void NAME(i64 n, const C* c, Strided lc, const T* a, Strided la,       \
+                                    const T* b, Strided lb, T* out) {                            \
+        FOR_EACH(i, n) out[i] = c[at(lc, i)] != (C)0 ? a[at(la, i)] : b[at(lb, i)];             \
+    }
+WHERE(where_f32_f32, float, float)
+WHERE(where_f32_f64, float, double)
+WHERE(where_f32_i64, float, i64)
+WHERE(where_f64_f32, double, float)
+WHERE(where_f64_f64, double, double)
+WHERE(where_f64_i64, double, i64)
+WHERE(where_i64_f32, i64, float)
+WHERE(where_i64_f64, i64, double)
+WHERE(where_i64_i64, i64, i64)
+
+// Conversion through f64, as the CPU backend does it.
+#define CAST(NAME, S, D)                                                                         \
+    extern "C" __global__ void NAME(i64 n, const S* x, Strided lx, D* out) {                     \
+        FOR_EACH(i, n) out[i] = from_f64<D>((double)x[at(lx, i)]);                               \
+    }
+CAST(cast_f32_f32, float, float)
+CAST(cast_f32_f64, float, double)
+CAST(cast_f32_i64, float, i64)
+CAST(cast_f64_f32, double, float)
+CAST(cast_f64_f64, double, double)
+CAST(cast_f64_i64, double, i64)
+CAST(cast_i64_f32, i64, float)
+CAST(cast_i64_f64, i64, double)
+CAST(cast_i64_i64, i64, i64)
+
+#define FILL(NAME, T)                                                                            \
+    extern "C" __global__ void NAME(i64 n, double v, T* out) {                                   \
+        T x = from_f64<T>(v);                                                                    \
+        FOR_EACH(i, n) out[i] = x;                                                               \
+    }
+FILL(fill_f32, float)
+FILL(fill_f64, double)
+FILL(fill_i64, i64)
+
+// Philox 4x32-10, the same function as tessera_core::random::philox_4x32.
+__device__ __forceinline__ void philox(unsigned int c[4], unsigned int k0, unsigned int k1) {
+    for (int r = 0; r < 10; ++r) {
+        unsigned int hi0 = __umulhi(0xD2511F53u, c[0]), lo0 = 0xD2511F53u * c[0];
+        unsigned int hi1 = __umulhi(0xCD9E8D57u, c[2]), lo1 = 0xCD9E8D57u * c[2];
+        unsigned int n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+        c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+}
+
+// 53 random bits -> [0, 1), as tessera_core::random does it.
+__device__ __forceinline__ double unit(unsigned int hi, unsigned int lo) {
+    u64 bits = ((u64)hi << 21) ^ ((u64)lo >> 11);
+    return (double)bits * (1.0 / 9007199254740992.0);
+}
+
+// dist 0: uniform on [a, b); dist 1: normal with mean a and std b (Box-Muller on one block).
+#define RANDOM(NAME, T)                                                                          \
+    extern "C" __global__ void NAME(i64 n, int dist, double a, double b, u64 seed, u64 offset,   \
+                                    T* out) {                                                    \
+        FOR_EACH(i, n) {                                                                         \
+            u64 idx = offset + (u64)i;                                                           \
+            unsigned int c[4] = {(unsigned int)idx, (unsigned int)(idx >> 32), 0u, 0u};          \
+            philox(c, (unsigned int)seed, (unsigned int)(seed >> 32));                           \
+            double v;                                                                            \
+            if (dist == 0) {                                                                     \
+                v = a + (b - a) * unit(c[0], c[1]);                                              \
+            } else {                                                                             \
+                double u1 = 1.0 - unit(c[0], c[1]), u2 = unit(c[2], c[3]);                       \
+                v = a + b * (sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));                \
+            }                                                                                    \
+            out[i] = (T)v;                                                                       \
+        }                                                                                        \
+    }
+RANDOM(random_f32, float)
+RANDOM(random_f64, double)

@@ -1,0 +1,229 @@
+//! Launchers of elementwise.cu: unary, binary, where, cast, fill, random.
+
+use super::{grid, suffix, Strided};
+use crate::{cuda_buf, launch, strided, CudaBackend, CudaBuffer};
+use tessera_core::{BinaryOp, Buffer, DType, Distribution, Error, Result, UnaryOp, View};
+
+/// The kernel's op code and its two parameters.
+fn unary_code(op: UnaryOp) -> (i32, f64, f64) {
+    use UnaryOp::*;
+    match op {
+        Neg => (0, 0.0, 0.0),
+        Abs => (1, 0.0, 0.0),
+        Sign => (2, 0.0, 0.0),
+        Exp => (3, 0.0, 0.0),
+        Log => (4, 0.0, 0.0),
+        Sqrt => (5, 0.0, 0.0),
+        Tanh => (6, 0.0, 0.0),
+        Sigmoid => (7, 0.0, 0.0),
+        Relu => (8, 0.0, 0.0),
+        Erf => (9, 0.0, 0.0),
+        Recip => (10, 0.0, 0.0),
+        Square => (11, 0.0, 0.0),
+        LeakyRelu(s) => (12, s, 0.0),
+        Softplus { beta, threshold } => (13, beta, threshold),
+        AddScalar(c) => (14, c, 0.0),
+        MulScalar(c) => (15, c, 0.0),
+        PowScalar(p) => (16, p, 0.0),
+        Clamp { min, max } => (17, min, max),
+    }
+}
+
+/// Ops that integer tensors support (the rest need floating point), as on the CPU.
+fn integer_ok(op: UnaryOp) -> bool {
+    use UnaryOp::*;
+    matches!(
+        op,
+        Neg | Abs | Sign | Relu | Square | AddScalar(_) | MulScalar(_) | Clamp { .. }
+    )
+}
+
+pub fn unary(be: &CudaBackend, op: UnaryOp, x: View<'_>) -> Result<CudaBuffer> {
+    let xb = cuda_buf("unary", x)?;
+    let d = xb.dtype();
+    if d == DType::I64 && !integer_ok(op) {
+        return Err(Error::DType {
+            op: "unary",
+            msg: format!("{op:?} needs a floating-point tensor, got i64"),
+        });
+    }
+    let n = x.layout.numel();
+    let out = be.empty(n, d)?;
+    if n > 0 {
+        let (code, p0, p1) = unary_code(op);
+        let (len, xp, lx, op_) = (n as i64, xb.ptr(), strided("unary", x.layout)?, out.ptr());
+        launch!(
+            be,
+            "elementwise",
+            format!("unary_{}", suffix(d)),
+            grid(n),
+            code,
+            p0,
+            p1,
+            len,
+            xp,
+            lx,
+            op_
+        )?;
+    }
+    Ok(out)
+}
+
+fn binary_code(op: BinaryOp) -> i32 {
+    use BinaryOp::*;
+    match op {
+        Add => 0,
+        Sub => 1,
+        Mul => 2,
+        Div => 3,
+        Pow => 4,
+        Maximum => 5,
+        Minimum => 6,
+        Eq => 7,
+        Ne => 8,
+        Lt => 9,
+        Le => 10,
+        Gt => 11,
+        Ge => 12,
+    }
+}
+
+pub fn binary(be: &CudaBackend, op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<CudaBuffer> {
+    let (ab, bb) = (cuda_buf("binary", a)?, cuda_buf("binary", b)?);
+    let n = a.layout.numel();
+    let out = be.empty(n, ab.dtype())?;
+    if n > 0 {
+        let s = Strided::joint("binary", &[a.layout, b.layout])?;
+        let (code, len, ap, la, bp, lb, op_) = (
+            binary_code(op),
+            n as i64,
+            ab.ptr(),
+            s[0],
+            bb.ptr(),
+            s[1],
+            out.ptr(),
+        );
+        let name = format!("binary_{}", suffix(ab.dtype()));
+        launch!(
+            be,
+            "elementwise",
+            name,
+            grid(n),
+            code,
+            len,
+            ap,
+            la,
+            bp,
+            lb,
+            op_
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn where_cond(
+    be: &CudaBackend,
+    cond: View<'_>,
+    a: View<'_>,
+    b: View<'_>,
+) -> Result<CudaBuffer> {
+    let (cb, ab, bb) = (
+        cuda_buf("where", cond)?,
+        cuda_buf("where", a)?,
+        cuda_buf("where", b)?,
+    );
+    let n = a.layout.numel();
+    let out = be.empty(n, ab.dtype())?;
+    if n > 0 {
+        let s = Strided::joint("where", &[cond.layout, a.layout, b.layout])?;
+        let (len, cp, lc, ap, la, bp, lb, op_) = (
+            n as i64,
+            cb.ptr(),
+            s[0],
+            ab.ptr(),
+            s[1],
+            bb.ptr(),
+            s[2],
+            out.ptr(),
+        );
+        let name = format!("where_{}_{}", suffix(cb.dtype()), suffix(ab.dtype()));
+        launch!(
+            be,
+            "elementwise",
+            name,
+            grid(n),
+            len,
+            cp,
+            lc,
+            ap,
+            la,
+            bp,
+            lb,
+            op_
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn cast(be: &CudaBackend, x: View<'_>, dtype: DType) -> Result<CudaBuffer> {
+    let xb = cuda_buf("cast", x)?;
+    let n = x.layout.numel();
+    let out = be.empty(n, dtype)?;
+    if n > 0 {
+        let (len, xp, lx, op_) = (n as i64, xb.ptr(), strided("cast", x.layout)?, out.ptr());
+        let name = format!("cast_{}_{}", suffix(xb.dtype()), suffix(dtype));
+        launch!(be, "elementwise", name, grid(n), len, xp, lx, op_)?;
+    }
+    Ok(out)
+}
+
+pub fn fill(be: &CudaBackend, len: usize, dtype: DType, value: f64) -> Result<CudaBuffer> {
+    let out = be.empty(len, dtype)?;
+    if len > 0 {
+        let (n, v, op_) = (len as i64, value, out.ptr());
+        launch!(
+            be,
+            "elementwise",
+            format!("fill_{}", suffix(dtype)),
+            grid(len),
+            n,
+            v,
+            op_
+        )?;
+    }
+    Ok(out)
+}
+
+/// Element `i` from Philox at counter `offset + i`, the same function as the CPU backend's.
+pub fn random(
+    be: &CudaBackend,
+    len: usize,
+    dtype: DType,
+    dist: Distribution,
+    seed: u64,
+    offset: u64,
+) -> Result<CudaBuffer> {
+    let out = be.empty(len, dtype)?;
+    if len > 0 {
+        let (kind, a, b) = match dist {
+            Distribution::Uniform { low, high } => (0i32, low, high),
+            Distribution::Normal { mean, std } => (1i32, mean, std),
+        };
+        let (n, op_) = (len as i64, out.ptr());
+        let name = format!("random_{}", suffix(dtype));
+        launch!(
+            be,
+            "elementwise",
+            name,
+            grid(len),
+            n,
+            kind,
+            a,
+            b,
+            seed,
+            offset,
+            op_
+        )?;
+    }
+    Ok(out)
+}

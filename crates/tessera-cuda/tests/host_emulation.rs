@@ -1,0 +1,627 @@
+//! The kernel sources compiled as plain C++ for this machine (tests/host_shim.h: one block of
+//! one thread) and run against the CPU backend on the same views, with the descriptors the
+//! launchers build. This checks the kernels' arithmetic and indexing without a GPU; their
+//! parallel behaviour (block reductions, atomics) needs one. Skipped when no C++ compiler.
+
+use libloading::{Library, Symbol};
+use std::io::Write;
+use std::sync::Arc;
+use tessera_core::{
+    BinaryOp, Buffer, DType, Distribution, Element, Generator, HostData, Layout, ReduceOp, Tensor,
+    UnaryOp, View, Window,
+};
+use tessera_cuda::kernels::{conv::Win, family_source, reduce::split, shape, Strided};
+
+/// The family compiled to a shared library, or `None` (with a `skipped:` line) without g++.
+fn build(family: &str) -> Option<Library> {
+    let dir = std::env::temp_dir().join(format!("tessera-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join(format!("{family}.cpp"));
+    let shim = include_str!("host_shim.h");
+    std::fs::write(&src, format!("{shim}\n{}", family_source(family).unwrap())).unwrap();
+    let lib = dir.join(format!("lib{family}.so"));
+    let out = match std::process::Command::new("g++")
+        .args(["-O1", "-shared", "-fPIC", "-std=c++17", "-w", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: host emulation of {family}.cu: no g++ ({e})"
+            );
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "g++ {family}.cu: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SAFETY: the library is our own kernels with no initialisers.
+    Some(unsafe { Library::new(&lib) }.unwrap())
+}
+
+fn cpu() -> tessera_core::Device {
+    tessera_cpu::cpu()
+}
+
+/// The whole buffer behind `t` (offsets in its layout index into this).
+fn base<T: Element>(t: &Tensor) -> Vec<T> {
+    let b = t.buffer();
+    let all = Layout::contiguous(&[b.len()]);
+    let h = cpu()
+        .backend()
+        .download(View {
+            buf: b.as_ref(),
+            layout: &all,
+        })
+        .unwrap();
+    T::from_host(h).unwrap()
+}
+
+fn host<T: Element>(b: Arc<dyn Buffer>) -> Vec<T> {
+    let l = Layout::contiguous(&[b.len()]);
+    T::from_host(
+        cpu()
+            .backend()
+            .download(View {
+                buf: b.as_ref(),
+                layout: &l,
+            })
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn same(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tol * (1.0 + w.abs());
+        assert!(ok, "{what}: element {i}: kernel {g} vs cpu {w}");
+    }
+}
+
+fn f64s<T: Element>(v: Vec<T>) -> Vec<f64> {
+    T::into_host(v).to_f64()
+}
+
+/// A permuted, sliced view of a random [4, 6, 5] tensor: strided, with an offset.
+fn strided_view(dtype: DType, seed: u64) -> Tensor {
+    let t = Tensor::randn(
+        &[4, 6, 5],
+        0.0,
+        1.5,
+        dtype,
+        &mut Generator::new(seed),
+        &cpu(),
+    )
+    .unwrap();
+    t.permute(&[2, 0, 1]).unwrap().slice(2, 1, 6, 2).unwrap()
+}
+
+const UNARY: &[UnaryOp] = &[
+    UnaryOp::Neg,
+    UnaryOp::Abs,
+    UnaryOp::Sign,
+    UnaryOp::Exp,
+    UnaryOp::Log,
+    UnaryOp::Sqrt,
+    UnaryOp::Tanh,
+    UnaryOp::Sigmoid,
+    UnaryOp::Relu,
+    UnaryOp::Erf,
+    UnaryOp::Recip,
+    UnaryOp::Square,
+    UnaryOp::LeakyRelu(0.1),
+    UnaryOp::Softplus {
+        beta: 2.0,
+        threshold: 1.5,
+    },
+    UnaryOp::AddScalar(0.5),
+    UnaryOp::MulScalar(-3.0),
+    UnaryOp::PowScalar(1.7),
+    UnaryOp::Clamp {
+        min: -0.5,
+        max: 0.7,
+    },
+];
+
+const BINARY: &[BinaryOp] = &[
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::Pow,
+    BinaryOp::Maximum,
+    BinaryOp::Minimum,
+    BinaryOp::Eq,
+    BinaryOp::Ne,
+    BinaryOp::Lt,
+    BinaryOp::Le,
+    BinaryOp::Gt,
+    BinaryOp::Ge,
+];
+
+macro_rules! elementwise_for {
+    ($lib:expr, $T:ty, $s:literal, $dtype:expr, $tol:expr) => {{
+        let lib = $lib;
+        let x = strided_view($dtype, 1);
+        let xb = base::<$T>(&x);
+        let lx = Strided::joint("t", &[x.layout()]).unwrap()[0];
+        let n = x.numel();
+        type U = unsafe extern "C" fn(i32, f64, f64, i64, *const $T, Strided, *mut $T);
+        let f: Symbol<U> = unsafe { lib.get(concat!("unary_", $s).as_bytes()) }.unwrap();
+        for (code, op) in UNARY.iter().enumerate() {
+            let (p0, p1) = match *op {
+                UnaryOp::LeakyRelu(a)
+                | UnaryOp::AddScalar(a)
+                | UnaryOp::MulScalar(a)
+                | UnaryOp::PowScalar(a) => (a, 0.0),
+                UnaryOp::Softplus { beta, threshold } => (beta, threshold),
+                UnaryOp::Clamp { min, max } => (min, max),
+                _ => (0.0, 0.0),
+            };
+            let mut out = vec![<$T>::default(); n];
+            unsafe {
+                f(
+                    code as i32,
+                    p0,
+                    p1,
+                    n as i64,
+                    xb.as_ptr(),
+                    lx,
+                    out.as_mut_ptr(),
+                )
+            };
+            let want = host::<$T>(cpu().backend().unary(*op, x.view()).unwrap());
+            same(
+                &format!("unary {op:?} {}", $s),
+                &f64s(out),
+                &f64s(want),
+                $tol,
+            );
+        }
+        // Binary: a strided view against a broadcast row.
+        let y = Tensor::rand(&[3], 0.5, 2.0, $dtype, &mut Generator::new(2), &cpu()).unwrap();
+        let yb = y.broadcast_to(x.dims()).unwrap();
+        let s = Strided::joint("t", &[x.layout(), yb.layout()]).unwrap();
+        let ybase = base::<$T>(&y);
+        type B = unsafe extern "C" fn(i32, i64, *const $T, Strided, *const $T, Strided, *mut $T);
+        let f: Symbol<B> = unsafe { lib.get(concat!("binary_", $s).as_bytes()) }.unwrap();
+        for (code, op) in BINARY.iter().enumerate() {
+            let mut out = vec![<$T>::default(); n];
+            unsafe {
+                f(
+                    code as i32,
+                    n as i64,
+                    xb.as_ptr(),
+                    s[0],
+                    ybase.as_ptr(),
+                    s[1],
+                    out.as_mut_ptr(),
+                )
+            };
+            let want = host::<$T>(cpu().backend().binary(*op, x.view(), yb.view()).unwrap());
+            same(
+                &format!("binary {op:?} {}", $s),
+                &f64s(out),
+                &f64s(want),
+                $tol,
+            );
+        }
+        // where(x > 0, x, y)
+        let c = x.gt(&x.mul_scalar(0.0).unwrap()).unwrap();
+        let cb = base::<$T>(&c);
+        let s = Strided::joint("t", &[c.layout(), x.layout(), yb.layout()]).unwrap();
+        type W = unsafe extern "C" fn(
+            i64,
+            *const $T,
+            Strided,
+            *const $T,
+            Strided,
+            *const $T,
+            Strided,
+            *mut $T,
+        );
+        let f: Symbol<W> = unsafe { lib.get(concat!("where_", $s, "_", $s).as_bytes()) }.unwrap();
+        let mut out = vec![<$T>::default(); n];
+        unsafe {
+            f(
+                n as i64,
+                cb.as_ptr(),
+                s[0],
+                xb.as_ptr(),
+                s[1],
+                ybase.as_ptr(),
+                s[2],
+                out.as_mut_ptr(),
+            )
+        };
+        let want = host::<$T>(
+            cpu()
+                .backend()
+                .where_cond(c.view(), x.view(), yb.view())
+                .unwrap(),
+        );
+        same("where", &f64s(out), &f64s(want), 0.0);
+        // Cast to i64 (saturating, NaN -> 0) and back.
+        let big = Tensor::from_vec(
+            vec![1e30 as $T, -1e30 as $T, <$T>::NAN, -2.7 as $T, 3.9 as $T],
+            &[5],
+            &cpu(),
+        )
+        .unwrap();
+        let bb = base::<$T>(&big);
+        type C = unsafe extern "C" fn(i64, *const $T, Strided, *mut i64);
+        let f: Symbol<C> = unsafe { lib.get(concat!("cast_", $s, "_i64").as_bytes()) }.unwrap();
+        let mut out = vec![0i64; 5];
+        unsafe { f(5, bb.as_ptr(), Strided::flat(5, 0), out.as_mut_ptr()) };
+        let want = host::<i64>(cpu().backend().cast(big.view(), DType::I64).unwrap());
+        assert_eq!(out, want, "cast {} -> i64", $s);
+        // Random numbers: the same Philox stream as the CPU backend.
+        type R = unsafe extern "C" fn(i64, i32, f64, f64, u64, u64, *mut $T);
+        let f: Symbol<R> = unsafe { lib.get(concat!("random_", $s).as_bytes()) }.unwrap();
+        for (kind, dist) in [
+            (
+                0,
+                Distribution::Uniform {
+                    low: -1.0,
+                    high: 3.0,
+                },
+            ),
+            (
+                1,
+                Distribution::Normal {
+                    mean: 0.5,
+                    std: 2.0,
+                },
+            ),
+        ] {
+            let (a, b) = match dist {
+                Distribution::Uniform { low, high } => (low, high),
+                Distribution::Normal { mean, std } => (mean, std),
+            };
+            let mut out = vec![<$T>::default(); 1000];
+            unsafe { f(1000, kind, a, b, 0x1234_5678_9abc, 77, out.as_mut_ptr()) };
+            let want = host::<$T>(
+                cpu()
+                    .backend()
+                    .random(1000, $dtype, dist, 0x1234_5678_9abc, 77)
+                    .unwrap(),
+            );
+            same(&format!("random {dist:?}"), &f64s(out), &f64s(want), 1e-14);
+        }
+    }};
+}
+
+#[test]
+fn elementwise_kernels_match_the_cpu_backend() {
+    let Some(lib) = build("elementwise") else {
+        return;
+    };
+    elementwise_for!(&lib, f64, "f64", DType::F64, 1e-14);
+    elementwise_for!(&lib, f32, "f32", DType::F32, 1e-6);
+    // Integer ops: wrapping pow, sign, clamp.
+    let x = Tensor::from_vec(vec![3i64, -2, 0, 7, -9, 5], &[2, 3], &cpu())
+        .unwrap()
+        .t()
+        .unwrap();
+    let xb = base::<i64>(&x);
+    let lx = Strided::joint("t", &[x.layout()]).unwrap()[0];
+    type U = unsafe extern "C" fn(i32, f64, f64, i64, *const i64, Strided, *mut i64);
+    let f: Symbol<U> = unsafe { lib.get(b"unary_i64") }.unwrap();
+    for (code, op) in [
+        (2, UnaryOp::Sign),
+        (1, UnaryOp::Abs),
+        (
+            17,
+            UnaryOp::Clamp {
+                min: -1.0,
+                max: 4.0,
+            },
+        ),
+    ] {
+        let (p0, p1) = if code == 17 { (-1.0, 4.0) } else { (0.0, 0.0) };
+        let mut out = vec![0i64; 6];
+        unsafe { f(code, p0, p1, 6, xb.as_ptr(), lx, out.as_mut_ptr()) };
+        assert_eq!(
+            out,
+            host::<i64>(cpu().backend().unary(op, x.view()).unwrap()),
+            "{op:?}"
+        );
+    }
+}
+
+#[test]
+fn reduction_and_softmax_kernels_match_the_cpu_backend() {
+    let Some(lib) = build("reduce") else { return };
+    let x = strided_view(DType::F64, 3);
+    let xb = base::<f64>(&x);
+    type K = unsafe extern "C" fn(i32, i64, i64, *const f64, Strided, Strided, *mut f64);
+    for name in ["reduce_block_f64", "reduce_thread_f64"] {
+        let f: Symbol<K> = unsafe { lib.get(name.as_bytes()) }.unwrap();
+        for axes in [&[0usize][..], &[1], &[0, 2], &[0, 1, 2]] {
+            for (code, op) in [(0, ReduceOp::Sum), (1, ReduceOp::Max), (2, ReduceOp::Min)] {
+                let (kept, red) = split(x.layout(), axes);
+                let lo = Strided::joint("t", &[&kept]).unwrap()[0];
+                let li = Strided::joint("t", &[&red]).unwrap()[0];
+                let mut out = vec![0.0; kept.numel()];
+                unsafe {
+                    f(
+                        code,
+                        kept.numel() as i64,
+                        red.numel() as i64,
+                        xb.as_ptr(),
+                        lo,
+                        li,
+                        out.as_mut_ptr(),
+                    )
+                };
+                let want = host::<f64>(cpu().backend().reduce(op, x.view(), axes).unwrap());
+                same(&format!("{name} {op:?} {axes:?}"), &out, &want, 1e-14);
+            }
+        }
+    }
+    type A = unsafe extern "C" fn(i32, i64, i64, i64, *const f64, Strided, *mut i64);
+    let f: Symbol<A> = unsafe { lib.get(b"arg_reduce_f64") }.unwrap();
+    for axis in 0..3 {
+        for (code, op) in [(1, ReduceOp::ArgMax), (2, ReduceOp::ArgMin)] {
+            let (kept, _) = split(x.layout(), &[axis]);
+            let lo = Strided::joint("t", &[&kept]).unwrap()[0];
+            let mut out = vec![0i64; kept.numel()];
+            let (n, st) = (x.dims()[axis] as i64, x.layout().strides()[axis] as i64);
+            unsafe {
+                f(
+                    code,
+                    kept.numel() as i64,
+                    n,
+                    st,
+                    xb.as_ptr(),
+                    lo,
+                    out.as_mut_ptr(),
+                )
+            };
+            assert_eq!(
+                out,
+                host::<i64>(cpu().backend().reduce(op, x.view(), &[axis]).unwrap()),
+                "{op:?} {axis}"
+            );
+        }
+    }
+    let c = x.contiguous().unwrap();
+    let cb = base::<f64>(&c);
+    type S = unsafe extern "C" fn(i64, i64, *const f64, *mut f64, i32);
+    let f: Symbol<S> = unsafe { lib.get(b"softmax_f64") }.unwrap();
+    let n = c.dims()[2];
+    for log in [false, true] {
+        let mut out = vec![0.0; c.numel()];
+        unsafe {
+            f(
+                (c.numel() / n) as i64,
+                n as i64,
+                cb.as_ptr(),
+                out.as_mut_ptr(),
+                log as i32,
+            )
+        };
+        let want = host::<f64>(cpu().backend().softmax(c.view(), 2, log).unwrap());
+        same("softmax", &out, &want, 1e-14);
+    }
+}
+
+#[test]
+fn gather_scatter_and_copy_kernels_match_the_cpu_backend() {
+    let Some(lib) = build("shape") else { return };
+    let x = strided_view(DType::F64, 4); // [5, 4, 3]
+    let xb = base::<f64>(&x);
+    let idx_t = Tensor::from_vec(
+        vec![3i64, 0, 1, 1, 2, 0, 3, 3, 2, 0, 1, 2],
+        &[2, 2, 3],
+        &cpu(),
+    )
+    .unwrap();
+    let ib = base::<i64>(&idx_t);
+    // gather along dim 1 of x with a [2, 2, 3] index.
+    let (lx, sd) = shape::gather_view(x.layout(), 1, idx_t.dims());
+    let s = Strided::joint("t", &[&lx, idx_t.layout()]).unwrap();
+    type G = unsafe extern "C" fn(
+        i64,
+        *const f64,
+        Strided,
+        i64,
+        i64,
+        *const i64,
+        Strided,
+        *mut f64,
+        *mut i64,
+    );
+    let f: Symbol<G> = unsafe { lib.get(b"gather_f64") }.unwrap();
+    let (mut out, mut err) = (vec![0.0; 12], [0i64; 2]);
+    unsafe {
+        f(
+            12,
+            xb.as_ptr(),
+            s[0],
+            sd,
+            4,
+            ib.as_ptr(),
+            s[1],
+            out.as_mut_ptr(),
+            err.as_mut_ptr(),
+        )
+    };
+    assert_eq!(err, [0, 0]);
+    let want = host::<f64>(cpu().backend().gather(x.view(), 1, idx_t.view()).unwrap());
+    same("gather", &out, &want, 0.0);
+    // An index past the end sets the flag with the offending value.
+    unsafe {
+        f(
+            12,
+            xb.as_ptr(),
+            s[0],
+            sd,
+            3,
+            ib.as_ptr(),
+            s[1],
+            out.as_mut_ptr(),
+            err.as_mut_ptr(),
+        )
+    };
+    assert_eq!(err, [1, 3]);
+    // scatter_add of a strided src into a [3, 4, 3] output along dim 1.
+    let src = strided_view(DType::F64, 5)
+        .narrow(0, 0, 2)
+        .unwrap()
+        .narrow(1, 0, 2)
+        .unwrap();
+    let sb = base::<f64>(&src);
+    let (lo, sd) = shape::scatter_view(&[3, 4, 3], 1, idx_t.dims());
+    let s = Strided::joint("t", &[src.layout(), idx_t.layout(), &lo]).unwrap();
+    type SA = unsafe extern "C" fn(
+        i64,
+        *const f64,
+        Strided,
+        *const i64,
+        Strided,
+        Strided,
+        i64,
+        i64,
+        *mut f64,
+        *mut i64,
+    );
+    let f: Symbol<SA> = unsafe { lib.get(b"scatter_add_f64") }.unwrap();
+    let (mut out, mut err) = (vec![0.0; 36], [0i64; 2]);
+    unsafe {
+        f(
+            12,
+            sb.as_ptr(),
+            s[0],
+            ib.as_ptr(),
+            s[1],
+            s[2],
+            sd,
+            4,
+            out.as_mut_ptr(),
+            err.as_mut_ptr(),
+        )
+    };
+    assert_eq!(err, [0, 0]);
+    let want = host::<f64>(
+        cpu()
+            .backend()
+            .scatter_add(&[3, 4, 3], 1, idx_t.view(), src.view())
+            .unwrap(),
+    );
+    same("scatter_add", &out, &want, 1e-15);
+    // copy into a region (the assemble primitive): columns 1..13 of a [5, 13] output.
+    let region = Layout::new(x.dims().to_vec(), vec![13, 3, 1], 1);
+    let s = Strided::joint("t", &[x.layout(), &region]).unwrap();
+    type CP = unsafe extern "C" fn(i64, *const f64, Strided, *mut f64, Strided);
+    let f: Symbol<CP> = unsafe { lib.get(b"copy_f64") }.unwrap();
+    let mut out = vec![-1.0; 65];
+    unsafe { f(x.numel() as i64, xb.as_ptr(), s[0], out.as_mut_ptr(), s[1]) };
+    let want = host::<f64>(
+        cpu()
+            .backend()
+            .assemble(65, DType::F64, -1.0, &[(region.clone(), x.view())])
+            .unwrap(),
+    );
+    same("copy", &out, &want, 0.0);
+}
+
+#[test]
+fn im2col_col2im_and_integer_matmul_kernels_match_the_cpu_backend() {
+    let Some(lib) = build("conv") else { return };
+    let x = Tensor::randn(
+        &[2, 3, 7, 6],
+        0.0,
+        1.0,
+        DType::F64,
+        &mut Generator::new(6),
+        &cpu(),
+    )
+    .unwrap();
+    let xb = base::<f64>(&x);
+    for w in [
+        Window {
+            k: [3, 2],
+            s: [2, 1],
+            d: [2, 1],
+            p: [1, 0],
+            out: [3, 5],
+        },
+        Window {
+            k: [2, 2],
+            s: [2, 2],
+            d: [1, 1],
+            p: [0, 1],
+            out: [3, 3],
+        },
+    ] {
+        let n = 6 * w.taps() * w.positions();
+        type UF = unsafe extern "C" fn(i64, *const f64, i64, i64, Win, f64, *mut f64);
+        let f: Symbol<UF> = unsafe { lib.get(b"unfold_f64") }.unwrap();
+        let mut cols = vec![0.0; n];
+        unsafe {
+            f(
+                n as i64,
+                xb.as_ptr(),
+                7,
+                6,
+                Win::from(&w),
+                -2.0,
+                cols.as_mut_ptr(),
+            )
+        };
+        let want = host::<f64>(cpu().backend().unfold2d(x.view(), &w, -2.0).unwrap());
+        same("unfold", &cols, &want, 0.0);
+        let ct = Tensor::from_vec(cols.clone(), &[2, 3, w.taps(), w.positions()], &cpu()).unwrap();
+        type FO = unsafe extern "C" fn(i64, *const f64, i64, i64, Win, *mut f64);
+        let f: Symbol<FO> = unsafe { lib.get(b"fold_f64") }.unwrap();
+        let mut img = vec![0.0; 2 * 3 * 7 * 6];
+        unsafe {
+            f(
+                img.len() as i64,
+                cols.as_ptr(),
+                7,
+                6,
+                Win::from(&w),
+                img.as_mut_ptr(),
+            )
+        };
+        let want = host::<f64>(cpu().backend().fold2d(ct.view(), &w, [7, 6]).unwrap());
+        same("fold", &img, &want, 1e-15);
+    }
+    let lib = build("matmul").unwrap();
+    let a = Tensor::from_vec(
+        (0..24).map(|i| i * 7 % 11 - 5).collect::<Vec<i64>>(),
+        &[2, 3, 4],
+        &cpu(),
+    )
+    .unwrap();
+    let b = Tensor::from_vec(
+        (0..16).map(|i| i * 5 % 7 - 3).collect::<Vec<i64>>(),
+        &[2, 4, 2],
+        &cpu(),
+    )
+    .unwrap();
+    type MM = unsafe extern "C" fn(i64, i64, i64, i64, *const i64, *const i64, *mut i64);
+    let f: Symbol<MM> = unsafe { lib.get(b"matmul_i64") }.unwrap();
+    let mut out = vec![0i64; 12];
+    unsafe {
+        f(
+            2,
+            3,
+            2,
+            4,
+            base::<i64>(&a).as_ptr(),
+            base::<i64>(&b).as_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
+    assert_eq!(out, a.matmul(&b).unwrap().to_vec::<i64>().unwrap());
+    let _ = HostData::I64(out);
+}
