@@ -3,6 +3,15 @@
 use std::path::Path;
 use tessera::prelude::*;
 
+/// tests/conformance: under `CARGO_MANIFEST_DIR` as cargo sets it when running the test, or as
+/// it was at build time (a test binary copied to another machine is given it by .ci/gpu-run.sh).
+fn vectors_dir() -> std::path::PathBuf {
+    std::env::var("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+        .join("tests/conformance")
+}
+
 /// Families checked one by one too, so a regression names its file.
 const IMPLEMENTED_FAMILIES: &[&str] = &[
     "elementwise.json",
@@ -13,7 +22,7 @@ const IMPLEMENTED_FAMILIES: &[&str] = &[
 
 #[test]
 fn conformance_vectors_pass_on_cpu() -> Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let dir = vectors_dir();
     let dev = Device::parse("cpu")?;
     let report = tessera::conformance::run_dir(&dir, &dev)?;
     for line in report.failure_lines() {
@@ -46,7 +55,7 @@ fn conformance_vectors_pass_on_cuda_when_present() -> Result<()> {
             return Ok(());
         }
     };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let dir = vectors_dir();
     let report = tessera::conformance::run_dir(&dir, &dev)?;
     for line in report.failure_lines() {
         eprintln!("{line}");
