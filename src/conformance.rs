@@ -199,6 +199,18 @@ pub fn parse_tensor(v: &Value, device: &Device) -> Result<Tensor> {
                 })
                 .collect::<Result<_>>()?,
         ),
+        // Half values: parsed as f64, rounded once to the half type.
+        DType::F16 | DType::BF16 => HostData::from_f64(
+            dtype,
+            &data
+                .iter()
+                .map(|x| {
+                    text(x)?
+                        .parse::<f64>()
+                        .map_err(|e| bad("case", e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
     };
     Tensor::from_host(host, &shape, device)
 }

@@ -1,6 +1,5 @@
 //! Runs the PyTorch-generated vectors in tests/conformance on every available device.
 
-use std::path::Path;
 use tessera::prelude::*;
 
 /// tests/conformance: under `CARGO_MANIFEST_DIR` as cargo sets it when running the test, or as

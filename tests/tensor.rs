@@ -203,3 +203,60 @@ fn matmul_follows_torch_semantics_for_every_rank() -> Result<()> {
     assert_eq!(bm.matmul(&arange(4, &[2, 2]))?.dims(), &[2, 2, 3, 2]);
     Ok(())
 }
+
+/// f16 and bf16: storage rounds to nearest even, elementwise ops compute per element in f32,
+/// and sums, matmul and softmax accumulate in f32, so results stay within half precision of
+/// the f32 computation. Checkpoints keep the bits.
+#[test]
+fn half_precision_tensors_compute_in_f32_and_round_once() -> Result<()> {
+    use tessera::core::half::{bf16, f16};
+    let mut gen = Generator::new(4);
+    let a = Tensor::randn(&[8, 300], 0.0, 1.0, DType::F32, &mut gen, &cpu())?;
+    let b = Tensor::randn(&[300, 5], 0.0, 1.0, DType::F32, &mut gen, &cpu())?;
+    for (dtype, eps) in [(DType::F16, 2f64.powi(-11)), (DType::BF16, 2f64.powi(-8))] {
+        let (ah, bh) = (a.to_dtype(dtype)?, b.to_dtype(dtype)?);
+        assert_eq!(ah.dtype(), dtype);
+        // Round trips are exact for values the type can hold.
+        let (a16, b16) = (ah.to_dtype(DType::F32)?, bh.to_dtype(DType::F32)?);
+        assert_eq!(a16.to_dtype(dtype)?.to_vec_f64()?, ah.to_vec_f64()?);
+        let close = |got: &Tensor, want: &Tensor, ulps: f64| -> Result<()> {
+            assert_eq!(got.dtype(), dtype);
+            let want = want.to_vec_f64()?;
+            let scale = want.iter().fold(1.0f64, |m, w| m.max(w.abs()));
+            for (g, w) in got.to_vec_f64()?.iter().zip(want) {
+                assert!((g - w).abs() <= ulps * eps * scale, "{dtype}: {g} vs {w}");
+            }
+            Ok(())
+        };
+        // Each result is the f32 result of the half inputs, rounded once.
+        close(&ah.mul(&ah)?.add(&ah)?, &a16.mul(&a16)?.add(&a16)?, 2.0)?;
+        close(&ah.tanh()?, &a16.tanh()?, 1.0)?;
+        close(&ah.matmul(&bh)?, &a16.matmul(&b16)?, 1.0)?;
+        close(&ah.sum(&[1], false)?, &a16.sum(&[1], false)?, 1.0)?;
+        close(&ah.softmax(-1)?, &a16.softmax(-1)?, 1.0)?;
+        assert_eq!(
+            ah.argmax(1, false)?.to_vec::<i64>()?,
+            a16.argmax(1, false)?.to_vec::<i64>()?
+        );
+        // Gradients flow through half tensors too.
+        let x = ah.requires_grad_()?;
+        let g = x.square()?.sum_all()?.backward()?;
+        close(g.get(&x).unwrap(), &a16.mul_scalar(2.0)?, 1.0)?;
+    }
+    assert_eq!(
+        f16::from_f32(1.0 + 2f32.powi(-11)),
+        f16::ONE,
+        "ties round to even"
+    );
+    let t = Tensor::from_vec(
+        vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)],
+        &[2],
+        &cpu(),
+    )?;
+    assert_eq!(
+        t.to_vec::<bf16>()?,
+        vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)]
+    );
+    assert_eq!(format!("{}", t.dtype()), "bf16");
+    Ok(())
+}

@@ -1,5 +1,5 @@
-//! Element types. f16/bf16 will slot in as further variants; every backend matches on `DType`
-//! at run time, so adding one does not change any trait.
+//! Element types. Every backend matches on `DType` at run time, so adding one does not change any
+//! trait. The half types come from the `half` crate (re-exported as `tessera_core::half`).
 
 use std::fmt;
 
@@ -9,6 +9,10 @@ pub enum DType {
     F32,
     F64,
     I64,
+    /// IEEE 754 half precision (`half::f16`).
+    F16,
+    /// bfloat16 (`half::bf16`): f32's exponent range with 8 bits of mantissa.
+    BF16,
 }
 
 impl DType {
@@ -17,29 +21,39 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F64 | DType::I64 => 8,
+            DType::F16 | DType::BF16 => 2,
         }
     }
 
     /// Whether the dtype is a floating-point type (and so can carry gradients).
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F64)
+        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
     }
 
-    /// The short name used in files and messages: `f32`, `f64`, `i64`.
+    /// Whether the dtype is f16 or bf16.
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16)
+    }
+
+    /// The short name used in files and messages: `f32`, `f64`, `i64`, `f16`, `bf16`.
     pub fn as_str(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F64 => "f64",
             DType::I64 => "i64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
         }
     }
 
-    /// Parses `f32`, `f64` or `i64`.
+    /// Parses `f32`, `f64`, `i64`, `f16` or `bf16`.
     pub fn parse(s: &str) -> Option<DType> {
         match s {
             "f32" => Some(DType::F32),
             "f64" => Some(DType::F64),
             "i64" => Some(DType::I64),
+            "f16" => Some(DType::F16),
+            "bf16" => Some(DType::BF16),
             _ => None,
         }
     }
@@ -57,6 +71,8 @@ pub enum HostData {
     F32(Vec<f32>),
     F64(Vec<f64>),
     I64(Vec<i64>),
+    F16(Vec<half::f16>),
+    BF16(Vec<half::bf16>),
 }
 
 impl HostData {
@@ -66,6 +82,8 @@ impl HostData {
             HostData::F32(_) => DType::F32,
             HostData::F64(_) => DType::F64,
             HostData::I64(_) => DType::I64,
+            HostData::F16(_) => DType::F16,
+            HostData::BF16(_) => DType::BF16,
         }
     }
 
@@ -75,6 +93,8 @@ impl HostData {
             HostData::F32(v) => v.len(),
             HostData::F64(v) => v.len(),
             HostData::I64(v) => v.len(),
+            HostData::F16(v) => v.len(),
+            HostData::BF16(v) => v.len(),
         }
     }
 
@@ -89,15 +109,20 @@ impl HostData {
             HostData::F32(v) => v.iter().map(|&x| x as f64).collect(),
             HostData::F64(v) => v.clone(),
             HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            HostData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            HostData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
         }
     }
 
-    /// Builds host data of `dtype` from f64 values (rounded for f32, truncated for i64).
+    /// Builds host data of `dtype` from f64 values (rounded to nearest for the float types,
+    /// truncated for i64).
     pub fn from_f64(dtype: DType, v: &[f64]) -> HostData {
         match dtype {
             DType::F32 => HostData::F32(v.iter().map(|&x| x as f32).collect()),
             DType::F64 => HostData::F64(v.to_vec()),
             DType::I64 => HostData::I64(v.iter().map(|&x| x as i64).collect()),
+            DType::F16 => HostData::F16(v.iter().map(|&x| half::f16::from_f64(x)).collect()),
+            DType::BF16 => HostData::BF16(v.iter().map(|&x| half::bf16::from_f64(x)).collect()),
         }
     }
 }
@@ -131,3 +156,5 @@ macro_rules! element {
 element!(f32, F32);
 element!(f64, F64);
 element!(i64, I64);
+element!(half::f16, F16);
+element!(half::bf16, BF16);

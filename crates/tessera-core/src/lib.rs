@@ -30,6 +30,7 @@ pub use backend::{Backend, BinaryOp, Buffer, Distribution, ReduceOp, UnaryOp, Vi
 pub use device::Device;
 pub use dtype::{DType, Element, HostData};
 pub use error::{Error, Result};
+pub use half;
 pub use layout::{broadcast_shapes, coalesce, contiguous_strides, normalize_dim, Layout, Shape};
 pub use random::Generator;
 pub use tape::{

@@ -12,6 +12,8 @@ pub enum CpuStorage {
     F32(Vec<f32>),
     F64(Vec<f64>),
     I64(Vec<i64>),
+    F16(Vec<half::f16>),
+    BF16(Vec<half::bf16>),
 }
 
 impl CpuStorage {
@@ -20,6 +22,8 @@ impl CpuStorage {
             CpuStorage::F32(v) => v.len() * 4,
             CpuStorage::F64(v) => v.len() * 8,
             CpuStorage::I64(v) => v.len() * 8,
+            CpuStorage::F16(v) => v.len() * 2,
+            CpuStorage::BF16(v) => v.len() * 2,
         }
     }
     fn dtype(&self) -> DType {
@@ -27,6 +31,8 @@ impl CpuStorage {
             CpuStorage::F32(_) => DType::F32,
             CpuStorage::F64(_) => DType::F64,
             CpuStorage::I64(_) => DType::I64,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
         }
     }
     fn len(&self) -> usize {
@@ -34,6 +40,8 @@ impl CpuStorage {
             CpuStorage::F32(v) => v.len(),
             CpuStorage::F64(v) => v.len(),
             CpuStorage::I64(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
         }
     }
 }
@@ -166,6 +174,8 @@ macro_rules! elem {
 elem!(f32, F32);
 elem!(f64, F64);
 elem!(i64, I64);
+elem!(half::f16, F16);
+elem!(half::bf16, BF16);
 
 /// A vector of `len` elements whose contents the caller overwrites: a pooled one when
 /// available, else a zeroed one (calloc'd, so the zeroing is the OS's lazy zero pages).

@@ -107,6 +107,14 @@ macro_rules! with_dtype {
                 type $T = i64;
                 $body
             }
+            DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
         }
     };
     (float $dtype:expr, $op:expr, |$T:ident| $body:expr) => {
@@ -117,6 +125,14 @@ macro_rules! with_dtype {
             }
             DType::F64 => {
                 type $T = f64;
+                $body
+            }
+            DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            DType::BF16 => {
+                type $T = half::bf16;
                 $body
             }
             d => Err(Error::DType {
@@ -153,6 +169,31 @@ fn int_pow(a: i64, b: i64) -> i64 {
     }
 }
 
+impl CpuBackend {
+    /// Runs `f` on `x` converted to f32 and converts the result back to `x`'s dtype: half types
+    /// accumulate (sums, GEMM, softmax, col2im) in f32, as PyTorch's CPU kernels do.
+    fn via_f32(
+        &self,
+        x: View<'_>,
+        f: impl FnOnce(View<'_>) -> Result<Arc<dyn Buffer>>,
+    ) -> Result<Arc<dyn Buffer>> {
+        let x32 = self.cast(x, DType::F32)?;
+        let l = Layout::contiguous(x.layout.shape());
+        let y = f(View {
+            buf: x32.as_ref(),
+            layout: &l,
+        })?;
+        let ly = Layout::contiguous(&[y.len()]);
+        self.cast(
+            View {
+                buf: y.as_ref(),
+                layout: &ly,
+            },
+            x.buf.dtype(),
+        )
+    }
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
@@ -163,6 +204,8 @@ impl Backend for CpuBackend {
             HostData::F32(v) => CpuStorage::F32(v),
             HostData::F64(v) => CpuStorage::F64(v),
             HostData::I64(v) => CpuStorage::I64(v),
+            HostData::F16(v) => CpuStorage::F16(v),
+            HostData::BF16(v) => CpuStorage::BF16(v),
         })))
     }
 
@@ -199,6 +242,8 @@ impl Backend for CpuBackend {
         match x.buf.dtype() {
             DType::F32 => unary_typed::<f32>(op, x),
             DType::F64 => unary_typed::<f64>(op, x),
+            DType::F16 => unary_typed::<half::f16>(op, x),
+            DType::BF16 => unary_typed::<half::bf16>(op, x),
             DType::I64 => match ew::unary_num(op, typed::<i64>("unary", x)?, x.layout) {
                 Some(v) => out(v),
                 None => Err(Error::DType {
@@ -214,6 +259,8 @@ impl Backend for CpuBackend {
             DType::F32 => binary_typed::<f32>(op, a, b, pow_f),
             DType::F64 => binary_typed::<f64>(op, a, b, pow_f),
             DType::I64 => binary_typed::<i64>(op, a, b, int_pow),
+            DType::F16 => binary_typed::<half::f16>(op, a, b, pow_f),
+            DType::BF16 => binary_typed::<half::bf16>(op, a, b, pow_f),
         }
     }
 
@@ -228,6 +275,9 @@ impl Backend for CpuBackend {
     }
 
     fn reduce(&self, op: ReduceOp, x: View<'_>, axes: &[usize]) -> Result<Arc<dyn Buffer>> {
+        if op == ReduceOp::Sum && x.buf.dtype().is_half() {
+            return self.via_f32(x, |v| self.reduce(op, v, axes));
+        }
         with_dtype!(x.buf.dtype(), "reduce", |T| {
             let v = typed::<T>("reduce", x)?;
             match op {
@@ -247,6 +297,17 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         match a.buf.dtype() {
+            d @ (DType::F16 | DType::BF16) => {
+                let b32 = self.cast(b, DType::F32)?;
+                let lb = Layout::contiguous(b.layout.shape());
+                let bv = View {
+                    buf: b32.as_ref(),
+                    layout: &lb,
+                };
+                let c = self.via_f32(a, |av| self.matmul(av, bv))?;
+                debug_assert_eq!(c.dtype(), d);
+                Ok(c)
+            }
             DType::F32 => out(mm::matmul_f32(
                 typed("matmul", a)?,
                 a.layout,
@@ -352,6 +413,9 @@ impl Backend for CpuBackend {
                 hw,
             );
         }
+        if cols.buf.dtype().is_half() {
+            return self.via_f32(cols, |c| self.fold2d(c, w, hw));
+        }
         let r = cols.layout.offset()..cols.layout.offset() + cols.layout.numel();
         with_dtype!(float cols.buf.dtype(), "fold2d", |T| out(cv::fold(&typed::<T>("fold2d", cols)?[r], s[0] * s[1], hw, w)))
     }
@@ -360,6 +424,9 @@ impl Backend for CpuBackend {
         let l = x.layout;
         if dim + 1 != l.rank() || !l.is_contiguous() || l.numel() == 0 {
             return tessera_core::backend::fallback::softmax(self, x, dim, log);
+        }
+        if x.buf.dtype().is_half() {
+            return self.via_f32(x, |v| self.softmax(v, dim, log));
         }
         let n = l.shape()[dim];
         let r = l.offset()..l.offset() + l.numel();

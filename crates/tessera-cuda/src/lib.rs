@@ -208,6 +208,41 @@ impl CudaBackend {
         Ok(b)
     }
 
+    /// A new buffer of `len` copies of `value`.
+    pub(crate) fn filled(&self, len: usize, dtype: DType, value: f64) -> Result<CudaBuffer> {
+        if value == 0.0 && value.is_sign_positive() {
+            self.zeros(len, dtype)
+        } else if dtype.is_half() {
+            kernels::half::fill(self, len, dtype, value)
+        } else {
+            kernels::elementwise::fill(self, len, dtype, value)
+        }
+    }
+
+    /// Runs `f` on an f32 copy of the half tensor `x` and converts its result back: f16/bf16
+    /// ops that accumulate (sums, softmax, col2im, scatter-add) do so in f32.
+    fn via_f32(
+        &self,
+        x: View<'_>,
+        f: impl FnOnce(View<'_>) -> Result<CudaBuffer>,
+    ) -> Result<Arc<dyn Buffer>> {
+        let x32 = kernels::half::cast(self, x, DType::F32)?;
+        let l = Layout::contiguous(x.layout.shape());
+        let y = f(View {
+            buf: &x32,
+            layout: &l,
+        })?;
+        let ly = Layout::contiguous(&[y.len()]);
+        ok(kernels::half::cast(
+            self,
+            View {
+                buf: &y,
+                layout: &ly,
+            },
+            x.buf.dtype(),
+        )?)
+    }
+
     /// `v`'s elements in row-major order as a new contiguous buffer, or `None` when `v` already
     /// is one contiguous run (read it at `v.layout.offset()`).
     pub(crate) fn contiguous(&self, op: &'static str, v: View<'_>) -> Result<Option<CudaBuffer>> {
@@ -293,6 +328,8 @@ impl Backend for CudaBackend {
                     HostData::F32(v) => result::memcpy_htod_async(out.ptr(), v, s),
                     HostData::F64(v) => result::memcpy_htod_async(out.ptr(), v, s),
                     HostData::I64(v) => result::memcpy_htod_async(out.ptr(), v, s),
+                    HostData::F16(v) => result::memcpy_htod_async(out.ptr(), v, s),
+                    HostData::BF16(v) => result::memcpy_htod_async(out.ptr(), v, s),
                 }
             }
             .map_err(|e| dev_err("upload", e))?;
@@ -322,15 +359,14 @@ impl Backend for CudaBackend {
             DType::F32 => HostData::F32(read(n, src)?),
             DType::F64 => HostData::F64(read(n, src)?),
             DType::I64 => HostData::I64(read(n, src)?),
+            DType::F16 => HostData::F16(read(n, src)?),
+            DType::BF16 => HostData::BF16(read(n, src)?),
         })
     }
 
     fn fill(&self, len: usize, dtype: DType, value: f64) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
-        if value == 0.0 && value.is_sign_positive() {
-            return ok(self.zeros(len, dtype)?);
-        }
-        ok(kernels::elementwise::fill(self, len, dtype, value)?)
+        ok(self.filled(len, dtype, value)?)
     }
 
     fn random(
@@ -350,28 +386,82 @@ impl Backend for CudaBackend {
 
     fn cast(&self, x: View<'_>, dtype: DType) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
+        let from = x.buf.dtype();
+        if from == dtype && dtype.is_half() {
+            let out = self.empty(x.layout.numel(), dtype)?;
+            let l = Layout::contiguous(x.layout.shape());
+            kernels::shape::copy(self, cuda_buf("cast", x)?, x.layout, &out, &l)?;
+            return ok(out);
+        }
+        if from.is_half() || dtype.is_half() {
+            return ok(kernels::half::cast(self, x, dtype)?);
+        }
         ok(kernels::elementwise::cast(self, x, dtype)?)
     }
 
     fn unary(&self, op: UnaryOp, x: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
+        if x.buf.dtype().is_half() {
+            return ok(kernels::half::unary(self, op, x)?);
+        }
         ok(kernels::elementwise::unary(self, op, x)?)
     }
 
     fn binary(&self, op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         same_dtype("binary", a.buf.dtype(), b.buf.dtype())?;
+        if a.buf.dtype().is_half() {
+            return ok(kernels::half::binary(self, op, a, b)?);
+        }
         ok(kernels::elementwise::binary(self, op, a, b)?)
     }
 
     fn where_cond(&self, cond: View<'_>, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         same_dtype("where", a.buf.dtype(), b.buf.dtype())?;
+        if cond.buf.dtype().is_half() {
+            // Conditions are read as f32 (exact for 0 and non-0).
+            let c = kernels::half::cast(self, cond, DType::F32)?;
+            let l = Layout::contiguous(cond.layout.shape());
+            let c = View {
+                buf: &c,
+                layout: &l,
+            };
+            return self.where_cond(c, a, b);
+        }
+        if a.buf.dtype().is_half() {
+            return ok(kernels::half::where_cond(self, cond, a, b)?);
+        }
         ok(kernels::elementwise::where_cond(self, cond, a, b)?)
     }
 
     fn reduce(&self, op: ReduceOp, x: View<'_>, axes: &[usize]) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
+        if x.buf.dtype().is_half() {
+            let x32 = kernels::half::cast(self, x, DType::F32)?;
+            let l = Layout::contiguous(x.layout.shape());
+            let r = kernels::reduce::reduce(
+                self,
+                op,
+                View {
+                    buf: &x32,
+                    layout: &l,
+                },
+                axes,
+            )?;
+            if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) {
+                return ok(r);
+            }
+            let lr = Layout::contiguous(&[r.len()]);
+            return ok(kernels::half::cast(
+                self,
+                View {
+                    buf: &r,
+                    layout: &lr,
+                },
+                x.buf.dtype(),
+            )?);
+        }
         ok(kernels::reduce::reduce(self, op, x, axes)?)
     }
 
@@ -394,6 +484,11 @@ impl Backend for CudaBackend {
         src: View<'_>,
     ) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
+        if src.buf.dtype().is_half() {
+            return self.via_f32(src, |s| {
+                kernels::shape::scatter_add(self, shape, dim, index, s)
+            });
+        }
         ok(kernels::shape::scatter_add(self, shape, dim, index, src)?)
     }
 
@@ -414,6 +509,9 @@ impl Backend for CudaBackend {
             return tessera_core::backend::fallback::softmax(self, x, dim, log);
         }
         self.bind()?;
+        if x.buf.dtype().is_half() {
+            return self.via_f32(x, |v| kernels::reduce::softmax(self, v, log));
+        }
         ok(kernels::reduce::softmax(self, x, log)?)
     }
 
@@ -426,6 +524,9 @@ impl Backend for CudaBackend {
     fn fold2d(&self, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         float_only("fold2d", cols.buf.dtype())?;
+        if cols.buf.dtype().is_half() {
+            return self.via_f32(cols, |c| kernels::conv::fold(self, c, w, hw));
+        }
         ok(kernels::conv::fold(self, cols, w, hw)?)
     }
 }

@@ -249,3 +249,42 @@ fn the_allocator_stops_calling_the_driver_after_warm_up() {
     );
     assert!(after.reuses > before.reuses);
 }
+
+#[test]
+fn half_precision_matches_the_cpu() {
+    let Some(g) = gpu("half_precision_matches_the_cpu") else {
+        return;
+    };
+    let mut gen = Generator::new(12);
+    for (dtype, tol) in [(DType::F16, 2e-3), (DType::BF16, 1.6e-2)] {
+        let a = Tensor::randn(&[6, 40], 0.0, 1.0, DType::F32, &mut gen, &cpu()).unwrap();
+        let b = Tensor::randn(&[40, 7], 0.0, 1.0, DType::F32, &mut gen, &cpu()).unwrap();
+        let x = &[a.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap()];
+        both("half add", &g, x, tol, |t| t[0].add(&t[0].mul_scalar(0.5)?));
+        both("half exp", &g, x, tol, |t| t[0].t()?.exp());
+        both("half matmul", &g, x, tol * 4.0, |t| t[0].matmul(&t[1]));
+        both("half matmul transposed", &g, x, tol * 4.0, |t| {
+            t[1].t()?.matmul(&t[0].t()?)
+        });
+        both("half sum", &g, x, tol * 4.0, |t| t[0].sum(&[1], false));
+        both("half softmax", &g, x, tol, |t| t[0].softmax(-1));
+        both("half argmax", &g, x, 0.0, |t| t[0].argmax(1, false));
+        both("half cast", &g, x, 0.0, |t| {
+            t[0].to_dtype(DType::F32)?.to_dtype(dtype)
+        });
+        both("half where", &g, x, 0.0, |t| {
+            t[0].gt(&t[0].mul_scalar(0.0)?)?.where_(&t[0], &t[0].neg()?)
+        });
+        both("half pad", &g, x, 0.0, |t| t[0].pad(&[1, 1], 2.5));
+        both(
+            "half conv",
+            &g,
+            &[x[0].reshape(&[1, 1, 6, 40]).unwrap()],
+            tol * 4.0,
+            |t| {
+                let w = Tensor::ones(&[2, 1, 3, 3], dtype, t[0].device())?;
+                conv2d(&t[0], &w, None, &ConvOptions::new().padding(1))
+            },
+        );
+    }
+}

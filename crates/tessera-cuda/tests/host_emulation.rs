@@ -625,3 +625,135 @@ fn im2col_col2im_and_integer_matmul_kernels_match_the_cpu_backend() {
     assert_eq!(out, a.matmul(&b).unwrap().to_vec::<i64>().unwrap());
     let _ = HostData::I64(out);
 }
+
+#[test]
+fn half_kernels_match_the_half_crate_and_the_cpu_backend() {
+    use tessera_core::half::{bf16, f16};
+    let Some(lib) = build("half") else { return };
+    // Casts from f32: every rounding case the half crate handles (ties, subnormals, overflow, NaN).
+    let xs: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        65504.0,
+        65520.0,
+        1e6,
+        -1e6,
+        6e-8,
+        3e-8,
+        1e-40,
+        0.1,
+        1.0 + 2f32.powi(-10),
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        3.3895314e38,
+        1.0039062,
+        1.0117188,
+        -7.0e-39,
+    ];
+    let n = xs.len();
+    type C<S, D> = unsafe extern "C" fn(i64, *const S, Strided, *mut D);
+    let to16: Symbol<C<f32, u16>> = unsafe { lib.get(b"cast_f32_f16") }.unwrap();
+    let to_b16: Symbol<C<f32, u16>> = unsafe { lib.get(b"cast_f32_bf16") }.unwrap();
+    let (mut h, mut b) = (vec![0u16; n], vec![0u16; n]);
+    unsafe { to16(n as i64, xs.as_ptr(), Strided::flat(n, 0), h.as_mut_ptr()) };
+    unsafe { to_b16(n as i64, xs.as_ptr(), Strided::flat(n, 0), b.as_mut_ptr()) };
+    for (i, x) in xs.iter().enumerate() {
+        let (wh, wb) = (f16::from_f32(*x), bf16::from_f32(*x));
+        if x.is_nan() {
+            assert!(f16::from_bits(h[i]).is_nan() && bf16::from_bits(b[i]).is_nan());
+        } else {
+            assert_eq!(h[i], wh.to_bits(), "f16 of {x:e}");
+            assert_eq!(b[i], wb.to_bits(), "bf16 of {x:e}");
+        }
+    }
+    // And back to f32 exactly.
+    let from16: Symbol<C<u16, f32>> = unsafe { lib.get(b"cast_f16_f32") }.unwrap();
+    let from_b16: Symbol<C<u16, f32>> = unsafe { lib.get(b"cast_bf16_f32") }.unwrap();
+    let (mut y, mut z) = (vec![0f32; n], vec![0f32; n]);
+    unsafe { from16(n as i64, h.as_ptr(), Strided::flat(n, 0), y.as_mut_ptr()) };
+    unsafe { from_b16(n as i64, b.as_ptr(), Strided::flat(n, 0), z.as_mut_ptr()) };
+    for i in 0..n {
+        let (wy, wz) = (
+            f16::from_bits(h[i]).to_f32(),
+            bf16::from_bits(b[i]).to_f32(),
+        );
+        assert!(
+            y[i] == wy || (y[i].is_nan() && wy.is_nan()),
+            "f16 -> f32 {i}"
+        );
+        assert!(
+            z[i] == wz || (z[i].is_nan() && wz.is_nan()),
+            "bf16 -> f32 {i}"
+        );
+    }
+    // Unary and binary ops on a strided f16 view against the CPU backend (which rounds after
+    // each step of a composite formula, so allow a few half ulps).
+    for (dtype, s) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
+        let x = strided_view(DType::F32, 8).to_dtype(dtype).unwrap();
+        let xb: Vec<u16> = match dtype {
+            DType::F16 => base::<f16>(&x).iter().map(|v| v.to_bits()).collect(),
+            _ => base::<bf16>(&x).iter().map(|v| v.to_bits()).collect(),
+        };
+        let lx = Strided::joint("t", &[x.layout()]).unwrap()[0];
+        let n = x.numel();
+        let as_f64 = |v: &[u16]| -> Vec<f64> {
+            v.iter()
+                .map(|&b| match dtype {
+                    DType::F16 => f16::from_bits(b).to_f64(),
+                    _ => bf16::from_bits(b).to_f64(),
+                })
+                .collect()
+        };
+        let tol = if dtype == DType::F16 { 4e-3 } else { 3e-2 };
+        type U = unsafe extern "C" fn(i32, f64, f64, i64, *const u16, Strided, *mut u16);
+        let f: Symbol<U> = unsafe { lib.get(format!("unary_{s}").as_bytes()) }.unwrap();
+        for (code, op) in [
+            (3, UnaryOp::Exp),
+            (6, UnaryOp::Tanh),
+            (7, UnaryOp::Sigmoid),
+            (8, UnaryOp::Relu),
+            (0, UnaryOp::Neg),
+        ] {
+            let mut out = vec![0u16; n];
+            unsafe { f(code, 0.0, 0.0, n as i64, xb.as_ptr(), lx, out.as_mut_ptr()) };
+            let want = cpu().backend().unary(op, x.view()).unwrap();
+            let want = Tensor::from_buffer(want, Layout::contiguous(&[n]), &cpu())
+                .unwrap()
+                .to_vec_f64()
+                .unwrap();
+            same(&format!("unary {op:?} {s}"), &as_f64(&out), &want, tol);
+        }
+        type B = unsafe extern "C" fn(i32, i64, *const u16, Strided, *const u16, Strided, *mut u16);
+        let f: Symbol<B> = unsafe { lib.get(format!("binary_{s}").as_bytes()) }.unwrap();
+        for (code, op) in [
+            (0, BinaryOp::Add),
+            (2, BinaryOp::Mul),
+            (5, BinaryOp::Maximum),
+            (11, BinaryOp::Gt),
+        ] {
+            let mut out = vec![0u16; n];
+            unsafe {
+                f(
+                    code,
+                    n as i64,
+                    xb.as_ptr(),
+                    lx,
+                    xb.as_ptr(),
+                    lx,
+                    out.as_mut_ptr(),
+                )
+            };
+            let want = cpu().backend().binary(op, x.view(), x.view()).unwrap();
+            let want = Tensor::from_buffer(want, Layout::contiguous(&[n]), &cpu())
+                .unwrap()
+                .to_vec_f64()
+                .unwrap();
+            same(&format!("binary {op:?} {s}"), &as_f64(&out), &want, tol);
+        }
+    }
+}

@@ -2,6 +2,7 @@
 // thread, so grid-stride loops run every index in turn and block reductions see one thread.
 #include <math.h>
 #include <string.h>
+#define TESSERA_HOST_EMULATION 1  // half.cu: f16 conversions through the compiler's _Float16
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -15,6 +16,8 @@ inline unsigned int __umulhi(unsigned int a, unsigned int b) {
 }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+inline float __uint_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
+inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
 inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
 inline double atomicAdd(double* p, double v) { double o = *p; *p = o + v; return o; }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {

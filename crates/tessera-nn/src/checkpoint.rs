@@ -9,7 +9,7 @@ use crate::optim::Optimizer;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use tessera_core::{DType, Device, Error, HostData, Result, Tensor};
+use tessera_core::{half, DType, Device, Error, HostData, Result, Tensor};
 
 const OPTIMIZER_PREFIX: &str = "optimizer.";
 
@@ -32,6 +32,11 @@ fn to_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
         HostData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         HostData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         HostData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        HostData::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        HostData::BF16(v) => (
+            Dtype::BF16,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
     })
 }
 
@@ -53,10 +58,22 @@ fn from_view(path: &Path, name: &str, v: &TensorView<'_>, device: &Device) -> Re
                 .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
                 .collect(),
         ),
+        Dtype::F16 => HostData::F16(
+            d.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        Dtype::BF16 => HostData::BF16(
+            d.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
         other => {
             return Err(bad(
                 path,
-                format!("tensor {name} has dtype {other:?}; tessera reads F32, F64 and I64"),
+                format!(
+                    "tensor {name} has dtype {other:?}; tessera reads F32, F64, I64, F16 and BF16"
+                ),
             ))
         }
     };
@@ -223,6 +240,8 @@ pub fn dtype_of(d: Dtype) -> Option<DType> {
         Dtype::F32 => Some(DType::F32),
         Dtype::F64 => Some(DType::F64),
         Dtype::I64 => Some(DType::I64),
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
         _ => None,
     }
 }

@@ -110,6 +110,72 @@ macro_rules! float {
 float!(f32, libm::erff);
 float!(f64, libm::erf);
 
+/// Half types compute through f32 per element (as PyTorch's CPU kernels do); ops that
+/// accumulate (sums, GEMM, softmax, col2im) run in f32 end to end, see the backend.
+macro_rules! half_float {
+    ($t:ty) => {
+        impl Num for $t {
+            #[inline(always)]
+            fn zero() -> Self {
+                <$t>::ZERO
+            }
+            #[inline(always)]
+            fn one() -> Self {
+                <$t>::ONE
+            }
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                <$t>::from_f64(v)
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                // Both half formats keep the sign in the top bit.
+                <$t>::from_bits(self.to_bits() & 0x7fff)
+            }
+        }
+        impl Float for $t {
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::from_f32(self.to_f32().exp())
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                <$t>::from_f32(self.to_f32().ln())
+            }
+            #[inline(always)]
+            fn ln_1p(self) -> Self {
+                <$t>::from_f32(self.to_f32().ln_1p())
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::from_f32(self.to_f32().sqrt())
+            }
+            #[inline(always)]
+            fn tanh(self) -> Self {
+                <$t>::from_f32(self.to_f32().tanh())
+            }
+            #[inline(always)]
+            fn erf(self) -> Self {
+                <$t>::from_f32(libm::erff(self.to_f32()))
+            }
+            #[inline(always)]
+            fn powf(self, p: Self) -> Self {
+                <$t>::from_f32(self.to_f32().powf(p.to_f32()))
+            }
+        }
+    };
+}
+half_float!(half::f16);
+half_float!(half::bf16);
+
 impl Num for i64 {
     #[inline(always)]
     fn zero() -> Self {

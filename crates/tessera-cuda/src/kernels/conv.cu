@@ -18,6 +18,7 @@ struct Win {
     }
 UNFOLD(float, f32)
 UNFOLD(double, f64)
+UNFOLD(unsigned short, u16)  // f16 and bf16: a 16-bit copy, fill given as bits
 
 // One thread per input pixel sums the taps that read it: no atomics, deterministic.
 #define FOLD(T, S)                                                                               \

@@ -3,7 +3,7 @@
 use super::{grid, suffix};
 use crate::{cuda_buf, launch, CudaBackend, CudaBuffer};
 use cudarc::driver::DeviceRepr;
-use tessera_core::{Buffer, Error, Result, View, Window};
+use tessera_core::{half, Buffer, DType, Error, Result, View, Window};
 
 /// The window geometry as conv.cu reads it (`Win`).
 #[repr(C)]
@@ -57,8 +57,9 @@ pub fn unfold(be: &CudaBackend, x: View<'_>, w: &Window, fill: f64) -> Result<Cu
         return Ok(out);
     }
     let (len, h, wd, g, op_) = (n as i64, s[2] as i64, s[3] as i64, Win::from(w), out.ptr());
+    // The fill value travels in the element type (as 16 bits for f16/bf16).
     match xb.dtype() {
-        tessera_core::DType::F32 => {
+        DType::F32 => {
             let f = fill as f32;
             launch!(
                 be,
@@ -74,12 +75,44 @@ pub fn unfold(be: &CudaBackend, x: View<'_>, w: &Window, fill: f64) -> Result<Cu
                 op_
             )?
         }
-        _ => {
+        DType::F16 => {
+            let f = half::f16::from_f64(fill).to_bits();
+            launch!(
+                be,
+                "conv",
+                "unfold_u16",
+                grid(n),
+                len,
+                src,
+                h,
+                wd,
+                g,
+                f,
+                op_
+            )?
+        }
+        DType::BF16 => {
+            let f = half::bf16::from_f64(fill).to_bits();
+            launch!(
+                be,
+                "conv",
+                "unfold_u16",
+                grid(n),
+                len,
+                src,
+                h,
+                wd,
+                g,
+                f,
+                op_
+            )?
+        }
+        d => {
             let f = fill;
             launch!(
                 be,
                 "conv",
-                format!("unfold_{}", suffix(xb.dtype())),
+                format!("unfold_{}", suffix(d)),
                 grid(n),
                 len,
                 src,

@@ -5,7 +5,7 @@ use crate::{cuda_buf, launch, strided, CudaBackend, CudaBuffer};
 use tessera_core::{BinaryOp, Buffer, DType, Distribution, Error, Result, UnaryOp, View};
 
 /// The kernel's op code and its two parameters.
-fn unary_code(op: UnaryOp) -> (i32, f64, f64) {
+pub(crate) fn unary_code(op: UnaryOp) -> (i32, f64, f64) {
     use UnaryOp::*;
     match op {
         Neg => (0, 0.0, 0.0),
@@ -69,7 +69,7 @@ pub fn unary(be: &CudaBackend, op: UnaryOp, x: View<'_>) -> Result<CudaBuffer> {
     Ok(out)
 }
 
-fn binary_code(op: BinaryOp) -> i32 {
+pub(crate) fn binary_code(op: BinaryOp) -> i32 {
     use BinaryOp::*;
     match op {
         Add => 0,

@@ -1,9 +1,14 @@
-//! Batched matrix products: cuBLAS strided-batched GEMM for f32/f64, reading operands in place
+//! Batched matrix products: cuBLAS strided-batched GEMM for f32/f64 (and f16/bf16 with f32
+//! accumulation), reading operands in place
 //! when they are row-major or transposed matrices with one batch stride; matmul.cu for i64.
 
 use super::{dev_err, grid};
 use crate::{cuda_buf, launch, CudaBackend, CudaBuffer};
-use cudarc::cublas::{result as blas, sys::cublasOperation_t as Op};
+use cudarc::cublas::result as blas;
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t as Op, cudaDataType,
+};
+use std::ffi::c_void;
 use tessera_core::{coalesce, Buffer, DType, Error, Result, View};
 
 /// One GEMM operand as cuBLAS reads it (column-major view of row-major data).
@@ -105,6 +110,40 @@ pub fn matmul(be: &CudaBackend, a: View<'_>, b: View<'_>) -> Result<CudaBuffer> 
     // SAFETY: pointers address live buffers of the right sizes; leading dimensions were checked.
     let res = unsafe {
         match dtype {
+            // f16/bf16 in and out, f32 accumulation and scalars.
+            DType::F16 | DType::BF16 => {
+                let t = if dtype == DType::F16 {
+                    cudaDataType::CUDA_R_16F
+                } else {
+                    cudaDataType::CUDA_R_16BF
+                };
+                let (one, zero) = (1.0f32, 0.0f32);
+                blas::gemm_strided_batched_ex(
+                    h,
+                    op(ob.trans),
+                    op(oa.trans),
+                    mi,
+                    ni,
+                    ki,
+                    &one as *const f32 as *const c_void,
+                    ob.ptr as *const c_void,
+                    t,
+                    ob.ld,
+                    ob.batch_stride,
+                    oa.ptr as *const c_void,
+                    t,
+                    oa.ld,
+                    oa.batch_stride,
+                    &zero as *const f32 as *const c_void,
+                    out.ptr() as *mut c_void,
+                    t,
+                    mi,
+                    stride_c,
+                    bi,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+                )
+            }
             DType::F32 => blas::sgemm_strided_batched(
                 h,
                 op(ob.trans),

@@ -3,6 +3,7 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod half;
 pub mod matmul;
 pub mod reduce;
 pub mod shape;
@@ -15,22 +16,28 @@ use tessera_core::{coalesce, Error, Layout, Result};
 
 /// Prepended to every family: the `Strided` descriptor and indexing helpers.
 const COMMON: &str = include_str!("common.cuh");
+/// The elementwise op templates, shared by `elementwise` and `half`.
+const OPS: &str = include_str!("ops.cuh");
 
-/// Every kernel family: (name, CUDA C source without the common header).
+/// Every kernel family: (name, CUDA C source without the headers).
 pub const FAMILIES: &[(&str, &str)] = &[
     ("elementwise", include_str!("elementwise.cu")),
+    ("half", include_str!("half.cu")),
     ("reduce", include_str!("reduce.cu")),
     ("shape", include_str!("shape.cu")),
     ("conv", include_str!("conv.cu")),
     ("matmul", include_str!("matmul.cu")),
 ];
 
-/// The full source NVRTC compiles for `family`.
+/// The full source NVRTC compiles for `family`: the headers it uses, then its own source.
 pub fn family_source(family: &str) -> Option<String> {
-    FAMILIES
-        .iter()
-        .find(|(n, _)| *n == family)
-        .map(|(_, src)| format!("{COMMON}\n{src}"))
+    let (_, src) = FAMILIES.iter().find(|(n, _)| *n == family)?;
+    let ops = if matches!(family, "elementwise" | "half") {
+        OPS
+    } else {
+        ""
+    };
+    Some(format!("{COMMON}\n{ops}\n{src}"))
 }
 
 /// Where `cuda_fp16.h` and friends live: `TESSERA_CUDA_INCLUDE`, else `$CUDA_HOME/include`,
@@ -253,4 +260,13 @@ pub fn per_row(rows: usize) -> LaunchConfig {
 /// The kernel-name suffix of a dtype.
 pub fn suffix(d: tessera_core::DType) -> &'static str {
     d.as_str()
+}
+
+/// The kernel-name suffix for kernels that only move elements: f16 and bf16 share `u16`.
+pub fn bits_suffix(d: tessera_core::DType) -> &'static str {
+    if d.is_half() {
+        "u16"
+    } else {
+        d.as_str()
+    }
 }

@@ -8,6 +8,7 @@
 COPY(float, f32)
 COPY(double, f64)
 COPY(i64, i64)
+COPY(unsigned short, u16)  // f16 and bf16
 
 __device__ __forceinline__ void report(i64* err, i64 j) {
     // err[0] is a flag (0 = fine), err[1] the offending index.
@@ -28,6 +29,7 @@ __device__ __forceinline__ void report(i64* err, i64 j) {
 GATHER(float, f32)
 GATHER(double, f64)
 GATHER(i64, i64)
+GATHER(unsigned short, u16)
 
 __device__ __forceinline__ void add_to(float* p, float v) { atomicAdd(p, v); }
 __device__ __forceinline__ void add_to(double* p, double v) { atomicAdd(p, v); }

@@ -1,6 +1,6 @@
 //! Launchers of shape.cu: strided copy, assemble, gather, scatter-add.
 
-use super::{dev_err, grid, suffix, Strided};
+use super::{bits_suffix, dev_err, grid, suffix, Strided};
 use crate::{cuda_buf, launch, CudaBackend, CudaBuffer};
 use cudarc::driver::result;
 use tessera_core::{contiguous_strides, Buffer, DType, Error, Layout, Result, View};
@@ -22,7 +22,7 @@ pub fn copy(
     launch!(
         be,
         "shape",
-        format!("copy_{}", suffix(src.dtype())),
+        format!("copy_{}", bits_suffix(src.dtype())),
         grid(n),
         len,
         sp,
@@ -59,10 +59,8 @@ pub fn assemble(
     let covered: usize = parts.iter().map(|(r, _)| r.numel()).sum();
     let out = if covered >= len && parts.len() == 1 {
         be.empty(len, dtype)? // one part fills everything: no need to fill first
-    } else if fill == 0.0 && fill.is_sign_positive() {
-        be.zeros(len, dtype)?
     } else {
-        super::elementwise::fill(be, len, dtype, fill)?
+        be.filled(len, dtype, fill)?
     };
     for (region, v) in parts {
         copy(be, cuda_buf("assemble", *v)?, v.layout, &out, region)?;
@@ -147,7 +145,7 @@ pub fn gather(be: &CudaBackend, x: View<'_>, dim: usize, index: View<'_>) -> Res
         out.ptr(),
         flag.ptr(),
     );
-    let name = format!("gather_{}", suffix(xb.dtype()));
+    let name = format!("gather_{}", bits_suffix(xb.dtype()));
     launch!(
         be,
         "shape",
