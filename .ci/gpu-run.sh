@@ -15,7 +15,7 @@ done
 if ! ls /usr/local/cuda/lib64/libnvrtc.so* >/dev/null 2>&1; then
   for lib in libnvrtc.so libcublas.so; do
     f=$(find / -xdev \( -name "$lib.13*" -o -name "$lib.12*" \) 2>/dev/null | head -1)
-    [ -n "$f" ] && export LD_LIBRARY_PATH="$(dirname "$f"):$LD_LIBRARY_PATH"
+    [ -n "$f" ] && export LD_LIBRARY_PATH="$(dirname "$f")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   done
 fi
 export TESSERA_CUDA_INCLUDE="${TESSERA_CUDA_INCLUDE:-/usr/local/cuda/include}"
@@ -25,7 +25,7 @@ export CARGO_MANIFEST_DIR="$PWD"
 
 {
   nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv
-  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
   ls /usr/local/cuda/lib64 2>/dev/null | grep -E "nvrtc|cublas" | head
 } 2>&1 | tee "$OUT/gpu.txt"
 
