@@ -616,7 +616,7 @@ fn rows() -> Vec<Row> {
                 )
             }
         ),
-        row!("lstm", Custom(rnn_inputs), false, |x, _| run_rnn(
+        row!("lstm", Custom(rnn_inputs), true, |x, _| run_rnn(
             tessera::ops::rnn::Cell::Lstm,
             x
         )),

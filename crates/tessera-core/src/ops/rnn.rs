@@ -53,8 +53,9 @@ pub struct RnnOutput {
     pub c_n: Option<Tensor>,
 }
 
-/// Runs one direction of one layer over `xp` (input projections `[T, B, G·H]`, biases added),
-/// returning the per-step hidden states in time order and the final state(s).
+/// Runs one direction of one layer over `xp` (input projections `[T, B, G·H]`, input biases
+/// added), returning the per-step hidden states in time order and the final state(s). The GRU
+/// is composed of recorded ops; the LSTM is one node ([`lstm_sequence`]).
 fn run_direction(
     cell: Cell,
     xp: &Tensor,
@@ -63,10 +64,18 @@ fn run_direction(
     c0: Option<Tensor>,
     reverse: bool,
 ) -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
+    if cell == Cell::Lstm {
+        let c0 = c0.ok_or_else(|| Error::invalid("lstm", "missing cell state"))?;
+        let xp = match w.b_hh {
+            Some(b) => xp.add(b)?,
+            None => xp.clone(),
+        };
+        return lstm_sequence(&xp, w.w_hh, &h0, &c0, reverse);
+    }
     let t_len = xp.dims()[0];
     let hsz = h0.dims()[1];
     let w_hh_t = w.w_hh.t()?;
-    let (mut h, mut c) = (h0, c0);
+    let mut h = h0;
     let mut outs = vec![None; t_len];
     for step in 0..t_len {
         let t = if reverse { t_len - 1 - step } else { step };
@@ -76,35 +85,159 @@ fn run_direction(
             hp = hp.add(b)?;
         }
         let gate = |src: &Tensor, k: usize| src.narrow(1, k * hsz, hsz);
-        match cell {
-            Cell::Lstm => {
-                let z = x_t.add(&hp)?;
-                let i = gate(&z, 0)?.sigmoid()?;
-                let f = gate(&z, 1)?.sigmoid()?;
-                let g = gate(&z, 2)?.tanh()?;
-                let o = gate(&z, 3)?.sigmoid()?;
-                let c_prev = c
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid("lstm", "missing cell state"))?;
-                let c_new = f.mul(c_prev)?.add(&i.mul(&g)?)?;
-                h = o.mul(&c_new.tanh()?)?;
-                c = Some(c_new);
-            }
-            Cell::Gru => {
-                let r = gate(&x_t, 0)?.add(&gate(&hp, 0)?)?.sigmoid()?;
-                let z = gate(&x_t, 1)?.add(&gate(&hp, 1)?)?.sigmoid()?;
-                let n = gate(&x_t, 2)?.add(&r.mul(&gate(&hp, 2)?)?)?.tanh()?;
-                // h' = n + z·(h - n) = (1 - z)·n + z·h
-                h = n.add(&z.mul(&h.sub(&n)?)?)?;
-            }
-        }
+        let r = gate(&x_t, 0)?.add(&gate(&hp, 0)?)?.sigmoid()?;
+        let z = gate(&x_t, 1)?.add(&gate(&hp, 1)?)?.sigmoid()?;
+        let n = gate(&x_t, 2)?.add(&r.mul(&gate(&hp, 2)?)?)?.tanh()?;
+        // h' = n + z·(h - n) = (1 - z)·n + z·h
+        h = n.add(&z.mul(&h.sub(&n)?)?)?;
         outs[t] = Some(h.clone());
     }
     let outs = outs
         .into_iter()
         .map(|o| o.ok_or_else(|| Error::invalid("rnn", "empty sequence")))
         .collect::<Result<Vec<_>>>()?;
-    Ok((outs, h, c))
+    Ok((outs, h, c0))
+}
+
+/// What one LSTM pass over a sequence computes, per time index (not processing order):
+/// the gate activations `(i, f, g, o)`, `tanh(c_t)`, and the states each step started from.
+struct LstmTrace {
+    gates: Vec<[Tensor; 4]>,
+    tanh_c: Vec<Tensor>,
+    h_prev: Vec<Tensor>,
+    c_prev: Vec<Tensor>,
+    outs: Vec<Tensor>,
+    c_last: Tensor,
+}
+
+/// Processing order of the time indices.
+fn time_order(t_len: usize, reverse: bool) -> Vec<usize> {
+    if reverse {
+        (0..t_len).rev().collect()
+    } else {
+        (0..t_len).collect()
+    }
+}
+
+/// The LSTM recurrence over `xp` (`[T, B, 4H]`, every bias added), from `h0`, `c0` (`[B, H]`).
+fn lstm_steps(
+    xp: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    reverse: bool,
+) -> Result<LstmTrace> {
+    let t_len = xp.dims()[0];
+    let hsz = h0.dims()[1];
+    let w_t = w_hh.t()?;
+    let (mut h, mut c) = (h0.clone(), c0.clone());
+    let mut slots: Vec<Option<(Tensor, [Tensor; 4], Tensor, Tensor, Tensor)>> = vec![None; t_len];
+    for t in time_order(t_len, reverse) {
+        let z = xp.narrow(0, t, 1)?.squeeze(0)?.add(&h.matmul(&w_t)?)?;
+        let gate = |k: usize| z.narrow(1, k * hsz, hsz);
+        let (i, f, g, o) = (
+            gate(0)?.sigmoid()?,
+            gate(1)?.sigmoid()?,
+            gate(2)?.tanh()?,
+            gate(3)?.sigmoid()?,
+        );
+        let c_new = f.mul(&c)?.add(&i.mul(&g)?)?;
+        let tc = c_new.tanh()?;
+        let h_new = o.mul(&tc)?;
+        slots[t] = Some((h_new.clone(), [i, f, g, o], tc, h, c));
+        h = h_new;
+        c = c_new;
+    }
+    let mut tr = LstmTrace {
+        gates: Vec::with_capacity(t_len),
+        tanh_c: Vec::with_capacity(t_len),
+        h_prev: Vec::with_capacity(t_len),
+        c_prev: Vec::with_capacity(t_len),
+        outs: Vec::with_capacity(t_len),
+        c_last: c,
+    };
+    for slot in slots {
+        let (out, gates, tc, hp, cp) =
+            slot.ok_or_else(|| Error::invalid("lstm", "empty sequence"))?;
+        tr.outs.push(out);
+        tr.gates.push(gates);
+        tr.tanh_c.push(tc);
+        tr.h_prev.push(hp);
+        tr.c_prev.push(cp);
+    }
+    Ok(tr)
+}
+
+/// One LSTM direction as a single tape node with a hand-written BPTT: the per-step backward
+/// needs one GEMM (`dz · W_hh`) and the weight gradient is one GEMM over all steps,
+/// `dZᵀ · H_prev`, instead of one small accumulated GEMM per step. Returns the outputs in time
+/// order, `h_T` and `c_T`.
+///
+/// Under `backward_create_graph` the closure recomputes the forward with recorded ops, so
+/// gradients of gradients see every dependence on the inputs.
+fn lstm_sequence(
+    xp: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    reverse: bool,
+) -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
+    let t_len = xp.dims()[0];
+    let trace = crate::no_grad(|| lstm_steps(xp, w_hh, h0, c0, reverse))?;
+    // One packed result [T + 1, B, H]: the T outputs, then c_T (h_T is output T-1 or 0).
+    let mut rows: Vec<&Tensor> = trace.outs.iter().collect();
+    rows.push(&trace.c_last);
+    let packed = crate::no_grad(|| Tensor::stack(&rows, 0))?;
+    let saved = std::rc::Rc::new(trace);
+    let (xp_s, w_s, h0_s, c0_s) = (xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
+    let packed = packed.record_op("lstm", &[xp, w_hh, h0, c0], move |gp, _| {
+        // With create_graph, recompute the trace with recorded ops (see above).
+        let fresh;
+        let tr = if crate::tape::is_grad_enabled() {
+            fresh = lstm_steps(&xp_s, &w_s, &h0_s, &c0_s, reverse)?;
+            &fresh
+        } else {
+            &*saved
+        };
+        let mut dh_next: Option<Tensor> = None;
+        let mut dc_next = gp.narrow(0, t_len, 1)?.squeeze(0)?;
+        let mut dz_all: Vec<Option<Tensor>> = vec![None; t_len];
+        let one_minus_sq = |a: &Tensor| a.square()?.neg()?.add_scalar(1.0);
+        let one_minus = |a: &Tensor| a.neg()?.add_scalar(1.0);
+        for t in time_order(t_len, reverse).into_iter().rev() {
+            let [i, f, g, o] = &tr.gates[t];
+            let tc = &tr.tanh_c[t];
+            let mut dh = gp.narrow(0, t, 1)?.squeeze(0)?;
+            if let Some(d) = &dh_next {
+                dh = dh.add(d)?;
+            }
+            let dc = dc_next.add(&dh.mul(o)?.mul(&one_minus_sq(tc)?)?)?;
+            let dzi = dc.mul(g)?.mul(&i.mul(&one_minus(i)?)?)?;
+            let dzf = dc.mul(&tr.c_prev[t])?.mul(&f.mul(&one_minus(f)?)?)?;
+            let dzg = dc.mul(i)?.mul(&one_minus_sq(g)?)?;
+            let dzo = dh.mul(tc)?.mul(&o.mul(&one_minus(o)?)?)?;
+            let dz = Tensor::concat(&[&dzi, &dzf, &dzg, &dzo], 1)?;
+            dh_next = Some(dz.matmul(&w_s)?);
+            dc_next = dc.mul(f)?;
+            dz_all[t] = Some(dz);
+        }
+        let dz: Vec<Tensor> = dz_all.into_iter().flatten().collect();
+        let dxp = Tensor::stack(&dz.iter().collect::<Vec<_>>(), 0)?;
+        let (b, hsz) = (h0_s.dims()[0], h0_s.dims()[1]);
+        let hp = Tensor::stack(&tr.h_prev.iter().collect::<Vec<_>>(), 0)?;
+        let dw = dxp
+            .reshape_usize(&[t_len * b, 4 * hsz])?
+            .t()?
+            .matmul(&hp.reshape_usize(&[t_len * b, hsz])?)?;
+        Ok(vec![Some(dxp), Some(dw), dh_next, Some(dc_next)])
+    });
+    let last = if reverse { 0 } else { t_len - 1 };
+    let outs = (0..t_len)
+        .map(|t| packed.narrow(0, t, 1)?.squeeze(0))
+        .collect::<Result<Vec<_>>>()?;
+    let h_last = outs[last].clone();
+    let c_last = packed.narrow(0, t_len, 1)?.squeeze(0)?;
+    Ok((outs, h_last, Some(c_last)))
 }
 
 /// A multi-layer, optionally bidirectional LSTM or GRU over `x` (`[T, B, I]`, or `[B, T, I]`
