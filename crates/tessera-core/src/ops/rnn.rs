@@ -131,7 +131,9 @@ fn lstm_steps(
     let hsz = h0.dims()[1];
     let w_t = w_hh.t()?;
     let (mut h, mut c) = (h0.clone(), c0.clone());
-    let mut slots: Vec<Option<(Tensor, [Tensor; 4], Tensor, Tensor, Tensor)>> = vec![None; t_len];
+    // Per time index: (h_t, gates, tanh(c_t), h_prev, c_prev).
+    type Slot = (Tensor, [Tensor; 4], Tensor, Tensor, Tensor);
+    let mut slots: Vec<Option<Slot>> = vec![None; t_len];
     for t in time_order(t_len, reverse) {
         let z = xp.narrow(0, t, 1)?.squeeze(0)?.add(&h.matmul(&w_t)?)?;
         let gate = |k: usize| z.narrow(1, k * hsz, hsz);
