@@ -2,7 +2,7 @@
 //!
 //! | op | rule |
 //! | --- | --- |
-//! | bmm | dA = G·Bᵀ, dB = Aᵀ·G |
+//! | bmm | dA = G·Bᵀ, dB = Aᵀ·G (computed as (Gᵀ·A)ᵀ when B is a transposed view, likewise A) |
 //! | matmul | composite: 1-d operands are unsqueezed, batch dims expanded (expand's rule sums them back), then bmm |
 //! | linear | composite: x·Wᵀ + b |
 
@@ -10,6 +10,14 @@ use super::{float_only, same_kind, when};
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
 use crate::tensor::Tensor;
+
+/// Whether `t` is a transposed contiguous matrix (2-d, strides `(1, rows)`). Batched operands
+/// keep the plain rule: their gradients are summed over broadcast batch dims, which is faster
+/// on row-major products.
+fn col_major(t: &Tensor) -> bool {
+    let (d, s) = (t.dims(), t.strides());
+    t.rank() == 2 && d[0] > 1 && d[1] > 1 && s[0] == 1 && s[1] == d[0]
+}
 
 impl Tensor {
     /// Product of `[..., m, k]` and `[..., k, n]` with identical batch dims.
@@ -21,9 +29,24 @@ impl Tensor {
         let out = self.output(buf, &shape);
         let (a, b) = (self.clone(), rhs.clone());
         Ok(out.record_op("matmul", &[self, rhs], move |g, n| {
+            // An operand that is a transposed view (x·Wᵀ in linear) gets its gradient as the
+            // transpose of a contiguous product, so the gradient reaching the stored tensor
+            // (W) is contiguous and the optimizer's update runs on the fast path.
             Ok(vec![
-                when(n[0], || g.bmm(&b.transpose(-1, -2)?))?,
-                when(n[1], || a.transpose(-1, -2)?.bmm(g))?,
+                when(n[0], || {
+                    if col_major(&a) {
+                        b.bmm(&g.transpose(-1, -2)?)?.transpose(-1, -2)
+                    } else {
+                        g.bmm(&b.transpose(-1, -2)?)
+                    }
+                })?,
+                when(n[1], || {
+                    if col_major(&b) {
+                        g.transpose(-1, -2)?.bmm(&a)?.transpose(-1, -2)
+                    } else {
+                        a.transpose(-1, -2)?.bmm(g)
+                    }
+                })?,
             ])
         }))
     }
