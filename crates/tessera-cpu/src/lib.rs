@@ -36,7 +36,9 @@ pub fn cpu() -> Device {
 /// size.
 pub fn set_num_threads(n: usize) -> Result<()> {
     // SAFETY-relevant note: set_var is called before any thread of ours reads the environment.
-    std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    // GEMMs are split across rayon's threads (kernels/matmul.rs); matrixmultiply's own pool
+    // stays at one thread.
+    std::env::set_var("MATMUL_NUM_THREADS", "1");
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     match rayon::ThreadPoolBuilder::new()
         .num_threads(n)
@@ -455,6 +457,57 @@ mod tests {
             })
         };
         assert_eq!(draw(1), draw(3));
+    }
+
+    #[test]
+    fn products_split_across_threads_match_a_plain_loop() {
+        // Above SPLIT_MIN multiply-adds: split by columns (m <= n) and by rows (m > n), with a
+        // transposed operand and a batch of two.
+        let dev = cpu();
+        for (m, k, n, batch) in [(130, 300, 450, 1), (470, 300, 140, 1), (200, 260, 330, 2)] {
+            let a = Tensor::arange(0.0, (batch * m * k) as f64, 1.0, DType::F64, &dev)
+                .unwrap()
+                .reshape(&[batch as isize, m as isize, k as isize])
+                .unwrap()
+                .remainder_for_test(7.0);
+            let bt = Tensor::arange(0.0, (batch * n * k) as f64, 1.0, DType::F64, &dev)
+                .unwrap()
+                .reshape(&[batch as isize, n as isize, k as isize])
+                .unwrap()
+                .remainder_for_test(11.0);
+            let b = bt.transpose(1, 2).unwrap();
+            let c = a.matmul(&b).unwrap().to_vec::<f64>().unwrap();
+            let (av, bv) = (a.to_vec::<f64>().unwrap(), bt.to_vec::<f64>().unwrap());
+            for q in 0..batch {
+                for i in (0..m).step_by(7) {
+                    for j in (0..n).step_by(5) {
+                        let want: f64 = (0..k)
+                            .map(|p| av[(q * m + i) * k + p] * bv[(q * n + j) * k + p])
+                            .sum();
+                        assert_eq!(c[(q * m + i) * n + j], want, "{m}x{k}x{n} at {q},{i},{j}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Small integers keep every product exact in f64 (moduli 7 and 11 do not divide k, so
+    /// rows and columns differ).
+    trait RemainderForTest {
+        fn remainder_for_test(self, d: f64) -> Tensor;
+    }
+    impl RemainderForTest for Tensor {
+        fn remainder_for_test(self, d: f64) -> Tensor {
+            let q = self.mul_scalar(1.0 / d).unwrap().to_vec::<f64>().unwrap();
+            let v: Vec<f64> = self
+                .to_vec::<f64>()
+                .unwrap()
+                .iter()
+                .zip(q)
+                .map(|(x, q)| x - d * q.floor() - 3.0)
+                .collect();
+            Tensor::from_vec(v, self.dims(), &cpu()).unwrap()
+        }
     }
 
     #[test]
