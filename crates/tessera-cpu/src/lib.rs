@@ -4,8 +4,9 @@
 //! with contiguous fast paths that LLVM vectorises, `rayon` above a size threshold, and general
 //! strided paths for views.
 //!
-//! Threads: rayon's pool follows `RAYON_NUM_THREADS`; matrixmultiply's own threads follow
-//! `MATMUL_NUM_THREADS`. [`set_num_threads`] sets both before first use.
+//! Threads: everything, GEMMs included, runs on rayon's pool, which follows
+//! `RAYON_NUM_THREADS` or [`set_num_threads`]; matrixmultiply is kept single-threaded
+//! (`MATMUL_NUM_THREADS=1`, set when the device is created) and called on blocks of the output.
 
 mod buffer;
 pub mod kernels;
@@ -27,11 +28,16 @@ pub struct CpuBackend;
 /// The shared CPU device.
 pub fn cpu() -> Device {
     static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| Device::new(Arc::new(CpuBackend)))
-        .clone()
+    DEV.get_or_init(|| {
+        // GEMMs run on rayon's threads (kernels/matmul.rs); matrixmultiply's own pool, sized
+        // when its first GEMM runs, must stay at one thread or the two would nest.
+        std::env::set_var("MATMUL_NUM_THREADS", "1");
+        Device::new(Arc::new(CpuBackend))
+    })
+    .clone()
 }
 
-/// Uses `n` threads for both rayon and matrixmultiply. Must run before the first kernel (each
+/// Uses `n` threads (rayon's pool, which GEMMs share). Must run before the first kernel (the
 /// pool reads its setting once); returns an error if rayon's pool already started with another
 /// size.
 pub fn set_num_threads(n: usize) -> Result<()> {
