@@ -8,12 +8,13 @@ use crate::buffer::alloc;
 use rayon::prelude::*;
 use tessera_core::Layout;
 
-/// Products with fewer multiply-adds than this run on one thread. Measured on this 2-core
-/// machine, 5 interleaved rounds, medians: at 2^24 W3 (128x784x512 GEMMs, split) went from 258
-/// to 314 steps/s and W5 (32x256x1024 per step, not split) from 14.0 to 14.9 steps/s; at 2^18
-/// W5 fell to ~13 (splitting wakes a sleeping rayon worker per step, which costs more than half
-/// of an 8M multiply-add product).
-const SPLIT_MIN: usize = 1 << 24;
+/// Products with fewer multiply-adds than this (or with an output side under 64) run on one
+/// thread. Measured on this 2-core machine, interleaved rounds, medians: splitting from 2^24
+/// up gave W3 (128x784x512 GEMMs) 258 -> 314 steps/s over matrixmultiply's own threads; 2^18
+/// without the side rule cost W5 ~15% (its 32x256x1024 per-step products then wake a sleeping
+/// rayon worker each step); 2^21 with the side rule, against 2^24: W3 321 -> 371, W4 134 ->
+/// 138, W5 17.4 -> 17.9.
+const SPLIT_MIN: usize = 1 << 21;
 
 /// Shapes of a batched product: batch dims, and `m`, `k`, `n`.
 struct Dims<'a> {
@@ -98,7 +99,7 @@ macro_rules! gemm_impl {
                 (0..nb)
                     .into_par_iter()
                     .for_each(|i| part(i, (0, d.m), (0, d.n), item(i)));
-            } else if threads > 1 && d.m * d.n * d.k >= SPLIT_MIN {
+            } else if threads > 1 && d.m * d.n * d.k >= SPLIT_MIN && d.m.min(d.n) >= 64 {
                 // Few large products: split each across the threads along its longer output
                 // side, so the shorter operand is the one packed twice.
                 let split_cols = d.m <= d.n;
