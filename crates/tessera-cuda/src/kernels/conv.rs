@@ -9,10 +9,15 @@ use tessera_core::{half, Buffer, DType, Error, Result, View, Window};
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Win {
+    /// Kernel size (rows, columns).
     pub k: [i64; 2],
+    /// Stride.
     pub s: [i64; 2],
+    /// Dilation.
     pub d: [i64; 2],
+    /// Padding before.
     pub p: [i64; 2],
+    /// Output positions per dim.
     pub o: [i64; 2],
 }
 
@@ -42,6 +47,7 @@ fn rank4(op: &'static str, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// im2col of `x` `[N, C, H, W]` into `[N, C, taps, positions]` (`Backend::unfold2d`).
 pub fn unfold(be: &CudaBackend, x: View<'_>, w: &Window, fill: f64) -> Result<CudaBuffer> {
     let s = x.layout.shape();
     rank4("unfold2d", s)?;
@@ -127,6 +133,7 @@ pub fn unfold(be: &CudaBackend, x: View<'_>, w: &Window, fill: f64) -> Result<Cu
     Ok(out)
 }
 
+/// col2im, the adjoint of [`unfold`] (`Backend::fold2d`), summed without atomics.
 pub fn fold(be: &CudaBackend, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<CudaBuffer> {
     let s = cols.layout.shape();
     rank4("fold2d", s)?;

@@ -38,6 +38,7 @@ fn integer_ok(op: UnaryOp) -> bool {
     )
 }
 
+/// `op` on every element of an f32/f64/i64 view (`Backend::unary`).
 pub fn unary(be: &CudaBackend, op: UnaryOp, x: View<'_>) -> Result<CudaBuffer> {
     let xb = cuda_buf("unary", x)?;
     let d = xb.dtype();
@@ -88,6 +89,7 @@ pub(crate) fn binary_code(op: BinaryOp) -> i32 {
     }
 }
 
+/// `op` on pairs of elements of two views of one shape and dtype (`Backend::binary`).
 pub fn binary(be: &CudaBackend, op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<CudaBuffer> {
     let (ab, bb) = (cuda_buf("binary", a)?, cuda_buf("binary", b)?);
     let n = a.layout.numel();
@@ -121,6 +123,7 @@ pub fn binary(be: &CudaBackend, op: BinaryOp, a: View<'_>, b: View<'_>) -> Resul
     Ok(out)
 }
 
+/// `cond != 0 ? a : b` (`Backend::where_cond`).
 pub fn where_cond(
     be: &CudaBackend,
     cond: View<'_>,
@@ -165,6 +168,7 @@ pub fn where_cond(
     Ok(out)
 }
 
+/// A contiguous copy of `x` converted to `dtype` through f64 (`Backend::cast`).
 pub fn cast(be: &CudaBackend, x: View<'_>, dtype: DType) -> Result<CudaBuffer> {
     let xb = cuda_buf("cast", x)?;
     let n = x.layout.numel();
@@ -177,6 +181,7 @@ pub fn cast(be: &CudaBackend, x: View<'_>, dtype: DType) -> Result<CudaBuffer> {
     Ok(out)
 }
 
+/// `len` copies of `value` (`Backend::fill`).
 pub fn fill(be: &CudaBackend, len: usize, dtype: DType, value: f64) -> Result<CudaBuffer> {
     let out = be.empty(len, dtype)?;
     if len > 0 {

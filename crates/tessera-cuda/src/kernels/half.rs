@@ -6,6 +6,7 @@ use super::{grid, suffix, Strided};
 use crate::{cuda_buf, launch, strided, CudaBackend, CudaBuffer};
 use tessera_core::{BinaryOp, Buffer, DType, Result, UnaryOp, View};
 
+/// `op` on every element of an f16/bf16 view, computed in f32.
 pub fn unary(be: &CudaBackend, op: UnaryOp, x: View<'_>) -> Result<CudaBuffer> {
     let xb = cuda_buf("unary", x)?;
     let n = x.layout.numel();
@@ -19,6 +20,7 @@ pub fn unary(be: &CudaBackend, op: UnaryOp, x: View<'_>) -> Result<CudaBuffer> {
     Ok(out)
 }
 
+/// `op` on pairs of f16/bf16 elements, computed in f32.
 pub fn binary(be: &CudaBackend, op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<CudaBuffer> {
     let (ab, bb) = (cuda_buf("binary", a)?, cuda_buf("binary", b)?);
     let n = a.layout.numel();
@@ -85,6 +87,7 @@ pub fn cast(be: &CudaBackend, x: View<'_>, dtype: DType) -> Result<CudaBuffer> {
     Ok(out)
 }
 
+/// `len` copies of `value` rounded to f16/bf16.
 pub fn fill(be: &CudaBackend, len: usize, dtype: DType, value: f64) -> Result<CudaBuffer> {
     let out = be.empty(len, dtype)?;
     if len > 0 {

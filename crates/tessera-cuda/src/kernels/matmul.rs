@@ -73,6 +73,7 @@ fn operand(be: &CudaBackend, v: View<'_>, rows: usize, cols: usize) -> Result<Op
     })
 }
 
+/// Batched `[..., m, k]·[..., k, n]` (`Backend::matmul`).
 pub fn matmul(be: &CudaBackend, a: View<'_>, b: View<'_>) -> Result<CudaBuffer> {
     let (sa, sb) = (a.layout.shape(), b.layout.shape());
     let r = sa.len();

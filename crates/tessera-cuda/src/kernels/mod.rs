@@ -102,6 +102,7 @@ impl std::fmt::Debug for Kernels {
 }
 
 impl Kernels {
+    /// Kernels of one context, compiled for `arch` on first use.
     pub fn new(ctx: Arc<CudaContext>, arch: &'static str) -> Kernels {
         Kernels {
             ctx,

@@ -20,6 +20,7 @@ pub fn split(x: &Layout, axes: &[usize]) -> (Layout, Layout) {
     (Layout::new(ks, kst, x.offset()), Layout::new(rs, rst, 0))
 }
 
+/// Sum/max/min over `axes`, or argmax/argmin over one axis (`Backend::reduce`).
 pub fn reduce(be: &CudaBackend, op: ReduceOp, x: View<'_>, axes: &[usize]) -> Result<CudaBuffer> {
     let xb = cuda_buf("reduce", x)?;
     if let Some(&a) = axes.iter().find(|&&a| a >= x.layout.rank()) {

@@ -32,6 +32,8 @@ pub fn copy(
     )
 }
 
+/// A buffer of `len` elements set to `fill` with each part copied into its region
+/// (`Backend::assemble`).
 pub fn assemble(
     be: &CudaBackend,
     len: usize,
@@ -117,6 +119,7 @@ pub fn scatter_view(shape: &[usize], dim: usize, ishape: &[usize]) -> (Layout, i
     (Layout::new(ishape.to_vec(), os, 0), sd)
 }
 
+/// `x` gathered along `dim` at `index` (`Backend::gather`); bad indices are errors.
 pub fn gather(be: &CudaBackend, x: View<'_>, dim: usize, index: View<'_>) -> Result<CudaBuffer> {
     let (xb, ib) = (cuda_buf("gather", x)?, index_buf("gather", index)?);
     let ishape = index.layout.shape();
@@ -165,6 +168,7 @@ pub fn gather(be: &CudaBackend, x: View<'_>, dim: usize, index: View<'_>) -> Res
     Ok(out)
 }
 
+/// `src` added into a zero buffer of `shape` along `dim` at `index` (`Backend::scatter_add`).
 pub fn scatter_add(
     be: &CudaBackend,
     shape: &[usize],
