@@ -41,7 +41,12 @@ fn build(family: &str) -> Option<Library> {
         String::from_utf8_lossy(&out.stderr)
     );
     // SAFETY: the library is our own kernels with no initialisers.
-    Some(unsafe { Library::new(&lib) }.unwrap())
+    let loaded = unsafe { Library::new(&lib) }.unwrap();
+    // A loaded library stays mapped after its file is removed.
+    let _ = std::fs::remove_file(&src);
+    let _ = std::fs::remove_file(&lib);
+    let _ = std::fs::remove_dir(&dir); // only once the last family's files are gone
+    Some(loaded)
 }
 
 fn cpu() -> tessera_core::Device {
