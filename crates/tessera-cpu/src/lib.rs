@@ -517,6 +517,33 @@ mod tests {
     }
 
     #[test]
+    fn middle_axis_reductions_match_a_plain_loop() {
+        // [a, b, c] reduced over b with c contiguous: the row-accumulating path, small and big.
+        for (a, b, c) in [(3, 4, 5), (40, 9, 300)] {
+            let dev = cpu();
+            let data: Vec<f64> = (0..a * b * c)
+                .map(|i| ((i * 7919) % 1000) as f64 / 37.0 - 13.0)
+                .collect();
+            let x = Tensor::from_vec(data, &[a, b, c], &dev).unwrap();
+            let v = x.to_vec::<f64>().unwrap();
+            let sum = x.sum(&[1], false).unwrap().to_vec::<f64>().unwrap();
+            let max = x.amax(&[1], false).unwrap().to_vec::<f64>().unwrap();
+            for i in 0..a {
+                for k in 0..c {
+                    let col = (0..b).map(|j| v[(i * b + j) * c + k]);
+                    let s: f64 = col.clone().sum();
+                    let m = col.fold(f64::NEG_INFINITY, f64::max);
+                    assert!(
+                        (sum[i * c + k] - s).abs() < 1e-12,
+                        "sum {a}x{b}x{c} at {i},{k}"
+                    );
+                    assert_eq!(max[i * c + k], m, "max {a}x{b}x{c} at {i},{k}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn large_strided_binary_ops_match_a_plain_loop() {
         // Exercises the parallel segment driver across row boundaries.
         let dev = cpu();

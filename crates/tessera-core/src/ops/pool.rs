@@ -119,8 +119,14 @@ pub fn max_pool2d(x: &Tensor, opts: &PoolOptions) -> Result<Tensor> {
     super::float_only("max_pool2d", x)?;
     let w = pool_window("max_pool2d", x, opts)?;
     let cols = unfold(x, &w, f64::NEG_INFINITY)?;
-    let at = crate::no_grad(|| cols.argmax(2, true))?;
     let (n, c) = (x.dims()[0], x.dims()[1]);
+    if !(crate::tape::is_grad_enabled() && x.requires_grad()) {
+        // No backward to route: one max reduction, no argmax indices.
+        return cols
+            .amax(&[2], false)?
+            .reshape_usize(&[n, c, w.out[0], w.out[1]]);
+    }
+    let at = crate::no_grad(|| cols.argmax(2, true))?;
     cols.gather(2, &at)?
         .reshape_usize(&[n, c, w.out[0], w.out[1]])
 }

@@ -131,6 +131,39 @@ pub fn reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axes: &[usize]) -> Vec<
         }
         return out;
     }
+    let k = s.kept.len();
+    if k >= 2 && s.kept_strides[k - 1] == 1 {
+        // The innermost kept dim is contiguous (a middle axis reduced, e.g. the taps of
+        // [N·C, taps, positions] in pooling): for each outer position, accumulate whole
+        // contiguous rows of that dim, which vectorises.
+        let len = s.kept[k - 1];
+        let (outer, outer_strides) = (&s.kept[..k - 1], &s.kept_strides[..k - 1]);
+        let rows = |(i, o): (usize, &mut [T])| {
+            let base0 = s.offset + unravel(i, outer, outer_strides);
+            for r in 0..s.group {
+                let base = base0 + unravel(r, &s.red, &s.red_strides);
+                let row = &x[base..base + len];
+                if r == 0 {
+                    o.copy_from_slice(row);
+                    continue;
+                }
+                match op {
+                    ReduceOp::Sum => o.iter_mut().zip(row).for_each(|(a, &v)| *a = *a + v),
+                    _ => o.iter_mut().zip(row).for_each(|(a, &v)| {
+                        if better(op, v, *a) {
+                            *a = v
+                        }
+                    }),
+                }
+            }
+        };
+        if big {
+            out.par_chunks_mut(len).enumerate().for_each(rows);
+        } else {
+            out.chunks_mut(len).enumerate().for_each(rows);
+        }
+        return out;
+    }
     // General case: walk the reduced elements row by row (the last reduced dim inner).
     let r = s.red.len();
     let (inner, istr) = (s.red[r - 1], s.red_strides[r - 1]);
