@@ -34,7 +34,7 @@ use tessera_core::{
 /// Launches kernel `$name` of `$family` with the given locals as arguments (in order).
 /// Arguments must be locals (not temporaries): the launch reads them through pointers.
 macro_rules! launch {
-    ($be:expr, $family:literal, $name:expr, $cfg:expr, $($arg:ident),+ $(,)?) => {{
+    ($be:expr, $family:expr, $name:expr, $cfg:expr, $($arg:ident),+ $(,)?) => {{
         let name: &str = &$name;
         let f = $be.kernels.get($family, name)?;
         let mut b = $be.stream.launch_builder(&f);
@@ -212,8 +212,6 @@ impl CudaBackend {
     pub(crate) fn filled(&self, len: usize, dtype: DType, value: f64) -> Result<CudaBuffer> {
         if value == 0.0 && value.is_sign_positive() {
             self.zeros(len, dtype)
-        } else if dtype.is_half() {
-            kernels::half::fill(self, len, dtype, value)
         } else {
             kernels::elementwise::fill(self, len, dtype, value)
         }
@@ -226,14 +224,14 @@ impl CudaBackend {
         x: View<'_>,
         f: impl FnOnce(View<'_>) -> Result<CudaBuffer>,
     ) -> Result<Arc<dyn Buffer>> {
-        let x32 = kernels::half::cast(self, x, DType::F32)?;
+        let x32 = kernels::elementwise::cast(self, x, DType::F32)?;
         let l = Layout::contiguous(x.layout.shape());
         let y = f(View {
             buf: &x32,
             layout: &l,
         })?;
         let ly = Layout::contiguous(&[y.len()]);
-        ok(kernels::half::cast(
+        ok(kernels::elementwise::cast(
             self,
             View {
                 buf: &y,
@@ -393,26 +391,17 @@ impl Backend for CudaBackend {
             kernels::shape::copy(self, cuda_buf("cast", x)?, x.layout, &out, &l)?;
             return ok(out);
         }
-        if from.is_half() || dtype.is_half() {
-            return ok(kernels::half::cast(self, x, dtype)?);
-        }
         ok(kernels::elementwise::cast(self, x, dtype)?)
     }
 
     fn unary(&self, op: UnaryOp, x: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
-        if x.buf.dtype().is_half() {
-            return ok(kernels::half::unary(self, op, x)?);
-        }
         ok(kernels::elementwise::unary(self, op, x)?)
     }
 
     fn binary(&self, op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         same_dtype("binary", a.buf.dtype(), b.buf.dtype())?;
-        if a.buf.dtype().is_half() {
-            return ok(kernels::half::binary(self, op, a, b)?);
-        }
         ok(kernels::elementwise::binary(self, op, a, b)?)
     }
 
@@ -421,7 +410,7 @@ impl Backend for CudaBackend {
         same_dtype("where", a.buf.dtype(), b.buf.dtype())?;
         if cond.buf.dtype().is_half() {
             // Conditions are read as f32 (exact for 0 and non-0).
-            let c = kernels::half::cast(self, cond, DType::F32)?;
+            let c = kernels::elementwise::cast(self, cond, DType::F32)?;
             let l = Layout::contiguous(cond.layout.shape());
             let c = View {
                 buf: &c,
@@ -429,16 +418,13 @@ impl Backend for CudaBackend {
             };
             return self.where_cond(c, a, b);
         }
-        if a.buf.dtype().is_half() {
-            return ok(kernels::half::where_cond(self, cond, a, b)?);
-        }
         ok(kernels::elementwise::where_cond(self, cond, a, b)?)
     }
 
     fn reduce(&self, op: ReduceOp, x: View<'_>, axes: &[usize]) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         if x.buf.dtype().is_half() {
-            let x32 = kernels::half::cast(self, x, DType::F32)?;
+            let x32 = kernels::elementwise::cast(self, x, DType::F32)?;
             let l = Layout::contiguous(x.layout.shape());
             let r = kernels::reduce::reduce(
                 self,
@@ -453,7 +439,7 @@ impl Backend for CudaBackend {
                 return ok(r);
             }
             let lr = Layout::contiguous(&[r.len()]);
-            return ok(kernels::half::cast(
+            return ok(kernels::elementwise::cast(
                 self,
                 View {
                     buf: &r,

@@ -20,11 +20,6 @@ BINARY(binary_f32, float)
 BINARY(binary_f64, double)
 BINARY(binary_i64, i64)
 
-#define WHERE(NAME, C, T)                                                                        \
-    extern "C" __global__ void NAME(i64 n, const C* c, Strided lc, const T* a, Strided la,       \
-                                    const T* b, Strided lb, T* out) {                            \
-        FOR_EACH(i, n) out[i] = c[at(lc, i)] != (C)0 ? a[at(la, i)] : b[at(lb, i)];             \
-    }
 WHERE(where_f32_f32, float, float)
 WHERE(where_f32_f64, float, double)
 WHERE(where_f32_i64, float, i64)

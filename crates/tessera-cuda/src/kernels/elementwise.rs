@@ -1,4 +1,6 @@
-//! Launchers of elementwise.cu: unary, binary, where, cast, fill, random.
+//! Launchers of elementwise.cu (f32, f64, i64) and half.cu (f16, bf16, computed in f32):
+//! unary, binary, where, cast, fill, random. The kernel family follows the dtype. Ops that
+//! accumulate run on f32 copies of half tensors (`via_f32` in lib.rs).
 
 use super::{grid, suffix, Strided};
 use crate::{cuda_buf, launch, strided, CudaBackend, CudaBuffer};
@@ -29,6 +31,15 @@ pub(crate) fn unary_code(op: UnaryOp) -> (i32, f64, f64) {
     }
 }
 
+/// The family holding the kernels of `d`: half types have their own (f32 math, no headers).
+fn family(d: DType) -> &'static str {
+    if d.is_half() {
+        "half"
+    } else {
+        "elementwise"
+    }
+}
+
 /// Ops that integer tensors support (the rest need floating point), as on the CPU.
 fn integer_ok(op: UnaryOp) -> bool {
     use UnaryOp::*;
@@ -55,7 +66,7 @@ pub fn unary(be: &CudaBackend, op: UnaryOp, x: View<'_>) -> Result<CudaBuffer> {
         let (len, xp, lx, op_) = (n as i64, xb.ptr(), strided("unary", x.layout)?, out.ptr());
         launch!(
             be,
-            "elementwise",
+            family(d),
             format!("unary_{}", suffix(d)),
             grid(n),
             code,
@@ -108,7 +119,7 @@ pub fn binary(be: &CudaBackend, op: BinaryOp, a: View<'_>, b: View<'_>) -> Resul
         let name = format!("binary_{}", suffix(ab.dtype()));
         launch!(
             be,
-            "elementwise",
+            family(ab.dtype()),
             name,
             grid(n),
             code,
@@ -123,7 +134,7 @@ pub fn binary(be: &CudaBackend, op: BinaryOp, a: View<'_>, b: View<'_>) -> Resul
     Ok(out)
 }
 
-/// `cond != 0 ? a : b` (`Backend::where_cond`).
+/// `cond != 0 ? a : b` (`Backend::where_cond`); a half `cond` is cast to f32 by the caller.
 pub fn where_cond(
     be: &CudaBackend,
     cond: View<'_>,
@@ -152,7 +163,7 @@ pub fn where_cond(
         let name = format!("where_{}_{}", suffix(cb.dtype()), suffix(ab.dtype()));
         launch!(
             be,
-            "elementwise",
+            family(ab.dtype()),
             name,
             grid(n),
             len,
@@ -168,7 +179,8 @@ pub fn where_cond(
     Ok(out)
 }
 
-/// A contiguous copy of `x` converted to `dtype` through f64 (`Backend::cast`).
+/// A contiguous copy of `x` converted to `dtype` through f64 (`Backend::cast`); a half to the
+/// same half type is a 16-bit copy, done by the caller.
 pub fn cast(be: &CudaBackend, x: View<'_>, dtype: DType) -> Result<CudaBuffer> {
     let xb = cuda_buf("cast", x)?;
     let n = x.layout.numel();
@@ -176,7 +188,8 @@ pub fn cast(be: &CudaBackend, x: View<'_>, dtype: DType) -> Result<CudaBuffer> {
     if n > 0 {
         let (len, xp, lx, op_) = (n as i64, xb.ptr(), strided("cast", x.layout)?, out.ptr());
         let name = format!("cast_{}_{}", suffix(xb.dtype()), suffix(dtype));
-        launch!(be, "elementwise", name, grid(n), len, xp, lx, op_)?;
+        let fam = family(if dtype.is_half() { dtype } else { xb.dtype() });
+        launch!(be, fam, name, grid(n), len, xp, lx, op_)?;
     }
     Ok(out)
 }
@@ -188,7 +201,7 @@ pub fn fill(be: &CudaBackend, len: usize, dtype: DType, value: f64) -> Result<Cu
         let (n, v, op_) = (len as i64, value, out.ptr());
         launch!(
             be,
-            "elementwise",
+            family(dtype),
             format!("fill_{}", suffix(dtype)),
             grid(len),
             n,

@@ -65,17 +65,12 @@ template <> __device__ __forceinline__ bf16_t store<bf16_t>(double v) { bf16_t r
 HALF_OPS(f16_t, f16)
 HALF_OPS(bf16_t, bf16)
 
-#define WHERE_HALF(NAME, C, T)                                                                   \
-    extern "C" __global__ void NAME(i64 n, const C* c, Strided lc, const T* a, Strided la,       \
-                                    const T* b, Strided lb, T* out) {                            \
-        FOR_EACH(i, n) out[i] = c[at(lc, i)] != (C)0 ? a[at(la, i)] : b[at(lb, i)];             \
-    }
-WHERE_HALF(where_f32_f16, float, f16_t)
-WHERE_HALF(where_f64_f16, double, f16_t)
-WHERE_HALF(where_i64_f16, i64, f16_t)
-WHERE_HALF(where_f32_bf16, float, bf16_t)
-WHERE_HALF(where_f64_bf16, double, bf16_t)
-WHERE_HALF(where_i64_bf16, i64, bf16_t)
+WHERE(where_f32_f16, float, f16_t)
+WHERE(where_f64_f16, double, f16_t)
+WHERE(where_i64_f16, i64, f16_t)
+WHERE(where_f32_bf16, float, bf16_t)
+WHERE(where_f64_bf16, double, bf16_t)
+WHERE(where_i64_bf16, i64, bf16_t)
 
 #define CAST_HALF(S, D, SN, DN)                                                                  \
     extern "C" __global__ void cast_##SN##_##DN(i64 n, const S* x, Strided lx, D* out) {         \

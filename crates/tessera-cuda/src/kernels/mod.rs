@@ -3,7 +3,6 @@
 
 pub mod conv;
 pub mod elementwise;
-pub mod half;
 pub mod matmul;
 pub mod reduce;
 pub mod shape;

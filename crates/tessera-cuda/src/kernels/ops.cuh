@@ -73,3 +73,10 @@ __device__ __forceinline__ T binary_op(int op, T x, T y) {
     }
     return x;
 }
+
+// cond != 0 ? a : b, with `cond` of any numeric type.
+#define WHERE(NAME, C, T)                                                                        \
+    extern "C" __global__ void NAME(i64 n, const C* c, Strided lc, const T* a, Strided la,       \
+                                    const T* b, Strided lb, T* out) {                            \
+        FOR_EACH(i, n) out[i] = c[at(lc, i)] != (C)0 ? a[at(la, i)] : b[at(lb, i)];             \
+    }
