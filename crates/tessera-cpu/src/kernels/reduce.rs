@@ -69,6 +69,33 @@ fn better<T: Num>(op: ReduceOp, v: T, m: T) -> bool {
     }
 }
 
+/// Folds `count` contiguous rows of `x` (row `r` starting at `start(r)`, each `o.len()` long)
+/// into `o` with `op` (sum, max or min), whole rows at a time so the loop vectorises.
+fn accumulate_rows<T: Num>(
+    op: ReduceOp,
+    x: &[T],
+    o: &mut [T],
+    count: usize,
+    start: impl Fn(usize) -> usize,
+) {
+    for r in 0..count {
+        let b = start(r);
+        let row = &x[b..b + o.len()];
+        if r == 0 {
+            o.copy_from_slice(row);
+            continue;
+        }
+        match op {
+            ReduceOp::Sum => o.iter_mut().zip(row).for_each(|(a, &v)| *a = *a + v),
+            _ => o.iter_mut().zip(row).for_each(|(a, &v)| {
+                if better(op, v, *a) {
+                    *a = v
+                }
+            }),
+        }
+    }
+}
+
 /// Sum, max or min over `axes`; one value per kept position.
 pub fn reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axes: &[usize]) -> Vec<T> {
     let s = split(l, axes);
@@ -104,22 +131,10 @@ pub fn reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axes: &[usize]) -> Vec<
         // Kept dims contiguous (e.g. summing a [batch, features] gradient over the batch):
         // accumulate whole rows, which vectorises.
         let rows = |start: usize, o: &mut [T]| {
-            for r in 0..s.group {
-                let base = s.offset + unravel(r, &s.red, &s.red_strides) + start;
-                let row = &x[base..base + o.len()];
-                if r == 0 {
-                    o.copy_from_slice(row);
-                    continue;
-                }
-                match op {
-                    ReduceOp::Sum => o.iter_mut().zip(row).for_each(|(a, &v)| *a = *a + v),
-                    _ => o.iter_mut().zip(row).for_each(|(a, &v)| {
-                        if better(op, v, *a) {
-                            *a = v
-                        }
-                    }),
-                }
-            }
+            let base = s.offset + start;
+            accumulate_rows(op, x, o, s.group, |r| {
+                base + unravel(r, &s.red, &s.red_strides)
+            });
         };
         if big && s.n_out >= 512 {
             let chunk = (CHUNK / s.group).max(256).min(s.n_out);
@@ -139,23 +154,10 @@ pub fn reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axes: &[usize]) -> Vec<
         let len = s.kept[k - 1];
         let (outer, outer_strides) = (&s.kept[..k - 1], &s.kept_strides[..k - 1]);
         let rows = |(i, o): (usize, &mut [T])| {
-            let base0 = s.offset + unravel(i, outer, outer_strides);
-            for r in 0..s.group {
-                let base = base0 + unravel(r, &s.red, &s.red_strides);
-                let row = &x[base..base + len];
-                if r == 0 {
-                    o.copy_from_slice(row);
-                    continue;
-                }
-                match op {
-                    ReduceOp::Sum => o.iter_mut().zip(row).for_each(|(a, &v)| *a = *a + v),
-                    _ => o.iter_mut().zip(row).for_each(|(a, &v)| {
-                        if better(op, v, *a) {
-                            *a = v
-                        }
-                    }),
-                }
-            }
+            let base = s.offset + unravel(i, outer, outer_strides);
+            accumulate_rows(op, x, o, s.group, |r| {
+                base + unravel(r, &s.red, &s.red_strides)
+            });
         };
         if big {
             out.par_chunks_mut(len).enumerate().for_each(rows);
