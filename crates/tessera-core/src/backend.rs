@@ -227,6 +227,38 @@ pub trait Backend: Send + Sync + Debug + 'static {
     fn fold2d(&self, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<Arc<dyn Buffer>> {
         fallback::fold2d(self, cols, w, hw)
     }
+
+    /// 2-d cross-correlation (one group) of `x` `[N, C, H, W]` with `weight` `[O, C, KH, KW]`
+    /// over the window `w`: a new `[N, O, OH, OW]`, without bias. Default: `unfold2d`, then one
+    /// batched `matmul`.
+    fn conv2d(&self, x: View<'_>, weight: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
+        fallback::conv2d(self, x, weight, w)
+    }
+
+    /// The gradient of [`Backend::conv2d`] with respect to its input: `dy` `[N, O, OH, OW]`
+    /// into a new `[N, C, H, W]` (`hw` = `[H, W]`). Default: `matmul` by the weight, then
+    /// `fold2d`.
+    fn conv2d_input_grad(
+        &self,
+        dy: View<'_>,
+        weight: View<'_>,
+        w: &Window,
+        hw: [usize; 2],
+    ) -> Result<Arc<dyn Buffer>> {
+        fallback::conv2d_input_grad(self, dy, weight, w, hw)
+    }
+
+    /// The gradient of [`Backend::conv2d`] with respect to its weight: a new `[O, C, KH, KW]`
+    /// from `x` `[N, C, H, W]` and `dy` `[N, O, OH, OW]`. Default: `unfold2d`, one batched
+    /// `matmul`, and a sum over the batch.
+    fn conv2d_weight_grad(
+        &self,
+        x: View<'_>,
+        dy: View<'_>,
+        w: &Window,
+    ) -> Result<Arc<dyn Buffer>> {
+        fallback::conv2d_weight_grad(self, x, dy, w)
+    }
 }
 
 // The compiler checks that `Backend` stays usable as a trait object.

@@ -187,3 +187,114 @@ pub fn fold2d<B: Backend + ?Sized>(
         cols.buf.dtype(),
     )
 }
+
+/// `x` as a view with a contiguous layout of `shape` (same element count): the view itself
+/// when its layout is contiguous, else a copy kept alive in `hold`.
+fn contiguous_as<'a, B: Backend + ?Sized>(
+    b: &B,
+    x: View<'a>,
+    hold: &'a mut Option<Arc<dyn Buffer>>,
+    shape: &[usize],
+) -> Result<(&'a dyn Buffer, Layout)> {
+    let strides = crate::layout::contiguous_strides(shape);
+    if x.layout.is_contiguous() {
+        return Ok((x.buf, Layout::new(shape.to_vec(), strides, x.layout.offset())));
+    }
+    let copy: &'a Arc<dyn Buffer> = hold.insert(b.cast(x, x.buf.dtype())?);
+    Ok((copy.as_ref(), Layout::new(shape.to_vec(), strides, 0)))
+}
+
+/// `conv2d` as im2col and a batched product: `weight` `[O, C·taps]` (broadcast over the batch)
+/// · `cols` `[N, C·taps, positions]`.
+pub fn conv2d<B: Backend + ?Sized>(
+    b: &B,
+    x: View<'_>,
+    weight: View<'_>,
+    w: &Window,
+) -> Result<Arc<dyn Buffer>> {
+    let (n, c) = (x.layout.shape()[0], x.layout.shape()[1]);
+    let o = weight.layout.shape()[0];
+    let (ct, l) = (c * w.taps(), w.positions());
+    let cols = b.unfold2d(x, w, 0.0)?;
+    let mut hold = None;
+    let (wb, wl) = contiguous_as(b, weight, &mut hold, &[1, o, ct])?;
+    b.matmul(
+        View {
+            buf: wb,
+            layout: &wl.broadcast_to(&[n, o, ct]),
+        },
+        View {
+            buf: cols.as_ref(),
+            layout: &Layout::contiguous(&[n, ct, l]),
+        },
+    )
+}
+
+/// The input gradient of `conv2d`: `weightᵀ` `[C·taps, O]` · `dy` `[N, O, positions]`, then
+/// col2im.
+pub fn conv2d_input_grad<B: Backend + ?Sized>(
+    b: &B,
+    dy: View<'_>,
+    weight: View<'_>,
+    w: &Window,
+    hw: [usize; 2],
+) -> Result<Arc<dyn Buffer>> {
+    let (n, o) = (dy.layout.shape()[0], dy.layout.shape()[1]);
+    let c = weight.layout.shape()[1];
+    let (ct, l) = (c * w.taps(), w.positions());
+    let (mut hw_, mut hd) = (None, None);
+    let (wb, wl) = contiguous_as(b, weight, &mut hw_, &[1, o, ct])?;
+    let (db, dl) = contiguous_as(b, dy, &mut hd, &[n, o, l])?;
+    let cols = b.matmul(
+        View {
+            buf: wb,
+            layout: &wl.broadcast_to(&[n, o, ct]).permute(&[0, 2, 1]),
+        },
+        View {
+            buf: db,
+            layout: &dl,
+        },
+    )?;
+    b.fold2d(
+        View {
+            buf: cols.as_ref(),
+            layout: &Layout::contiguous(&[n, c, w.taps(), l]),
+        },
+        w,
+        hw,
+    )
+}
+
+/// The weight gradient of `conv2d`: `dy` `[N, O, positions]` · `colsᵀ` `[N, positions, C·taps]`,
+/// summed over the batch.
+pub fn conv2d_weight_grad<B: Backend + ?Sized>(
+    b: &B,
+    x: View<'_>,
+    dy: View<'_>,
+    w: &Window,
+) -> Result<Arc<dyn Buffer>> {
+    let (n, c) = (x.layout.shape()[0], x.layout.shape()[1]);
+    let o = dy.layout.shape()[1];
+    let (ct, l) = (c * w.taps(), w.positions());
+    let cols = b.unfold2d(x, w, 0.0)?;
+    let mut hd = None;
+    let (db, dl) = contiguous_as(b, dy, &mut hd, &[n, o, l])?;
+    let per_example = b.matmul(
+        View {
+            buf: db,
+            layout: &dl,
+        },
+        View {
+            buf: cols.as_ref(),
+            layout: &Layout::contiguous(&[n, ct, l]).permute(&[0, 2, 1]),
+        },
+    )?;
+    b.reduce(
+        ReduceOp::Sum,
+        View {
+            buf: per_example.as_ref(),
+            layout: &Layout::contiguous(&[n, o, ct]),
+        },
+        &[0],
+    )
+}

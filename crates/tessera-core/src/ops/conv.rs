@@ -4,14 +4,15 @@
 //! | op | forward | backward (automatic) |
 //! | --- | --- | --- |
 //! | unfold (im2col) | `gather` of the input at precomputed window positions (a fill value outside) | `scatter_add` into the input (col2im) |
-//! | conv2d | unfold, then weight `[G, O/G, C/G·K]` · cols `[N, G, C/G·K, L]` | matmul and gather rules |
+//! | conv2d, one group | [`Backend::conv2d`](crate::Backend::conv2d) (default: unfold, then weight · cols) | `conv2d_input_grad` and `conv2d_weight_grad` of the backend; under `create_graph`, unfold/fold and matmul recorded |
+//! | conv2d, groups | unfold, then weight `[G, O/G, C/G·K]` · cols `[N, G, C/G·K, L]` | matmul and gather rules |
 //! | conv1d | conv2d with a height of 1 | |
 //! | conv_transpose2d | weightᵀ · x, then `scatter_add` of the columns into the output (col2im), cropped | matmul and scatter rules |
 //!
 //! Padding follows PyTorch (zeros); `Padding::Same` is JAX/TensorFlow `SAME` (also for strides
 //! > 1, where PyTorch refuses): `out = ceil(n / s)`, the odd pixel of padding goes after.
 
-use super::same_kind;
+use super::{same_kind, when};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -284,10 +285,63 @@ fn conv_nd(
         p: [pads[0].0, pads[1].0],
         out,
     };
+    if g == 1 {
+        // One group: the backend's conv2d (a direct kernel where it has one) as one tape node.
+        let backend = x.device().backend();
+        let y = x.output(
+            backend.conv2d(x.view(), weight.view(), &win)?,
+            &[n, o, out[0], out[1]],
+        );
+        let (xs, ws) = (x.clone(), weight.clone());
+        let y = y.record_op("conv2d", &[x, weight], move |gy, needs| {
+            if crate::tape::is_grad_enabled() {
+                return conv2d_grads_recorded(&xs, &ws, gy, &win, needs);
+            }
+            let b = gy.device().backend();
+            Ok(vec![
+                when(needs[0], || {
+                    let buf = b.conv2d_input_grad(gy.view(), ws.view(), &win, sizes)?;
+                    Ok(xs.output(buf, xs.dims()))
+                })?,
+                when(needs[1], || {
+                    let buf = b.conv2d_weight_grad(xs.view(), gy.view(), &win)?;
+                    Ok(ws.output(buf, ws.dims()))
+                })?,
+            ])
+        });
+        return add_bias(op, y, bias, o);
+    }
     let cols = unfold(x, &win, 0.0)?.reshape_usize(&[n, g, cg * win.taps(), win.positions()])?;
     let wg = weight.reshape_usize(&[g, o / g, cg * win.taps()])?;
     let y = wg.matmul(&cols)?.reshape_usize(&[n, o, out[0], out[1]])?;
     add_bias(op, y, bias, o)
+}
+
+/// The gradients of a one-group conv2d written with recorded ops (im2col and products), for
+/// `backward_create_graph`: gradients of these gradients then follow every dependence.
+fn conv2d_grads_recorded(
+    x: &Tensor,
+    weight: &Tensor,
+    gy: &Tensor,
+    win: &Window,
+    needs: &[bool],
+) -> Result<Vec<Option<Tensor>>> {
+    let d = x.dims();
+    let (n, c, o) = (d[0], d[1], weight.dims()[0]);
+    let (ct, l) = (c * win.taps(), win.positions());
+    let g3 = gy.reshape_usize(&[n, o, l])?;
+    Ok(vec![
+        when(needs[0], || {
+            let cols = weight.reshape_usize(&[o, ct])?.t()?.matmul(&g3)?;
+            fold(&cols.reshape_usize(&[n, c, win.taps(), l])?, win, [d[2], d[3]])
+        })?,
+        when(needs[1], || {
+            let cols = unfold(x, win, 0.0)?.reshape_usize(&[n, ct, l])?;
+            g3.matmul(&cols.transpose(-1, -2)?)?
+                .sum(&[0], false)?
+                .reshape_usize(weight.dims())
+        })?,
+    ])
 }
 
 fn add_bias(op: &'static str, y: Tensor, bias: Option<&Tensor>, channels: usize) -> Result<Tensor> {
