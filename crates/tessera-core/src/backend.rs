@@ -251,12 +251,7 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// The gradient of [`Backend::conv2d`] with respect to its weight: a new `[O, C, KH, KW]`
     /// from `x` `[N, C, H, W]` and `dy` `[N, O, OH, OW]`. Default: `unfold2d`, one batched
     /// `matmul`, and a sum over the batch.
-    fn conv2d_weight_grad(
-        &self,
-        x: View<'_>,
-        dy: View<'_>,
-        w: &Window,
-    ) -> Result<Arc<dyn Buffer>> {
+    fn conv2d_weight_grad(&self, x: View<'_>, dy: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
         fallback::conv2d_weight_grad(self, x, dy, w)
     }
 }

@@ -14,8 +14,11 @@ pub mod kernels;
 pub use buffer::{CpuBuffer, CpuStorage};
 
 use buffer::CpuElem;
+#[cfg(target_arch = "x86_64")]
+use kernels::conv_direct as cd;
 use kernels::{conv as cv, elementwise as ew, matmul as mm, reduce as rd, shape as sh, Float, Num};
 use std::sync::{Arc, OnceLock};
+use tessera_core::backend::fallback;
 use tessera_core::{
     Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, HostData, Layout, ReduceOp,
     Result, UnaryOp, View, Window,
@@ -200,6 +203,57 @@ impl CpuBackend {
             x.buf.dtype(),
         )
     }
+}
+
+impl CpuBackend {
+    /// `v`'s elements in row-major order as one f32 slice: the buffer itself when the layout is
+    /// contiguous, else a copy kept alive in `hold`.
+    fn f32_rows<'a>(
+        &self,
+        op: &'static str,
+        v: View<'a>,
+        hold: &'a mut Option<Arc<dyn Buffer>>,
+    ) -> Result<&'a [f32]> {
+        let r = v.layout.offset()..v.layout.offset() + v.layout.numel();
+        if v.layout.is_contiguous() {
+            return Ok(&typed::<f32>(op, v)?[r]);
+        }
+        let copy: &'a Arc<dyn Buffer> = hold.insert(self.cast(v, DType::F32)?);
+        let data = f32::slice(cpu_buf(op, copy.as_ref())?).ok_or_else(|| Error::DType {
+            op,
+            msg: format!("expected f32, got {}", copy.dtype()),
+        })?;
+        Ok(&data[..v.layout.numel()])
+    }
+}
+
+/// The direct-kernel plan of a convolution over input `[n, c, h, w]` into `o` channels, when it
+/// qualifies: f32, stride 1, dilation 1, small channel counts, padding below the kernel size on
+/// every side (so the input gradient is a direct convolution too), AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+fn direct_plan(dtype: DType, x: &[usize], o: usize, w: &Window) -> Option<cd::Plan> {
+    let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
+    let pads_fit = (0..2).all(|i| {
+        let after = (w.out[i] + w.k[i] - 1).checked_sub([h, wd][i] + w.p[i]);
+        w.p[i] < w.k[i] && matches!(after, Some(a) if a < w.k[i])
+    });
+    let ok = dtype == DType::F32
+        && w.s == [1, 1]
+        && w.d == [1, 1]
+        && pads_fit
+        && n > 0
+        && cd::worthwhile(c, o)
+        && cd::available();
+    ok.then_some(cd::Plan {
+        n,
+        c,
+        h,
+        w: wd,
+        o,
+        k: w.k,
+        pad: w.p,
+        out: w.out,
+    })
 }
 
 impl Backend for CpuBackend {
@@ -428,10 +482,52 @@ impl Backend for CpuBackend {
         with_dtype!(float cols.buf.dtype(), "fold2d", |T| out(cv::fold(&typed::<T>("fold2d", cols)?[r], s[0] * s[1], hw, w)))
     }
 
+    fn conv2d(&self, x: View<'_>, weight: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), weight.layout.shape()[0], w) {
+            let (mut hx, mut hw) = (None, None);
+            let xs = self.f32_rows("conv2d", x, &mut hx)?;
+            let ws = self.f32_rows("conv2d", weight, &mut hw)?;
+            return out(cd::forward(xs, ws, &p));
+        }
+        fallback::conv2d(self, x, weight, w)
+    }
+
+    fn conv2d_input_grad(
+        &self,
+        dy: View<'_>,
+        weight: View<'_>,
+        w: &Window,
+        hw: [usize; 2],
+    ) -> Result<Arc<dyn Buffer>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (d, ws) = (dy.layout.shape(), weight.layout.shape());
+            if let Some(p) = direct_plan(dy.buf.dtype(), &[d[0], ws[1], hw[0], hw[1]], d[1], w) {
+                let (mut hd, mut hwt) = (None, None);
+                let dys = self.f32_rows("conv2d_input_grad", dy, &mut hd)?;
+                let wts = self.f32_rows("conv2d_input_grad", weight, &mut hwt)?;
+                return out(cd::input_grad(dys, wts, &p));
+            }
+        }
+        fallback::conv2d_input_grad(self, dy, weight, w, hw)
+    }
+
+    fn conv2d_weight_grad(&self, x: View<'_>, dy: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), dy.layout.shape()[1], w) {
+            let (mut hx, mut hd) = (None, None);
+            let xs = self.f32_rows("conv2d_weight_grad", x, &mut hx)?;
+            let dys = self.f32_rows("conv2d_weight_grad", dy, &mut hd)?;
+            return out(cd::weight_grad(xs, dys, &p));
+        }
+        fallback::conv2d_weight_grad(self, x, dy, w)
+    }
+
     fn softmax(&self, x: View<'_>, dim: usize, log: bool) -> Result<Arc<dyn Buffer>> {
         let l = x.layout;
         if dim + 1 != l.rank() || !l.is_contiguous() || l.numel() == 0 {
-            return tessera_core::backend::fallback::softmax(self, x, dim, log);
+            return fallback::softmax(self, x, dim, log);
         }
         if x.buf.dtype().is_half() {
             return self.via_f32(x, |v| self.softmax(v, dim, log));
@@ -513,6 +609,127 @@ mod tests {
                 .map(|(x, q)| x - d * q.floor() - 3.0)
                 .collect();
             Tensor::from_vec(v, self.dims(), &cpu()).unwrap()
+        }
+    }
+
+    /// The direct f32 kernels against the f64 im2col path (itself checked against PyTorch and
+    /// finite differences): forward, input gradient and weight gradient, over block remainders
+    /// (o = 1, 5, 6, 16), asymmetric kernels and paddings, a strided (transposed) input, and
+    /// batches that do not split evenly across threads.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn direct_convolutions_match_the_im2col_path() {
+        if !cd::available() {
+            eprintln!("skipped: direct_convolutions_match_the_im2col_path: no AVX2/FMA");
+            return;
+        }
+        let b = CpuBackend;
+        let data = |len: usize, seed: usize| -> Vec<f64> {
+            (0..len)
+                .map(|i| (((i + seed) * 7919 + seed * 31) % 2001) as f64 / 1000.0 - 1.0)
+                .collect()
+        };
+        // (n, c, h, w, o, [kh, kw], [top, left], [bottom, right], transposed input)
+        let cases = [
+            (3, 1, 28, 28, 6, [5, 5], [2, 2], [2, 2], false),
+            (5, 6, 14, 14, 16, [5, 5], [0, 0], [0, 0], false),
+            (2, 3, 7, 9, 5, [3, 2], [1, 0], [2, 1], true),
+            (1, 2, 4, 4, 1, [3, 3], [2, 2], [2, 2], false),
+            (4, 16, 10, 10, 6, [5, 5], [4, 4], [4, 4], false),
+            (3, 4, 1, 20, 8, [1, 5], [0, 2], [0, 2], false),
+        ];
+        for (n, c, h, wd, o, k, p, after, transposed) in cases {
+            let out = [
+                h + p[0] + after[0] + 1 - k[0],
+                wd + p[1] + after[1] + 1 - k[1],
+            ];
+            let win = Window {
+                k,
+                s: [1, 1],
+                d: [1, 1],
+                p,
+                out,
+            };
+            assert!(direct_plan(DType::F32, &[n, c, h, wd], o, &win).is_some());
+            let (xd, wdat, dyd) = (
+                data(n * c * h * wd, 1),
+                data(o * c * k[0] * k[1], 2),
+                data(n * o * out[0] * out[1], 3),
+            );
+            let x_layout = if transposed {
+                // The same logical [n, c, h, w] read through strides of a [n, c, w, h] buffer.
+                Layout::contiguous(&[n, c, wd, h]).permute(&[0, 1, 3, 2])
+            } else {
+                Layout::contiguous(&[n, c, h, wd])
+            };
+            let (wl, dl) = (
+                Layout::contiguous(&[o, c, k[0], k[1]]),
+                Layout::contiguous(&[n, o, out[0], out[1]]),
+            );
+            let up = |v: &[f64], f32_: bool| -> Arc<dyn Buffer> {
+                if f32_ {
+                    b.upload(HostData::F32(v.iter().map(|&e| e as f32).collect()))
+                        .unwrap()
+                } else {
+                    b.upload(HostData::F64(v.to_vec())).unwrap()
+                }
+            };
+            let read = |buf: Arc<dyn Buffer>, shape: &[usize]| -> Vec<f64> {
+                let l = Layout::contiguous(shape);
+                match b
+                    .download(View {
+                        buf: buf.as_ref(),
+                        layout: &l,
+                    })
+                    .unwrap()
+                {
+                    HostData::F32(v) => v.into_iter().map(f64::from).collect(),
+                    HostData::F64(v) => v,
+                    other => panic!("unexpected {:?}", other.dtype()),
+                }
+            };
+            let mut got = Vec::new();
+            for f32_ in [true, false] {
+                let (xb, wb, db) = (up(&xd, f32_), up(&wdat, f32_), up(&dyd, f32_));
+                let (xv, wv, dv) = (
+                    View {
+                        buf: xb.as_ref(),
+                        layout: &x_layout,
+                    },
+                    View {
+                        buf: wb.as_ref(),
+                        layout: &wl,
+                    },
+                    View {
+                        buf: db.as_ref(),
+                        layout: &dl,
+                    },
+                );
+                got.push([
+                    read(b.conv2d(xv, wv, &win).unwrap(), &[n, o, out[0], out[1]]),
+                    read(
+                        b.conv2d_input_grad(dv, wv, &win, [h, wd]).unwrap(),
+                        &[n, c, h, wd],
+                    ),
+                    read(
+                        b.conv2d_weight_grad(xv, dv, &win).unwrap(),
+                        &[o, c, k[0], k[1]],
+                    ),
+                ]);
+            }
+            for (what, (f, d)) in ["forward", "input grad", "weight grad"]
+                .iter()
+                .zip(got[0].iter().zip(&got[1]))
+            {
+                assert_eq!(f.len(), d.len());
+                for (i, (a, e)) in f.iter().zip(d).enumerate() {
+                    assert!(
+                        (a - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "{what} of case {:?} at {i}: {a} vs {e}",
+                        (n, c, h, wd, o, k, p, after)
+                    );
+                }
+            }
         }
     }
 

@@ -198,7 +198,10 @@ fn contiguous_as<'a, B: Backend + ?Sized>(
 ) -> Result<(&'a dyn Buffer, Layout)> {
     let strides = crate::layout::contiguous_strides(shape);
     if x.layout.is_contiguous() {
-        return Ok((x.buf, Layout::new(shape.to_vec(), strides, x.layout.offset())));
+        return Ok((
+            x.buf,
+            Layout::new(shape.to_vec(), strides, x.layout.offset()),
+        ));
     }
     let copy: &'a Arc<dyn Buffer> = hold.insert(b.cast(x, x.buf.dtype())?);
     Ok((copy.as_ref(), Layout::new(shape.to_vec(), strides, 0)))

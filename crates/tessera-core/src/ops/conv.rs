@@ -333,7 +333,11 @@ fn conv2d_grads_recorded(
     Ok(vec![
         when(needs[0], || {
             let cols = weight.reshape_usize(&[o, ct])?.t()?.matmul(&g3)?;
-            fold(&cols.reshape_usize(&[n, c, win.taps(), l])?, win, [d[2], d[3]])
+            fold(
+                &cols.reshape_usize(&[n, c, win.taps(), l])?,
+                win,
+                [d[2], d[3]],
+            )
         })?,
         when(needs[1], || {
             let cols = unfold(x, win, 0.0)?.reshape_usize(&[n, ct, l])?;

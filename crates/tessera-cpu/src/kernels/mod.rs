@@ -3,6 +3,8 @@
 //! LLVM can vectorise the contiguous paths.
 
 pub mod conv;
+#[cfg(target_arch = "x86_64")]
+pub mod conv_direct;
 pub mod elementwise;
 pub mod matmul;
 pub mod reduce;

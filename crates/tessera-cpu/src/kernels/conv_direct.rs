@@ -1,0 +1,357 @@
+//! Direct 2-d convolution for stride 1 and dilation 1 (f32, AVX2 + FMA): an implicit GEMM that
+//! reads each tap straight from a zero-padded copy of the image instead of building im2col
+//! columns and packing them for a GEMM. With LeNet-sized layers (6 or 16 output channels) the
+//! packing of an im2col GEMM costs more than the multiply-adds it feeds; here every loaded
+//! vector of input feeds 4 or 6 output channels.
+//!
+//! Layout trick: with the image padded to `Hp × Wp`, output `(oh, ow)` is the *wide* position
+//! `p = oh·Wp + ow`, and tap `(c, kh, kw)` of it reads padded element `p + c·Hp·Wp + kh·Wp + kw`,
+//! so a run of consecutive wide positions reads a contiguous run of the padded image. Wide
+//! positions with `ow ≥ OW` are computed and dropped (forward) or weighted by zero (weight
+//! gradient).
+//!
+//! The input gradient of a stride-1 convolution is itself one: `dy` padded by `K - 1 - p`
+//! against the weights flipped in both spatial dims with input and output channels swapped.
+
+use rayon::prelude::*;
+
+/// The geometry of one direct convolution: input `[n, c, h, w]`, weight `[o, c, k0, k1]`,
+/// `pad` = (top, left) zeros before the image, output `[n, o, out0, out1]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub k: [usize; 2],
+    pub pad: [usize; 2],
+    pub out: [usize; 2],
+}
+
+/// Extra zeros after a padded image: the last block of wide positions reads up to one block
+/// past the last real position (see the module comment).
+const SLACK: usize = 32;
+
+impl Plan {
+    /// Padded height and width (stride 1: `out + k - 1`).
+    fn padded(&self) -> [usize; 2] {
+        [self.out[0] + self.k[0] - 1, self.out[1] + self.k[1] - 1]
+    }
+    /// Wide positions that hold real outputs: `(out0 - 1)·Wp + out1`.
+    fn wide(&self) -> usize {
+        (self.out[0] - 1) * self.padded()[1] + self.out[1]
+    }
+    /// Taps per output channel: `c·k0·k1`.
+    fn taps(&self) -> usize {
+        self.c * self.k[0] * self.k[1]
+    }
+    /// Offset in the padded image of each tap `(c, kh, kw)`, in weight order.
+    fn offsets(&self) -> Vec<usize> {
+        let [hp, wp] = self.padded();
+        let mut offs = Vec::with_capacity(self.taps());
+        for c in 0..self.c {
+            for kh in 0..self.k[0] {
+                for kw in 0..self.k[1] {
+                    offs.push(c * hp * wp + kh * wp + kw);
+                }
+            }
+        }
+        offs
+    }
+    /// Zero-pads one image `[c, h, w]` into `dst` (`c·Hp·Wp + SLACK` elements).
+    fn pad_image(&self, img: &[f32], dst: &mut [f32]) {
+        let [hp, wp] = self.padded();
+        dst.fill(0.0);
+        let cols = self.w.min(wp.saturating_sub(self.pad[1]));
+        for c in 0..self.c {
+            for i in 0..self.h {
+                let r = i + self.pad[0];
+                if r >= hp {
+                    break;
+                }
+                let d = c * hp * wp + r * wp + self.pad[1];
+                let s = (c * self.h + i) * self.w;
+                dst[d..d + cols].copy_from_slice(&img[s..s + cols]);
+            }
+        }
+    }
+}
+
+/// Whether this CPU runs the direct kernels (AVX2 and FMA, detected at run time: the build
+/// does not assume them).
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Whether a stride-1, dilation-1 convolution with these channel counts should take the direct
+/// kernels. Measured with W2a (6→16, the direct kernels) against W2b (192→384, where im2col
+/// feeding the GEMM, whose packing is then amortised, stays faster).
+pub fn worthwhile(c: usize, o: usize) -> bool {
+    c.min(o) <= 32
+}
+
+/// Images per parallel task: every thread gets a share, and each task reuses its scratch.
+fn chunk(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// `y` `[n, o, out0, out1]` = the cross-correlation of `x` `[n, c, h, w]` with `weight`
+/// `[o, c, k0, k1]` (both contiguous). Call only when [`available`].
+pub fn forward(x: &[f32], weight: &[f32], p: &Plan) -> Vec<f32> {
+    if p.o % 4 != 0 && p.o % 6 == 0 {
+        forward_blocked::<6, 2>(x, weight, p)
+    } else {
+        forward_blocked::<4, 3>(x, weight, p)
+    }
+}
+
+/// The input gradient `[n, c, h, w]` of the convolution `p` (with `p.pad[i] < p.k[i]` and
+/// every output row and column reached) from `dy` `[n, o, out0, out1]`: a direct convolution
+/// of `dy`, padded by `k - 1 - pad`, with the flipped, channel-swapped weights.
+pub fn input_grad(dy: &[f32], weight: &[f32], p: &Plan) -> Vec<f32> {
+    let (kk, taps) = (p.k[0] * p.k[1], p.taps());
+    let mut flipped = vec![0.0f32; weight.len()];
+    for o in 0..p.o {
+        for c in 0..p.c {
+            for t in 0..kk {
+                flipped[(c * p.o + o) * kk + (kk - 1 - t)] = weight[o * taps + c * kk + t];
+            }
+        }
+    }
+    let q = Plan {
+        n: p.n,
+        c: p.o,
+        h: p.out[0],
+        w: p.out[1],
+        o: p.c,
+        k: p.k,
+        pad: [p.k[0] - 1 - p.pad[0], p.k[1] - 1 - p.pad[1]],
+        out: [p.h, p.w],
+    };
+    forward(dy, &flipped, &q)
+}
+
+/// The weight gradient `[o, c, k0, k1]` of the convolution `p` from `x` and `dy`.
+pub fn weight_grad(x: &[f32], dy: &[f32], p: &Plan) -> Vec<f32> {
+    if p.o % 4 != 0 && p.o % 6 == 0 {
+        weight_grad_blocked::<6, 2>(x, dy, p)
+    } else {
+        weight_grad_blocked::<4, 3>(x, dy, p)
+    }
+}
+
+fn forward_blocked<const OB: usize, const PB: usize>(
+    x: &[f32],
+    weight: &[f32],
+    p: &Plan,
+) -> Vec<f32> {
+    let [hp, wp] = p.padded();
+    let taps = p.taps();
+    let blocks = p.o.div_ceil(OB);
+    // Weights packed per block of OB output channels as [tap][OB] (zeros past o), so a tap's
+    // OB weights are adjacent.
+    let mut packed = vec![0.0f32; blocks * taps * OB];
+    for o in 0..p.o {
+        for t in 0..taps {
+            packed[((o / OB) * taps + t) * OB + o % OB] = weight[o * taps + t];
+        }
+    }
+    let offs = p.offsets();
+    let span = 8 * PB;
+    let wide = p.wide().div_ceil(span) * span;
+    let (in_len, out_len) = (p.c * p.h * p.w, p.o * p.out[0] * p.out[1]);
+    let mut y = crate::buffer::alloc::<f32>(p.n * out_len);
+    let per = chunk(p.n);
+    y.par_chunks_mut(per * out_len)
+        .enumerate()
+        .for_each(|(ci, ys)| {
+            let mut img = vec![0.0f32; p.c * hp * wp + SLACK];
+            let mut acc = vec![0.0f32; blocks * OB * wide];
+            for (j, y_img) in ys.chunks_mut(out_len).enumerate() {
+                let n = ci * per + j;
+                p.pad_image(&x[n * in_len..(n + 1) * in_len], &mut img);
+                for b in 0..blocks {
+                    let wb = &packed[b * taps * OB..(b + 1) * taps * OB];
+                    for p0 in (0..wide).step_by(span) {
+                        // SAFETY: `available()` was checked by the caller (AVX2 + FMA); reads
+                        // stay inside `img` (`offs[t] + p0 + span ≤ c·Hp·Wp + SLACK`, see
+                        // SLACK) and writes inside `acc` (OB rows of `wide` from block b).
+                        unsafe {
+                            avx::fwd_tile::<OB, PB>(
+                                img.as_ptr().add(p0),
+                                &offs,
+                                wb.as_ptr(),
+                                acc.as_mut_ptr().add(b * OB * wide + p0),
+                                wide,
+                            )
+                        }
+                    }
+                }
+                // Keep the real positions: row oh of the output is wide [oh·Wp, oh·Wp + OW).
+                for o in 0..p.o {
+                    for oh in 0..p.out[0] {
+                        let d = (o * p.out[0] + oh) * p.out[1];
+                        let s = o * wide + oh * wp;
+                        y_img[d..d + p.out[1]].copy_from_slice(&acc[s..s + p.out[1]]);
+                    }
+                }
+            }
+        });
+    y
+}
+
+fn weight_grad_blocked<const OB: usize, const TB: usize>(
+    x: &[f32],
+    dy: &[f32],
+    p: &Plan,
+) -> Vec<f32> {
+    let [hp, wp] = p.padded();
+    let taps = p.taps();
+    let blocks = p.o.div_ceil(OB);
+    let offs = p.offsets();
+    let wide = p.wide().div_ceil(8) * 8;
+    let (in_len, out_len) = (p.c * p.h * p.w, p.o * p.out[0] * p.out[1]);
+    let per = chunk(p.n);
+    // One partial gradient [blocks·OB, taps] per task, summed at the end.
+    let partials: Vec<Vec<f32>> = (0..p.n.div_ceil(per))
+        .into_par_iter()
+        .map(|ci| {
+            let mut part = vec![0.0f32; blocks * OB * taps];
+            let mut img = vec![0.0f32; p.c * hp * wp + SLACK];
+            // dy in wide layout: zeros at the dropped positions, so they add nothing.
+            let mut dw = vec![0.0f32; blocks * OB * wide];
+            for n in ci * per..((ci + 1) * per).min(p.n) {
+                p.pad_image(&x[n * in_len..(n + 1) * in_len], &mut img);
+                let d_img = &dy[n * out_len..(n + 1) * out_len];
+                for o in 0..p.o {
+                    for oh in 0..p.out[0] {
+                        let s = (o * p.out[0] + oh) * p.out[1];
+                        let d = o * wide + oh * wp;
+                        dw[d..d + p.out[1]].copy_from_slice(&d_img[s..s + p.out[1]]);
+                    }
+                }
+                for b in 0..blocks {
+                    let rows = dw[b * OB * wide..].as_ptr();
+                    let out = &mut part[b * OB * taps..(b + 1) * OB * taps];
+                    let mut t0 = 0;
+                    // SAFETY: AVX2 + FMA checked by the caller; `rows` has OB rows of `wide`,
+                    // and each tap reads `img[offs[t]..offs[t] + wide]`, inside `img` (SLACK).
+                    unsafe {
+                        while t0 + TB <= taps {
+                            avx::wgrad_tile::<OB, TB>(
+                                rows,
+                                wide,
+                                img.as_ptr(),
+                                &offs[t0..t0 + TB],
+                                out,
+                                taps,
+                                t0,
+                            );
+                            t0 += TB;
+                        }
+                        while t0 < taps {
+                            avx::wgrad_tile::<OB, 1>(
+                                rows,
+                                wide,
+                                img.as_ptr(),
+                                &offs[t0..t0 + 1],
+                                out,
+                                taps,
+                                t0,
+                            );
+                            t0 += 1;
+                        }
+                    }
+                }
+            }
+            part
+        })
+        .collect();
+    let mut g = vec![0.0f32; p.o * taps];
+    for part in &partials {
+        for (d, s) in g.iter_mut().zip(part) {
+            *d += s;
+        }
+    }
+    g
+}
+
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// `acc[i][p0 + 0..8·PB] = Σ_t w[t][i] · img[offs[t] + 0..8·PB]` for the OB output channels
+    /// of one block; `out` row i is at `out + i·stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fwd_tile<const OB: usize, const PB: usize>(
+        img: *const f32,
+        offs: &[usize],
+        w: *const f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); PB]; OB];
+        for (t, &off) in offs.iter().enumerate() {
+            let src = img.add(off);
+            let mut xv = [_mm256_setzero_ps(); PB];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(src.add(8 * j));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let wv = _mm256_broadcast_ss(&*w.add(t * OB + i));
+                for (a, &v) in row.iter_mut().zip(&xv) {
+                    *a = _mm256_fmadd_ps(wv, v, *a);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                _mm256_storeu_ps(out.add(i * stride + 8 * j), *a);
+            }
+        }
+    }
+
+    /// `out[i·taps + t0 + j] += Σ_p rows[i][p] · img[offs[j] + p]` over `p < wide` (a multiple
+    /// of 8) for OB rows of `dy` and TB taps.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn wgrad_tile<const OB: usize, const TB: usize>(
+        rows: *const f32,
+        wide: usize,
+        img: *const f32,
+        offs: &[usize],
+        out: &mut [f32],
+        taps: usize,
+        t0: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); TB]; OB];
+        let mut src = [img; TB];
+        for (s, &o) in src.iter_mut().zip(offs) {
+            *s = img.add(o);
+        }
+        for p in (0..wide).step_by(8) {
+            let mut xv = [_mm256_setzero_ps(); TB];
+            for (v, s) in xv.iter_mut().zip(&src) {
+                *v = _mm256_loadu_ps(s.add(p));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let d = _mm256_loadu_ps(rows.add(i * wide + p));
+                for (a, &v) in row.iter_mut().zip(&xv) {
+                    *a = _mm256_fmadd_ps(d, v, *a);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                out[i * taps + t0 + j] += hsum(*a);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}
