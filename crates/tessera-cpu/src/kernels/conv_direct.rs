@@ -91,6 +91,12 @@ pub fn worthwhile(c: usize, o: usize) -> bool {
     c.min(o) <= 32
 }
 
+/// Blocks of 6 output channels (6 × 2 vectors of accumulators) where 4 do not divide `o` but 6
+/// do (LeNet's first layer); otherwise blocks of 4 (4 × 3), zero-padded past `o`.
+fn six_block(o: usize) -> bool {
+    !o.is_multiple_of(4) && o.is_multiple_of(6)
+}
+
 /// Images per parallel task: every thread gets a share, and each task reuses its scratch.
 fn chunk(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads().max(1)).max(1)
@@ -99,7 +105,7 @@ fn chunk(n: usize) -> usize {
 /// `y` `[n, o, out0, out1]` = the cross-correlation of `x` `[n, c, h, w]` with `weight`
 /// `[o, c, k0, k1]` (both contiguous). Call only when [`available`].
 pub fn forward(x: &[f32], weight: &[f32], p: &Plan) -> Vec<f32> {
-    if p.o % 4 != 0 && p.o % 6 == 0 {
+    if six_block(p.o) {
         forward_blocked::<6, 2>(x, weight, p)
     } else {
         forward_blocked::<4, 3>(x, weight, p)
@@ -134,7 +140,7 @@ pub fn input_grad(dy: &[f32], weight: &[f32], p: &Plan) -> Vec<f32> {
 
 /// The weight gradient `[o, c, k0, k1]` of the convolution `p` from `x` and `dy`.
 pub fn weight_grad(x: &[f32], dy: &[f32], p: &Plan) -> Vec<f32> {
-    if p.o % 4 != 0 && p.o % 6 == 0 {
+    if six_block(p.o) {
         weight_grad_blocked::<6, 2>(x, dy, p)
     } else {
         weight_grad_blocked::<4, 3>(x, dy, p)
