@@ -91,8 +91,10 @@ pub fn worthwhile(c: usize, o: usize) -> bool {
     c.min(o) <= 32
 }
 
-/// Blocks of 6 output channels (6 × 2 vectors of accumulators) where 4 do not divide `o` but 6
-/// do (LeNet's first layer); otherwise blocks of 4 (4 × 3), zero-padded past `o`.
+/// Blocks of 6 output channels where 4 do not divide `o` but 6 do (LeNet's first layer), else
+/// blocks of 4, zero-padded past `o`. Forward tiles are 6 × 2 or 4 × 2 vectors of accumulators
+/// (a 4 × 3 tile needs 17 vector registers and spilled one, which cost W2a a fifth of its
+/// speed); weight-gradient tiles are 6 × 2 or 4 × 3 (one vector of `dy` at a time, no spill).
 fn six_block(o: usize) -> bool {
     !o.is_multiple_of(4) && o.is_multiple_of(6)
 }
@@ -108,7 +110,7 @@ pub fn forward(x: &[f32], weight: &[f32], p: &Plan) -> Vec<f32> {
     if six_block(p.o) {
         forward_blocked::<6, 2>(x, weight, p)
     } else {
-        forward_blocked::<4, 3>(x, weight, p)
+        forward_blocked::<4, 2>(x, weight, p)
     }
 }
 
