@@ -228,6 +228,20 @@ pub trait Backend: Send + Sync + Debug + 'static {
         fallback::fold2d(self, cols, w, hw)
     }
 
+    /// Max pooling of `x` `[N, C, H, W]` over the window `w` (padding reads -inf): the maxima,
+    /// a new `[N, C, OH, OW]`, and, when `index` (a backward needs it), for each the flat index
+    /// `h·W + w` in its input plane of the element it came from, a new i64 `[N, C, OH·OW]`
+    /// (NaN wins, as in PyTorch). Default: `unfold2d`, then a max reduction over the taps, or
+    /// `argmax` and two `gather`s for the index.
+    fn max_pool2d(
+        &self,
+        x: View<'_>,
+        w: &Window,
+        index: bool,
+    ) -> Result<(Arc<dyn Buffer>, Option<Arc<dyn Buffer>>)> {
+        fallback::max_pool2d(self, x, w, index)
+    }
+
     /// 2-d cross-correlation (one group) of `x` `[N, C, H, W]` with `weight` `[O, C, KH, KW]`
     /// over the window `w`: a new `[N, O, OH, OW]`, without bias. Default: `unfold2d`, then one
     /// batched `matmul`.

@@ -482,6 +482,24 @@ impl Backend for CpuBackend {
         with_dtype!(float cols.buf.dtype(), "fold2d", |T| out(cv::fold(&typed::<T>("fold2d", cols)?[r], s[0] * s[1], hw, w)))
     }
 
+    fn max_pool2d(
+        &self,
+        x: View<'_>,
+        w: &Window,
+        index: bool,
+    ) -> Result<(Arc<dyn Buffer>, Option<Arc<dyn Buffer>>)> {
+        let s = x.layout.shape();
+        if x.buf.dtype().is_half() || !x.layout.is_contiguous() {
+            return fallback::max_pool2d(self, x, w, index);
+        }
+        let r = x.layout.offset()..x.layout.offset() + x.layout.numel();
+        with_dtype!(float x.buf.dtype(), "max_pool2d", |T| {
+            let (v, i) =
+                cv::max_pool(&typed::<T>("max_pool2d", x)?[r], s[0] * s[1], [s[2], s[3]], w, index);
+            Ok((out(v)?, i.map(out).transpose()?))
+        })
+    }
+
     fn conv2d(&self, x: View<'_>, weight: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), weight.layout.shape()[0], w) {

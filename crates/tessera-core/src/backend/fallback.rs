@@ -301,3 +301,58 @@ pub fn conv2d_weight_grad<B: Backend + ?Sized>(
         &[0],
     )
 }
+
+/// `max_pool2d` from primitives: columns with -inf outside, then the max over the taps; with
+/// `index`, the argmax tap of each window, the value there, and the plane index of that tap
+/// read from a `[taps, positions]` table.
+pub fn max_pool2d<B: Backend + ?Sized>(
+    b: &B,
+    x: View<'_>,
+    w: &Window,
+    index: bool,
+) -> Result<(Arc<dyn Buffer>, Option<Arc<dyn Buffer>>)> {
+    let s = x.layout.shape();
+    let (n, c, h, wd) = (s[0], s[1], s[2], s[3]);
+    let (taps, l) = (w.taps(), w.positions());
+    let cols = b.unfold2d(x, w, f64::NEG_INFINITY)?;
+    let cl = Layout::contiguous(&[n, c, taps, l]);
+    let cv = View {
+        buf: cols.as_ref(),
+        layout: &cl,
+    };
+    if !index {
+        return Ok((b.reduce(ReduceOp::Max, cv, &[2])?, None));
+    }
+    let at = b.reduce(ReduceOp::ArgMax, cv, &[2])?;
+    let al = Layout::contiguous(&[n, c, 1, l]);
+    let av = View {
+        buf: at.as_ref(),
+        layout: &al,
+    };
+    let vals = b.gather(cv, 2, av)?;
+    let mut table = Vec::with_capacity(taps * l);
+    for kh in 0..w.k[0] {
+        for kw in 0..w.k[1] {
+            for oh in 0..w.out[0] {
+                for ow in 0..w.out[1] {
+                    // A tap outside the input holds -inf and is chosen only when the whole
+                    // window is -inf; any index inside the plane is then as good as another.
+                    let ih = w.source(0, oh, kh, h).unwrap_or(0);
+                    let iw = w.source(1, ow, kw, wd).unwrap_or(0);
+                    table.push((ih * wd + iw) as i64);
+                }
+            }
+        }
+    }
+    let tb = b.upload(HostData::I64(table))?;
+    let tl = Layout::new(vec![n, c, taps, l], vec![0, 0, l, 1], 0);
+    let idx = b.gather(
+        View {
+            buf: tb.as_ref(),
+            layout: &tl,
+        },
+        2,
+        av,
+    )?;
+    Ok((vals, Some(idx)))
+}

@@ -2,7 +2,7 @@
 //!
 //! | op | forward | backward (automatic) |
 //! | --- | --- | --- |
-//! | max_pool | unfold with -inf outside, `argmax` over the taps, `gather` at it | `scatter_add` at the saved argmax, then col2im: exact for every kernel/stride/padding/dilation, overlapping windows accumulate |
+//! | max_pool | [`Backend::max_pool2d`](crate::Backend::max_pool2d): the maxima and the plane index of each (default: unfold with -inf outside, `argmax` over the taps, `gather`) | `scatter_add` of the gradient at the saved plane indices: exact for every kernel/stride/padding/dilation, overlapping windows accumulate |
 //! | avg_pool2d | unfold with 0 outside, sum over taps, divide by each window's divisor | |
 //! | adaptive_avg_pool2d | `A_h · x · A_wᵀ` with averaging matrices (windows may overlap) | matmul rules |
 //! | global_avg_pool2d | mean over H, W | |
@@ -118,17 +118,24 @@ fn pool_window(op: &'static str, x: &Tensor, o: &PoolOptions) -> Result<Window> 
 pub fn max_pool2d(x: &Tensor, opts: &PoolOptions) -> Result<Tensor> {
     super::float_only("max_pool2d", x)?;
     let w = pool_window("max_pool2d", x, opts)?;
-    let cols = unfold(x, &w, f64::NEG_INFINITY)?;
-    let (n, c) = (x.dims()[0], x.dims()[1]);
-    if !(crate::tape::is_grad_enabled() && x.requires_grad()) {
-        // No backward to route: one max reduction, no argmax indices.
-        return cols
-            .amax(&[2], false)?
-            .reshape_usize(&[n, c, w.out[0], w.out[1]]);
-    }
-    let at = crate::no_grad(|| cols.argmax(2, true))?;
-    cols.gather(2, &at)?
-        .reshape_usize(&[n, c, w.out[0], w.out[1]])
+    let d = x.dims();
+    let (n, c, h, wd, l) = (d[0], d[1], d[2], d[3], w.positions());
+    let routed = crate::tape::is_grad_enabled() && x.requires_grad();
+    let (vals, idx) = x.device().backend().max_pool2d(x.view(), &w, routed)?;
+    let y = x.output(vals, &[n, c, w.out[0], w.out[1]]);
+    let Some(idx) = idx.filter(|_| routed) else {
+        return Ok(y);
+    };
+    let idx = x.output(idx, &[n, c, l]);
+    Ok(y.record_op("max_pool2d", &[x], move |g, _| {
+        // Each output's gradient goes to the input element it came from; overlapping
+        // windows accumulate. Recorded under create_graph (scatter_add's backward is gather).
+        let g3 = g.reshape_usize(&[n, c, l])?;
+        let dx = Tensor::zeros(&[n, c, h * wd], g.dtype(), g.device())?
+            .scatter_add(2, &idx, &g3)?
+            .reshape_usize(&[n, c, h, wd])?;
+        Ok(vec![Some(dx)])
+    }))
 }
 
 /// Max pooling over `[N, C, L]`.

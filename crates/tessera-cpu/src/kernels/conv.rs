@@ -105,3 +105,79 @@ pub fn fold<T: Num>(cols: &[T], planes: usize, hw: [usize; 2], w: &Window) -> Ve
     }
     out
 }
+
+/// Max pooling of contiguous `[planes, H, W]`: the maxima `[planes, positions]` and, when
+/// `index`, the plane index `h·W + w` of each. A NaN replaces the running maximum, as in
+/// PyTorch's kernel, so NaN propagates and its gradient goes to it.
+pub fn max_pool<T: Num + PartialOrd>(
+    x: &[T],
+    planes: usize,
+    hw: [usize; 2],
+    w: &Window,
+    index: bool,
+) -> (Vec<T>, Option<Vec<i64>>) {
+    let (h, wd) = (hw[0], hw[1]);
+    let l = w.positions();
+    let mut vals = alloc::<T>(planes * l);
+    let mut idx = index.then(|| alloc::<i64>(planes * l));
+    // Every tap of every window inside the plane (no padding, and no ceil-mode window past the
+    // edge): no bounds checks, the taps of a window are fixed offsets from its corner.
+    let inside =
+        (0..2).all(|i| w.p[i] == 0 && (w.out[i] - 1) * w.s[i] + (w.k[i] - 1) * w.d[i] < hw[i]);
+    let offsets: Vec<usize> = (0..w.k[0])
+        .flat_map(|kh| (0..w.k[1]).map(move |kw| kh * w.d[0] * wd + kw * w.d[1]))
+        .collect();
+    let plane = |p: usize, vo: &mut [T], mut io: Option<&mut [i64]>| {
+        let src = &x[p * h * wd..(p + 1) * h * wd];
+        for oh in 0..w.out[0] {
+            for ow in 0..w.out[1] {
+                let (mut best, mut at) = (T::from_f64(f64::NEG_INFINITY), None);
+                if inside {
+                    let corner = oh * w.s[0] * wd + ow * w.s[1];
+                    at = Some(corner);
+                    for &o in &offsets {
+                        let v = src[corner + o];
+                        if v > best || v.is_nan() {
+                            (best, at) = (v, Some(corner + o));
+                        }
+                    }
+                } else {
+                    for kh in 0..w.k[0] {
+                        let Some(ih) = w.source(0, oh, kh, h) else {
+                            continue;
+                        };
+                        for kw in 0..w.k[1] {
+                            let Some(iw) = w.source(1, ow, kw, wd) else {
+                                continue;
+                            };
+                            let v = src[ih * wd + iw];
+                            if at.is_none() || v > best || v.is_nan() {
+                                (best, at) = (v, Some(ih * wd + iw));
+                            }
+                        }
+                    }
+                }
+                vo[oh * w.out[1] + ow] = best;
+                if let Some(io) = io.as_deref_mut() {
+                    io[oh * w.out[1] + ow] = at.unwrap_or(0) as i64;
+                }
+            }
+        }
+    };
+    // Planes per task: small pools stay on one thread.
+    let min = (PAR_MIN / 4).div_ceil(l.max(1));
+    match idx.as_mut() {
+        Some(idx) => vals
+            .par_chunks_mut(l)
+            .zip(idx.par_chunks_mut(l))
+            .with_min_len(min)
+            .enumerate()
+            .for_each(|(p, (vo, io))| plane(p, vo, Some(io))),
+        None => vals
+            .par_chunks_mut(l)
+            .with_min_len(min)
+            .enumerate()
+            .for_each(|(p, vo)| plane(p, vo, None)),
+    }
+    (vals, idx)
+}
