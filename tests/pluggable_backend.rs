@@ -432,24 +432,43 @@ fn convolution_and_pooling_fall_back_to_primitives() -> Result<()> {
     let mut gen = Generator::new(9);
     let x = Tensor::randn(&[2, 2, 6, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
     let w = Tensor::randn(&[3, 2, 3, 3], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
-    let run = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-        let y = conv2d(x, w, None, &ConvOptions::new().stride(2).padding(1))?;
-        max_pool2d(&y, &PoolOptions::new(2).stride(1).padding(1))?
-            .square()?
-            .sum_all()
-    };
-    let g = run(&x, &w)?.backward()?;
-    let (xc, wc) = (
-        x.detach().to_device(&cpu)?.requires_grad_()?,
-        w.detach().to_device(&cpu)?.requires_grad_()?,
-    );
-    let gc = run(&xc, &wc)?.backward()?;
-    for (a, b) in [
-        (g.get(&x).unwrap(), gc.get(&xc).unwrap()),
-        (g.get(&w).unwrap(), gc.get(&wc).unwrap()),
+    // Pooling with padding (the CPU kernel's bounds-checked path), without (its tap-by-tap
+    // path), and dilated.
+    for (conv, pool) in [
+        (
+            ConvOptions::new().stride(2).padding(1),
+            PoolOptions::new(2).stride(1).padding(1),
+        ),
+        (ConvOptions::new().padding(1), PoolOptions::new(2)),
+        (
+            ConvOptions::new(),
+            PoolOptions::new(2).stride(1).dilation(2),
+        ),
     ] {
-        let (a, b) = (a.to_vec::<f64>()?, b.to_vec::<f64>()?);
-        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-10));
+        let run = |x: &Tensor, w: &Tensor| -> Result<(Tensor, Tensor)> {
+            let y = max_pool2d(&conv2d(x, w, None, &conv)?, &pool)?;
+            Ok((y.clone(), y.square()?.sum_all()?))
+        };
+        let (y, loss) = run(&x, &w)?;
+        let g = loss.backward()?;
+        let (xc, wc) = (
+            x.detach().to_device(&cpu)?.requires_grad_()?,
+            w.detach().to_device(&cpu)?.requires_grad_()?,
+        );
+        let (yc, loss_c) = run(&xc, &wc)?;
+        let gc = loss_c.backward()?;
+        for (a, b) in [
+            (&y, &yc),
+            (g.get(&x).unwrap(), gc.get(&xc).unwrap()),
+            (g.get(&w).unwrap(), gc.get(&wc).unwrap()),
+        ] {
+            let (a, b) = (a.to_vec::<f64>()?, b.to_vec::<f64>()?);
+            assert_eq!(a.len(), b.len());
+            assert!(
+                a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-10),
+                "{conv:?} {pool:?}"
+            );
+        }
     }
     Ok(())
 }

@@ -124,42 +124,83 @@ pub fn max_pool<T: Num + PartialOrd>(
     // edge): no bounds checks, the taps of a window are fixed offsets from its corner.
     let inside =
         (0..2).all(|i| w.p[i] == 0 && (w.out[i] - 1) * w.s[i] + (w.k[i] - 1) * w.d[i] < hw[i]);
-    let offsets: Vec<usize> = (0..w.k[0])
-        .flat_map(|kh| (0..w.k[1]).map(move |kw| kh * w.d[0] * wd + kw * w.d[1]))
-        .collect();
     let plane = |p: usize, vo: &mut [T], mut io: Option<&mut [i64]>| {
         let src = &x[p * h * wd..(p + 1) * h * wd];
+        let ow_n = w.out[1];
+        let mut tmp = vec![T::zero(); if inside && w.s[1] > 1 { ow_n } else { 0 }];
         for oh in 0..w.out[0] {
-            for ow in 0..w.out[1] {
-                let (mut best, mut at) = (T::from_f64(f64::NEG_INFINITY), None);
-                if inside {
-                    let corner = oh * w.s[0] * wd + ow * w.s[1];
-                    at = Some(corner);
-                    for &o in &offsets {
-                        let v = src[corner + o];
-                        if v > best || v.is_nan() {
-                            (best, at) = (v, Some(corner + o));
-                        }
+            let best = &mut vo[oh * ow_n..(oh + 1) * ow_n];
+            let mut at = io
+                .as_deref_mut()
+                .map(|i| &mut i[oh * ow_n..(oh + 1) * ow_n]);
+            if inside {
+                // Taps outer, outputs inner: each output row is updated tap by tap (PyTorch's
+                // tap order, so ties and NaNs resolve the same), with no dependency from one
+                // output to the next for the CPU to wait on.
+                best.fill(T::from_f64(f64::NEG_INFINITY));
+                let corner = oh * w.s[0] * wd;
+                if let Some(at) = at.as_deref_mut() {
+                    for (ow, a) in at.iter_mut().enumerate() {
+                        *a = (corner + ow * w.s[1]) as i64;
                     }
-                } else {
-                    for kh in 0..w.k[0] {
-                        let Some(ih) = w.source(0, oh, kh, h) else {
-                            continue;
+                }
+                for kh in 0..w.k[0] {
+                    for kw in 0..w.k[1] {
+                        let first = corner + kh * w.d[0] * wd + kw * w.d[1];
+                        // The tap's values for the whole row, made contiguous, so the update
+                        // below vectorises into compares and blends instead of one
+                        // unpredictable branch per element.
+                        let taps: &[T] = if w.s[1] == 1 {
+                            &src[first..first + ow_n]
+                        } else {
+                            for (t, &v) in tmp.iter_mut().zip(src[first..].iter().step_by(w.s[1])) {
+                                *t = v;
+                            }
+                            &tmp
                         };
-                        for kw in 0..w.k[1] {
-                            let Some(iw) = w.source(1, ow, kw, wd) else {
-                                continue;
-                            };
-                            let v = src[ih * wd + iw];
-                            if at.is_none() || v > best || v.is_nan() {
-                                (best, at) = (v, Some(ih * wd + iw));
+                        match at.as_deref_mut() {
+                            Some(at) => {
+                                for (ow, ((b, a), &v)) in
+                                    best.iter_mut().zip(at.iter_mut()).zip(taps).enumerate()
+                                {
+                                    let take = v > *b || v.is_nan();
+                                    *b = if take { v } else { *b };
+                                    *a = if take {
+                                        (first + ow * w.s[1]) as i64
+                                    } else {
+                                        *a
+                                    };
+                                }
+                            }
+                            None => {
+                                for (b, &v) in best.iter_mut().zip(taps) {
+                                    *b = if v > *b || v.is_nan() { v } else { *b };
+                                }
                             }
                         }
                     }
                 }
-                vo[oh * w.out[1] + ow] = best;
-                if let Some(io) = io.as_deref_mut() {
-                    io[oh * w.out[1] + ow] = at.unwrap_or(0) as i64;
+                continue;
+            }
+            for ow in 0..ow_n {
+                let (mut m, mut arg) = (T::from_f64(f64::NEG_INFINITY), None);
+                for kh in 0..w.k[0] {
+                    let Some(ih) = w.source(0, oh, kh, h) else {
+                        continue;
+                    };
+                    for kw in 0..w.k[1] {
+                        let Some(iw) = w.source(1, ow, kw, wd) else {
+                            continue;
+                        };
+                        let v = src[ih * wd + iw];
+                        if arg.is_none() || v > m || v.is_nan() {
+                            (m, arg) = (v, Some(ih * wd + iw));
+                        }
+                    }
+                }
+                best[ow] = m;
+                if let Some(at) = at.as_deref_mut() {
+                    at[ow] = arg.unwrap_or(0) as i64;
                 }
             }
         }
