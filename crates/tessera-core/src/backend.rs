@@ -149,6 +149,9 @@ impl Window {
     }
 }
 
+/// What [`Backend::max_pool2d`] returns: the maxima, and the plane index of each when asked.
+pub type Pooled = (Arc<dyn Buffer>, Option<Arc<dyn Buffer>>);
+
 /// A device implementation. Object-safe: core holds it as `Arc<dyn Backend>`.
 pub trait Backend: Send + Sync + Debug + 'static {
     /// The device's name, e.g. `cpu` or `cuda:0`.
@@ -233,12 +236,7 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// `h·W + w` in its input plane of the element it came from, a new i64 `[N, C, OH·OW]`
     /// (NaN wins, as in PyTorch). Default: `unfold2d`, then a max reduction over the taps, or
     /// `argmax` and two `gather`s for the index.
-    fn max_pool2d(
-        &self,
-        x: View<'_>,
-        w: &Window,
-        index: bool,
-    ) -> Result<(Arc<dyn Buffer>, Option<Arc<dyn Buffer>>)> {
+    fn max_pool2d(&self, x: View<'_>, w: &Window, index: bool) -> Result<Pooled> {
         fallback::max_pool2d(self, x, w, index)
     }
 

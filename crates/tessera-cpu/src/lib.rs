@@ -487,7 +487,7 @@ impl Backend for CpuBackend {
         x: View<'_>,
         w: &Window,
         index: bool,
-    ) -> Result<(Arc<dyn Buffer>, Option<Arc<dyn Buffer>>)> {
+    ) -> Result<tessera_core::backend::Pooled> {
         let s = x.layout.shape();
         if x.buf.dtype().is_half() || !x.layout.is_contiguous() {
             return fallback::max_pool2d(self, x, w, index);

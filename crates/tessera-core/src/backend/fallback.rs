@@ -310,7 +310,7 @@ pub fn max_pool2d<B: Backend + ?Sized>(
     x: View<'_>,
     w: &Window,
     index: bool,
-) -> Result<(Arc<dyn Buffer>, Option<Arc<dyn Buffer>>)> {
+) -> Result<super::Pooled> {
     let s = x.layout.shape();
     let (n, c, h, wd) = (s[0], s[1], s[2], s[3]);
     let (taps, l) = (w.taps(), w.positions());
