@@ -122,66 +122,53 @@ pub fn max_pool<T: Num + PartialOrd>(
     let mut idx = index.then(|| alloc::<i64>(planes * l));
     // Every tap of every window inside the plane (no padding, and no ceil-mode window past the
     // edge): no bounds checks, the taps of a window are fixed offsets from its corner.
-    let inside =
-        (0..2).all(|i| w.p[i] == 0 && (w.out[i] - 1) * w.s[i] + (w.k[i] - 1) * w.d[i] < hw[i]);
+    let inside = h * wd <= i32::MAX as usize
+        && (0..2).all(|i| w.p[i] == 0 && (w.out[i] - 1) * w.s[i] + (w.k[i] - 1) * w.d[i] < hw[i]);
+    // Plane index of each window's first tap; tap (kh, kw) of window j is corners[j] + offset.
+    let corners: Vec<i32> = if inside {
+        (0..w.out[0])
+            .flat_map(|oh| (0..w.out[1]).map(move |ow| (oh * w.s[0] * wd + ow * w.s[1]) as i32))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let plane = |p: usize, vo: &mut [T], mut io: Option<&mut [i64]>| {
         let src = &x[p * h * wd..(p + 1) * h * wd];
         let ow_n = w.out[1];
-        let mut tmp = vec![T::zero(); if inside && w.s[1] > 1 { ow_n } else { 0 }];
+        if inside {
+            // Taps outer, windows inner: the whole plane of maxima is updated tap by tap
+            // (PyTorch's tap order, so ties and NaNs resolve the same), with the tap's values
+            // first copied to a contiguous run so the update vectorises into compares and
+            // blends instead of one unpredictable branch per element.
+            vo.fill(T::from_f64(f64::NEG_INFINITY));
+            let mut tmp = vec![T::zero(); l];
+            let mut at32 = if io.is_some() {
+                corners.clone()
+            } else {
+                Vec::new()
+            };
+            for kh in 0..w.k[0] {
+                for kw in 0..w.k[1] {
+                    let off = kh * w.d[0] * wd + kw * w.d[1];
+                    for (t, &c) in tmp.iter_mut().zip(&corners) {
+                        *t = src[c as usize + off];
+                    }
+                    let idx = io.is_some().then_some(&mut at32[..]);
+                    pool_taps(vo, idx, &tmp, &corners, off as i32);
+                }
+            }
+            if let Some(io) = io {
+                for (d, &a) in io.iter_mut().zip(&at32) {
+                    *d = a as i64;
+                }
+            }
+            return;
+        }
         for oh in 0..w.out[0] {
             let best = &mut vo[oh * ow_n..(oh + 1) * ow_n];
             let mut at = io
                 .as_deref_mut()
                 .map(|i| &mut i[oh * ow_n..(oh + 1) * ow_n]);
-            if inside {
-                // Taps outer, outputs inner: each output row is updated tap by tap (PyTorch's
-                // tap order, so ties and NaNs resolve the same), with no dependency from one
-                // output to the next for the CPU to wait on.
-                best.fill(T::from_f64(f64::NEG_INFINITY));
-                let corner = oh * w.s[0] * wd;
-                if let Some(at) = at.as_deref_mut() {
-                    for (ow, a) in at.iter_mut().enumerate() {
-                        *a = (corner + ow * w.s[1]) as i64;
-                    }
-                }
-                for kh in 0..w.k[0] {
-                    for kw in 0..w.k[1] {
-                        let first = corner + kh * w.d[0] * wd + kw * w.d[1];
-                        // The tap's values for the whole row, made contiguous, so the update
-                        // below vectorises into compares and blends instead of one
-                        // unpredictable branch per element.
-                        let taps: &[T] = if w.s[1] == 1 {
-                            &src[first..first + ow_n]
-                        } else {
-                            for (t, &v) in tmp.iter_mut().zip(src[first..].iter().step_by(w.s[1])) {
-                                *t = v;
-                            }
-                            &tmp
-                        };
-                        match at.as_deref_mut() {
-                            Some(at) => {
-                                for (ow, ((b, a), &v)) in
-                                    best.iter_mut().zip(at.iter_mut()).zip(taps).enumerate()
-                                {
-                                    let take = v > *b || v.is_nan();
-                                    *b = if take { v } else { *b };
-                                    *a = if take {
-                                        (first + ow * w.s[1]) as i64
-                                    } else {
-                                        *a
-                                    };
-                                }
-                            }
-                            None => {
-                                for (b, &v) in best.iter_mut().zip(taps) {
-                                    *b = if v > *b || v.is_nan() { v } else { *b };
-                                }
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
             for ow in 0..ow_n {
                 let (mut m, mut arg) = (T::from_f64(f64::NEG_INFINITY), None);
                 for kh in 0..w.k[0] {
@@ -221,4 +208,64 @@ pub fn max_pool<T: Num + PartialOrd>(
             .for_each(|(p, vo)| plane(p, vo, None)),
     }
     (vals, idx)
+}
+
+/// One tap's update of running maxima (and, with `at`, their i32 plane indices
+/// `corners[j] + off`): `v > best || v is NaN` takes the tap, as in PyTorch. Compiled for AVX2
+/// where the CPU has it: the baseline build (SSE2) leaves the select of values and indices as
+/// one unpredictable branch per element.
+fn pool_taps<T: Num + PartialOrd>(
+    best: &mut [T],
+    at: Option<&mut [i32]>,
+    taps: &[T],
+    corners: &[i32],
+    off: i32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked above).
+        return unsafe { pool_taps_avx2(best, at, taps, corners, off) };
+    }
+    pool_taps_body(best, at, taps, corners, off)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool_taps_avx2<T: Num + PartialOrd>(
+    best: &mut [T],
+    at: Option<&mut [i32]>,
+    taps: &[T],
+    corners: &[i32],
+    off: i32,
+) {
+    pool_taps_body(best, at, taps, corners, off)
+}
+
+#[inline(always)]
+fn pool_taps_body<T: Num + PartialOrd>(
+    best: &mut [T],
+    at: Option<&mut [i32]>,
+    taps: &[T],
+    corners: &[i32],
+    off: i32,
+) {
+    let n = best.len().min(taps.len());
+    let (best, taps) = (&mut best[..n], &taps[..n]);
+    match at {
+        Some(at) => {
+            let (at, corners) = (&mut at[..n], &corners[..n]);
+            for j in 0..n {
+                let (old, v) = (best[j], taps[j]);
+                let take = (v > old) | v.is_nan();
+                best[j] = if take { v } else { old };
+                at[j] = if take { corners[j] + off } else { at[j] };
+            }
+        }
+        None => {
+            for j in 0..n {
+                let (old, v) = (best[j], taps[j]);
+                best[j] = if (v > old) | v.is_nan() { v } else { old };
+            }
+        }
+    }
 }
