@@ -302,7 +302,10 @@ impl Backend for CpuBackend {
 
     fn unary(&self, op: UnaryOp, x: View<'_>) -> Result<Arc<dyn Buffer>> {
         match x.buf.dtype() {
-            DType::F32 => unary_typed::<f32>(op, x),
+            DType::F32 => match kernels::vmath::unary(op, typed::<f32>("unary", x)?, x.layout) {
+                Some(v) => out(v),
+                None => unary_typed::<f32>(op, x),
+            },
             DType::F64 => unary_typed::<f64>(op, x),
             DType::F16 => unary_typed::<half::f16>(op, x),
             DType::BF16 => unary_typed::<half::bf16>(op, x),

@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod reduce;
 pub mod shape;
+pub mod vmath;
 
 use crate::buffer::{alloc, CpuElem};
 use rayon::prelude::*;
