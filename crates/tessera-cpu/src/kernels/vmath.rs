@@ -63,7 +63,7 @@ fn run_body<const FMA: bool>(kind: Kind, x: &[f32], o: &mut [f32]) {
         Kind::Sigmoid => o
             .iter_mut()
             .zip(x)
-            .for_each(|(o, &v)| *o = 1.0 / (1.0 + exp::<FMA>(-v))),
+            .for_each(|(o, &v)| *o = sigmoid::<FMA>(v)),
     }
 }
 
@@ -81,35 +81,42 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// from exponent bits in two halves so results down to the subnormals are right.
 #[inline(always)]
 fn exp<const FMA: bool>(x: f32) -> f32 {
-    // Selects, not f32::min/max, so NaN passes through.
-    let x = if x < -104.0 {
-        -104.0
-    } else if x > 88.8 {
-        88.8
-    } else {
-        x
-    };
+    // clamp (unlike f32::min/max) passes NaN through.
+    let x = x.clamp(-104.0, 88.8);
     // Round to nearest by adding and removing 1.5·2^23.
     const MAGIC: f32 = 12_582_912.0;
     let n = madd::<FMA>(x, std::f32::consts::LOG2_E, MAGIC) - MAGIC;
-    let r = madd::<FMA>(n, -0.693_359_375, x);
-    let r = madd::<FMA>(n, 2.121_944_40e-4, r);
-    let mut p = 1.987_569_15e-4;
+    let r = madd::<FMA>(n, -0.693_359_4, x);
+    let r = madd::<FMA>(n, 2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4;
     for c in [
-        1.398_199_950_7e-3,
-        8.333_451_907_3e-3,
-        4.166_579_589_4e-2,
-        1.666_666_545_9e-1,
-        5.000_000_120_1e-1,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_6e-1,
+        5e-1,
     ] {
         p = madd::<FMA>(p, r, c);
     }
     let p = madd::<FMA>(p, r * r, r) + 1.0;
-    let n = if n == n { n as i32 } else { 0 };
+    let n = if n.is_nan() { 0 } else { n as i32 };
     let (n1, n2) = (n / 2, n - n / 2);
     let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
     let s2 = f32::from_bits(((n2 + 127) as u32) << 23);
     p * s1 * s2
+}
+
+/// `1 / (1 + e^-x)`, as `e^x / (1 + e^x)` for negative x: `exp` only sees -|x|, so nothing
+/// overflows and tiny results keep their subnormal digits.
+#[inline(always)]
+fn sigmoid<const FMA: bool>(x: f32) -> f32 {
+    let e = exp::<FMA>(-x.abs());
+    let s = 1.0 / (1.0 + e);
+    if x < 0.0 {
+        e * s
+    } else {
+        s
+    }
 }
 
 /// `tanh x`: an odd polynomial below |x| = 0.625, `1 - 2/(e^{2|x|} + 1)` above, sign restored.
@@ -117,12 +124,12 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
 fn tanh<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
     let z = a * a;
-    let mut p = -5.704_988_727_45e-3;
+    let mut p = -5.704_988_7e-3;
     for c in [
-        2.063_908_879_54e-2,
-        -5.373_971_555_31e-2,
-        1.333_144_220_36e-1,
-        -3.333_328_194_22e-1,
+        2.063_908_8e-2,
+        -5.373_971_5e-2,
+        1.333_144_2e-1,
+        -3.333_328e-1,
     ] {
         p = madd::<FMA>(p, z, c);
     }
