@@ -5,7 +5,7 @@
 //! Compiled twice: for AVX2 + FMA, chosen at run time when the CPU has them, and for the
 //! baseline target (where `a·b + c` is not fused, so results can differ in the last bit).
 
-use super::{CHUNK, PAR_MIN};
+use super::{for_segments, Rows, CHUNK, PAR_MIN};
 use crate::buffer::alloc;
 use rayon::prelude::*;
 use tessera_core::{Layout, UnaryOp};
@@ -26,7 +26,18 @@ pub fn unary(op: UnaryOp, x: &[f32], l: &Layout) -> Option<Vec<f32>> {
         _ => return None,
     };
     if !l.is_contiguous() {
-        return None;
+        // Rows with a contiguous innermost dim (the gates of an LSTM are column slices of one
+        // product): each row segment is a contiguous run.
+        let rows = Rows::new(&[l]);
+        if rows.inner_strides[0] != 1 {
+            return None;
+        }
+        let mut out = alloc::<f32>(l.numel());
+        for_segments(&mut out, rows.inner, |o, row, col| {
+            let p = rows.at(0, row, col);
+            run(kind, &x[p..p + o.len()], o);
+        });
+        return Some(out);
     }
     let x = &x[l.offset()..l.offset() + l.numel()];
     let mut out = alloc::<f32>(x.len());
@@ -180,6 +191,18 @@ mod tests {
                 }
             }
         }
+        // Column slices (row-strided views) and broadcasts go through the layout-aware entry.
+        let data: Vec<f32> = (0..32).map(|i| i as f32 * 0.37 - 6.0).collect();
+        let slice = Layout::new(vec![4, 5], vec![8, 1], 2);
+        let got = unary(UnaryOp::Tanh, &data, &slice).unwrap();
+        for r in 0..4 {
+            for c in 0..5 {
+                let want = (data[2 + r * 8 + c] as f64).tanh();
+                assert!(ulp(got[r * 5 + c], want) <= 3.0, "slice at {r},{c}");
+            }
+        }
+        let bcast = Layout::new(vec![3, 4], vec![1, 0], 0);
+        assert!(unary(UnaryOp::Exp, &data, &bcast).is_none());
         for kind in [Kind::Exp, Kind::Tanh, Kind::Sigmoid] {
             let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0];
             let mut o = [0.0; 4];
