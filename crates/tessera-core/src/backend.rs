@@ -241,10 +241,16 @@ pub trait Backend: Send + Sync + Debug + 'static {
     }
 
     /// 2-d cross-correlation (one group) of `x` `[N, C, H, W]` with `weight` `[O, C, KH, KW]`
-    /// over the window `w`: a new `[N, O, OH, OW]`, without bias. Default: `unfold2d`, then one
-    /// batched `matmul`.
-    fn conv2d(&self, x: View<'_>, weight: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
-        fallback::conv2d(self, x, weight, w)
+    /// over the window `w`, plus `bias` `[O]` when given: a new `[N, O, OH, OW]`. Default:
+    /// `unfold2d`, one batched `matmul`, then the bias added.
+    fn conv2d(
+        &self,
+        x: View<'_>,
+        weight: View<'_>,
+        bias: Option<View<'_>>,
+        w: &Window,
+    ) -> Result<Arc<dyn Buffer>> {
+        fallback::conv2d(self, x, weight, bias, w)
     }
 
     /// The gradient of [`Backend::conv2d`] with respect to its input: `dy` `[N, O, OH, OW]`

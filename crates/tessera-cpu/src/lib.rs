@@ -503,15 +503,24 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn conv2d(&self, x: View<'_>, weight: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
+    fn conv2d(
+        &self,
+        x: View<'_>,
+        weight: View<'_>,
+        bias: Option<View<'_>>,
+        w: &Window,
+    ) -> Result<Arc<dyn Buffer>> {
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), weight.layout.shape()[0], w) {
-            let (mut hx, mut hw) = (None, None);
+            let (mut hx, mut hw, mut hb) = (None, None, None);
             let xs = self.f32_rows("conv2d", x, &mut hx)?;
             let ws = self.f32_rows("conv2d", weight, &mut hw)?;
-            return out(cd::forward(xs, ws, &p));
+            let bs = bias
+                .map(|b| self.f32_rows("conv2d", b, &mut hb))
+                .transpose()?;
+            return out(cd::forward(xs, ws, bs, &p));
         }
-        fallback::conv2d(self, x, weight, w)
+        fallback::conv2d(self, x, weight, bias, w)
     }
 
     fn conv2d_input_grad(
@@ -677,6 +686,8 @@ mod tests {
                 data(o * c * k[0] * k[1], 2),
                 data(n * o * out[0] * out[1], 3),
             );
+            let bdat = data(o, 4);
+            let bl = Layout::contiguous(&[o]);
             let x_layout = if transposed {
                 // The same logical [n, c, h, w] read through strides of a [n, c, w, h] buffer.
                 Layout::contiguous(&[n, c, wd, h]).permute(&[0, 1, 3, 2])
@@ -712,6 +723,11 @@ mod tests {
             let mut got = Vec::new();
             for f32_ in [true, false] {
                 let (xb, wb, db) = (up(&xd, f32_), up(&wdat, f32_), up(&dyd, f32_));
+                let bb = up(&bdat, f32_);
+                let bv = View {
+                    buf: bb.as_ref(),
+                    layout: &bl,
+                };
                 let (xv, wv, dv) = (
                     View {
                         buf: xb.as_ref(),
@@ -727,7 +743,10 @@ mod tests {
                     },
                 );
                 got.push([
-                    read(b.conv2d(xv, wv, &win).unwrap(), &[n, o, out[0], out[1]]),
+                    read(
+                        b.conv2d(xv, wv, Some(bv), &win).unwrap(),
+                        &[n, o, out[0], out[1]],
+                    ),
                     read(
                         b.conv2d_input_grad(dv, wv, &win, [h, wd]).unwrap(),
                         &[n, c, h, wd],

@@ -208,11 +208,12 @@ fn contiguous_as<'a, B: Backend + ?Sized>(
 }
 
 /// `conv2d` as im2col and a batched product: `weight` `[O, C·taps]` (broadcast over the batch)
-/// · `cols` `[N, C·taps, positions]`.
+/// · `cols` `[N, C·taps, positions]`, then `bias` broadcast over the batch and positions.
 pub fn conv2d<B: Backend + ?Sized>(
     b: &B,
     x: View<'_>,
     weight: View<'_>,
+    bias: Option<View<'_>>,
     w: &Window,
 ) -> Result<Arc<dyn Buffer>> {
     let (n, c) = (x.layout.shape()[0], x.layout.shape()[1]);
@@ -221,7 +222,7 @@ pub fn conv2d<B: Backend + ?Sized>(
     let cols = b.unfold2d(x, w, 0.0)?;
     let mut hold = None;
     let (wb, wl) = contiguous_as(b, weight, &mut hold, &[1, o, ct])?;
-    b.matmul(
+    let y = b.matmul(
         View {
             buf: wb,
             layout: &wl.broadcast_to(&[n, o, ct]),
@@ -229,6 +230,25 @@ pub fn conv2d<B: Backend + ?Sized>(
         View {
             buf: cols.as_ref(),
             layout: &Layout::contiguous(&[n, ct, l]),
+        },
+    )?;
+    let Some(bias) = bias else {
+        return Ok(y);
+    };
+    let bl = Layout::new(
+        vec![n, o, l],
+        vec![0, bias.layout.strides()[0], 0],
+        bias.layout.offset(),
+    );
+    b.binary(
+        BinaryOp::Add,
+        View {
+            buf: y.as_ref(),
+            layout: &Layout::contiguous(&[n, o, l]),
+        },
+        View {
+            buf: bias.buf,
+            layout: &bl,
         },
     )
 }

@@ -286,30 +286,41 @@ fn conv_nd(
         out,
     };
     if g == 1 {
-        // One group: the backend's conv2d (a direct kernel where it has one) as one tape node.
+        // One group: the backend's conv2d (a direct kernel where it has one, bias included) as
+        // one tape node.
+        if let Some(b) = bias {
+            check_bias(op, b, o, &[n, o, out[0], out[1]])?;
+            same_kind(op, x, b)?;
+        }
         let backend = x.device().backend();
         let y = x.output(
-            backend.conv2d(x.view(), weight.view(), &win)?,
+            backend.conv2d(x.view(), weight.view(), bias.map(|b| b.view()), &win)?,
             &[n, o, out[0], out[1]],
         );
         let (xs, ws) = (x.clone(), weight.clone());
-        let y = y.record_op("conv2d", &[x, weight], move |gy, needs| {
-            if crate::tape::is_grad_enabled() {
-                return conv2d_grads_recorded(&xs, &ws, gy, &win, needs);
+        let mut inputs = vec![x, weight];
+        inputs.extend(bias);
+        return Ok(y.record_op("conv2d", &inputs, move |gy, needs| {
+            let mut grads = if crate::tape::is_grad_enabled() {
+                conv2d_grads_recorded(&xs, &ws, gy, &win, needs)?
+            } else {
+                let b = gy.device().backend();
+                vec![
+                    when(needs[0], || {
+                        let buf = b.conv2d_input_grad(gy.view(), ws.view(), &win, sizes)?;
+                        Ok(xs.output(buf, xs.dims()))
+                    })?,
+                    when(needs[1], || {
+                        let buf = b.conv2d_weight_grad(xs.view(), gy.view(), &win)?;
+                        Ok(ws.output(buf, ws.dims()))
+                    })?,
+                ]
+            };
+            if needs.len() == 3 {
+                grads.push(when(needs[2], || gy.sum(&[0, 2, 3], false))?);
             }
-            let b = gy.device().backend();
-            Ok(vec![
-                when(needs[0], || {
-                    let buf = b.conv2d_input_grad(gy.view(), ws.view(), &win, sizes)?;
-                    Ok(xs.output(buf, xs.dims()))
-                })?,
-                when(needs[1], || {
-                    let buf = b.conv2d_weight_grad(xs.view(), gy.view(), &win)?;
-                    Ok(ws.output(buf, ws.dims()))
-                })?,
-            ])
-        });
-        return add_bias(op, y, bias, o);
+            Ok(grads)
+        }));
     }
     let cols = unfold(x, &win, 0.0)?.reshape_usize(&[n, g, cg * win.taps(), win.positions()])?;
     let wg = weight.reshape_usize(&[g, o / g, cg * win.taps()])?;
@@ -348,18 +359,24 @@ fn conv2d_grads_recorded(
     ])
 }
 
+/// A bias must be `[channels]`.
+fn check_bias(op: &'static str, b: &Tensor, channels: usize, out: &[usize]) -> Result<()> {
+    if b.dims() != [channels] {
+        return Err(Error::shape(
+            op,
+            format!("bias must be [{channels}]"),
+            b.dims(),
+            out,
+        ));
+    }
+    Ok(())
+}
+
 fn add_bias(op: &'static str, y: Tensor, bias: Option<&Tensor>, channels: usize) -> Result<Tensor> {
     match bias {
         None => Ok(y),
         Some(b) => {
-            if b.dims() != [channels] {
-                return Err(Error::shape(
-                    op,
-                    format!("bias must be [{channels}]"),
-                    b.dims(),
-                    y.dims(),
-                ));
-            }
+            check_bias(op, b, channels, y.dims())?;
             let mut shape = vec![1; y.rank()];
             shape[1] = channels;
             y.add(&b.reshape_usize(&shape)?)

@@ -91,10 +91,8 @@ pub fn worthwhile(c: usize, o: usize) -> bool {
     c.min(o) <= 32
 }
 
-/// Blocks of 6 output channels where 4 do not divide `o` but 6 do (LeNet's first layer), else
-/// blocks of 4, zero-padded past `o`. Forward tiles are 6 × 2 or 4 × 2 vectors of accumulators
-/// (a 4 × 3 tile needs 17 vector registers and spilled one, which cost W2a a fifth of its
-/// speed); weight-gradient tiles are 6 × 2 or 4 × 3 (one vector of `dy` at a time, no spill).
+/// Weight-gradient tiles: 6 rows of `dy` × 2 taps where 4 do not divide `o` but 6 do (LeNet's
+/// first layer), else 4 × 3 (one vector of `dy` at a time, no spill); rows past `o` are zero.
 fn six_block(o: usize) -> bool {
     !o.is_multiple_of(4) && o.is_multiple_of(6)
 }
@@ -106,14 +104,6 @@ fn chunk(n: usize) -> usize {
 
 /// `y` `[n, o, out0, out1]` = the cross-correlation of `x` `[n, c, h, w]` with `weight`
 /// `[o, c, k0, k1]` (both contiguous). Call only when [`available`].
-pub fn forward(x: &[f32], weight: &[f32], p: &Plan) -> Vec<f32> {
-    if six_block(p.o) {
-        forward_blocked::<6, 2>(x, weight, p)
-    } else {
-        forward_blocked::<4, 2>(x, weight, p)
-    }
-}
-
 /// The input gradient `[n, c, h, w]` of the convolution `p` (with `p.pad[i] < p.k[i]` and
 /// every output row and column reached) from `dy` `[n, o, out0, out1]`: a direct convolution
 /// of `dy`, padded by `k - 1 - pad`, with the flipped, channel-swapped weights.
@@ -137,7 +127,7 @@ pub fn input_grad(dy: &[f32], weight: &[f32], p: &Plan) -> Vec<f32> {
         pad: [p.k[0] - 1 - p.pad[0], p.k[1] - 1 - p.pad[1]],
         out: [p.h, p.w],
     };
-    forward(dy, &flipped, &q)
+    forward(dy, &flipped, None, &q)
 }
 
 /// The weight gradient `[o, c, k0, k1]` of the convolution `p` from `x` and `dy`.
@@ -149,20 +139,41 @@ pub fn weight_grad(x: &[f32], dy: &[f32], p: &Plan) -> Vec<f32> {
     }
 }
 
-fn forward_blocked<const OB: usize, const PB: usize>(
-    x: &[f32],
-    weight: &[f32],
-    p: &Plan,
-) -> Vec<f32> {
+/// Output-channel blocks of the forward: 6 wide (6 × 2 vectors = 12 independent accumulators,
+/// enough to keep both FMA pipes busy), then one block of 4 for a remainder of 1-4, or of 6 for
+/// a remainder of 5 (zero weights past `o`). A 4 × 2 tile alone has only 8 accumulators in
+/// flight and ran W2a's 16 channels at 60% of the 6-wide speed; a 4 × 3 tile needs 17 vector
+/// registers and spilled.
+fn forward_blocks(o: usize) -> Vec<(usize, usize)> {
+    let mut blocks = Vec::new();
+    let mut start = 0;
+    while start < o {
+        let width = if o - start <= 4 { 4 } else { 6 };
+        blocks.push((start, width));
+        start += width;
+    }
+    blocks
+}
+
+/// `y` `[n, o, out0, out1]` = `bias` + the cross-correlation of `x` `[n, c, h, w]` with
+/// `weight` `[o, c, k0, k1]` (all contiguous). Call only when [`available`].
+pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec<f32> {
+    const PB: usize = 2;
     let [hp, wp] = p.padded();
     let taps = p.taps();
-    let blocks = p.o.div_ceil(OB);
-    // Weights packed per block of OB output channels as [tap][OB] (zeros past o), so a tap's
-    // OB weights are adjacent.
-    let mut packed = vec![0.0f32; blocks * taps * OB];
-    for o in 0..p.o {
-        for t in 0..taps {
-            packed[((o / OB) * taps + t) * OB + o % OB] = weight[o * taps + t];
+    let blocks = forward_blocks(p.o);
+    let rows: usize = blocks.iter().map(|b| b.1).sum();
+    // Weights packed per block as [tap][width] (zeros past o), so a tap's weights are adjacent;
+    // the bias per block likewise (it seeds the accumulators).
+    let mut packed = vec![0.0f32; rows * taps];
+    let mut pbias = vec![0.0f32; rows];
+    for &(start, width) in &blocks {
+        for i in 0..width.min(p.o - start) {
+            let o = start + i;
+            for t in 0..taps {
+                packed[(start * taps) + t * width + i] = weight[o * taps + t];
+            }
+            pbias[start + i] = bias.map_or(0.0, |b| b[o]);
         }
     }
     let offs = p.offsets();
@@ -175,24 +186,26 @@ fn forward_blocked<const OB: usize, const PB: usize>(
         .enumerate()
         .for_each(|(ci, ys)| {
             let mut img = vec![0.0f32; p.c * hp * wp + SLACK];
-            let mut acc = vec![0.0f32; blocks * OB * wide];
+            let mut acc = vec![0.0f32; rows * wide];
             for (j, y_img) in ys.chunks_mut(out_len).enumerate() {
                 let n = ci * per + j;
                 p.pad_image(&x[n * in_len..(n + 1) * in_len], &mut img);
-                for b in 0..blocks {
-                    let wb = &packed[b * taps * OB..(b + 1) * taps * OB];
+                for &(start, width) in &blocks {
+                    let wb = packed[start * taps..(start + width) * taps].as_ptr();
+                    let bb = pbias[start..start + width].as_ptr();
                     for p0 in (0..wide).step_by(span) {
+                        let (src, dst) = (img.as_ptr(), acc.as_mut_ptr());
                         // SAFETY: `available()` was checked by the caller (AVX2 + FMA); reads
                         // stay inside `img` (`offs[t] + p0 + span ≤ c·Hp·Wp + SLACK`, see
-                        // SLACK) and writes inside `acc` (OB rows of `wide` from block b).
+                        // SLACK), `wb`/`bb` hold `width` weights per tap and `width` biases,
+                        // and writes stay inside `acc` (`width` rows of `wide` from `start`).
                         unsafe {
-                            avx::fwd_tile::<OB, PB>(
-                                img.as_ptr().add(p0),
-                                &offs,
-                                wb.as_ptr(),
-                                acc.as_mut_ptr().add(b * OB * wide + p0),
-                                wide,
-                            )
+                            let (src, dst) = (src.add(p0), dst.add(start * wide + p0));
+                            if width == 6 {
+                                avx::fwd_tile::<6, PB>(src, &offs, wb, bb, dst, wide)
+                            } else {
+                                avx::fwd_tile::<4, PB>(src, &offs, wb, bb, dst, wide)
+                            }
                         }
                     }
                 }
@@ -288,17 +301,21 @@ fn weight_grad_blocked<const OB: usize, const TB: usize>(
 mod avx {
     use std::arch::x86_64::*;
 
-    /// `acc[i][p0 + 0..8·PB] = Σ_t w[t][i] · img[offs[t] + 0..8·PB]` for the OB output channels
+    /// `acc[i][p0 + 0..8·PB] = bias[i] + Σ_t w[t][i] · img[offs[t] + 0..8·PB]` for the OB output channels
     /// of one block; `out` row i is at `out + i·stride`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn fwd_tile<const OB: usize, const PB: usize>(
         img: *const f32,
         offs: &[usize],
         w: *const f32,
+        bias: *const f32,
         out: *mut f32,
         stride: usize,
     ) {
         let mut acc = [[_mm256_setzero_ps(); PB]; OB];
+        for (i, row) in acc.iter_mut().enumerate() {
+            *row = [_mm256_broadcast_ss(&*bias.add(i)); PB];
+        }
         for (t, &off) in offs.iter().enumerate() {
             let src = img.add(off);
             let mut xv = [_mm256_setzero_ps(); PB];
