@@ -301,6 +301,9 @@ fn conv_nd(
         let mut inputs = vec![x, weight];
         inputs.extend(bias);
         return Ok(y.record_op("conv2d", &inputs, move |gy, needs| {
+            // Both gradients and the bias sum read gy: copy a broadcast seed (the gradient of
+            // a sum) or other strided view once, not once per reader.
+            let gy = &gy.contiguous()?;
             let mut grads = if crate::tape::is_grad_enabled() {
                 conv2d_grads_recorded(&xs, &ws, gy, &win, needs)?
             } else {

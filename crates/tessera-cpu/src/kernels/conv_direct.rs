@@ -4,11 +4,13 @@
 //! packing of an im2col GEMM costs more than the multiply-adds it feeds; here every loaded
 //! vector of input feeds 4 or 6 output channels.
 //!
-//! Layout trick: with the image padded to `Hp × Wp`, output `(oh, ow)` is the *wide* position
-//! `p = oh·Wp + ow`, and tap `(c, kh, kw)` of it reads padded element `p + c·Hp·Wp + kh·Wp + kw`,
-//! so a run of consecutive wide positions reads a contiguous run of the padded image. Wide
-//! positions with `ow ≥ OW` are computed and dropped (forward) or weighted by zero (weight
-//! gradient).
+//! Layout trick: each image is copied once into `U[c][kw][r][ow] = xpad[c][r][ow + kw]`
+//! (`r < Hp`, `ow < OW`; `xpad` the zero-padded image): an im2col over the kernel's columns only,
+//! K1 times the image instead of K0·K1 times. Output position `p = oh·OW + ow` then reads tap
+//! `(c, kh, kw)` at `U` offset `((c·K1 + kw)·Hp + kh)·OW + p`, so a run of consecutive output
+//! positions reads a contiguous run of `U`, and no position is computed only to be dropped (the
+//! padded-image form, `p = oh·Wp + ow`, spent (K1 - 1)/Wp of its work on such positions:
+//! 29-44% for LeNet's layers).
 //!
 //! The input gradient of a stride-1 convolution is itself one: `dy` padded by `K - 1 - p`
 //! against the weights flipped in both spatial dims with input and output channels swapped.
@@ -29,50 +31,81 @@ pub struct Plan {
     pub out: [usize; 2],
 }
 
-/// Extra zeros after a padded image: the last block of wide positions reads up to one block
-/// past the last real position (see the module comment).
+/// Extra zeros after `U`: the last block of positions reads up to one block past the end.
 const SLACK: usize = 32;
 
 impl Plan {
-    /// Padded height and width (stride 1: `out + k - 1`).
-    fn padded(&self) -> [usize; 2] {
-        [self.out[0] + self.k[0] - 1, self.out[1] + self.k[1] - 1]
+    /// Padded height (stride 1: `out0 + k0 - 1`).
+    fn padded_rows(&self) -> usize {
+        self.out[0] + self.k[0] - 1
     }
-    /// Wide positions that hold real outputs: `(out0 - 1)·Wp + out1`.
-    fn wide(&self) -> usize {
-        (self.out[0] - 1) * self.padded()[1] + self.out[1]
+    /// Output positions per channel.
+    fn positions(&self) -> usize {
+        self.out[0] * self.out[1]
+    }
+    /// Elements of `U` (see the module comment), slack included.
+    fn unfolded_len(&self) -> usize {
+        self.c * self.k[1] * self.padded_rows() * self.out[1] + SLACK
     }
     /// Taps per output channel: `c·k0·k1`.
     fn taps(&self) -> usize {
         self.c * self.k[0] * self.k[1]
     }
-    /// Offset in the padded image of each tap `(c, kh, kw)`, in weight order.
+    /// Offset in `U` of each tap `(c, kh, kw)`, in weight order.
     fn offsets(&self) -> Vec<usize> {
-        let [hp, wp] = self.padded();
+        let (hp, ow) = (self.padded_rows(), self.out[1]);
         let mut offs = Vec::with_capacity(self.taps());
         for c in 0..self.c {
             for kh in 0..self.k[0] {
                 for kw in 0..self.k[1] {
-                    offs.push(c * hp * wp + kh * wp + kw);
+                    offs.push(((c * self.k[1] + kw) * hp + kh) * ow);
                 }
             }
         }
         offs
     }
-    /// Zero-pads one image `[c, h, w]` into `dst` (`c·Hp·Wp + SLACK` elements).
-    fn pad_image(&self, img: &[f32], dst: &mut [f32]) {
-        let [hp, wp] = self.padded();
-        dst.fill(0.0);
-        let cols = self.w.min(wp.saturating_sub(self.pad[1]));
+    /// Builds `U` of one image `[c, h, w]` in `dst` (`unfolded_len` elements, its slack zero):
+    /// the image's rows where they land, zeros only where they do not.
+    fn unfold_image(&self, img: &[f32], dst: &mut [f32]) {
+        let (hp, ow_n) = (self.padded_rows(), self.out[1]);
+        let rows = self.h.min(hp.saturating_sub(self.pad[0]));
         for c in 0..self.c {
-            for i in 0..self.h {
-                let r = i + self.pad[0];
-                if r >= hp {
-                    break;
+            for kw in 0..self.k[1] {
+                // Output column ow reads input column ow + kw - pad; the ones inside the image:
+                let lo = self.pad[1].saturating_sub(kw).min(ow_n);
+                let hi = (self.w + self.pad[1]).saturating_sub(kw).clamp(lo, ow_n);
+                let block = (c * self.k[1] + kw) * hp * ow_n;
+                let top = block + self.pad[0] * ow_n;
+                dst[block..top].fill(0.0);
+                dst[top + rows * ow_n..block + hp * ow_n].fill(0.0);
+                for r in 0..rows {
+                    dst[top + r * ow_n..top + r * ow_n + lo].fill(0.0);
+                    dst[top + r * ow_n + hi..top + (r + 1) * ow_n].fill(0.0);
                 }
-                let d = c * hp * wp + r * wp + self.pad[1];
-                let s = (c * self.h + i) * self.w;
-                dst[d..d + cols].copy_from_slice(&img[s..s + cols]);
+                if lo == hi {
+                    continue;
+                }
+                let first = lo + kw - self.pad[1];
+                let d = ((c * self.k[1] + kw) * hp + self.pad[0]) * ow_n + lo;
+                let s = c * self.h * self.w + first;
+                assert!(
+                    rows == 0
+                        || (d + (rows - 1) * ow_n + (hi - lo) <= dst.len()
+                            && s + (rows - 1) * self.w + (hi - lo) <= img.len())
+                );
+                // SAFETY: AVX2 is checked by every caller (`available()`); the rows written
+                // and read are in bounds (asserted above). Rows of 5-28 elements: a libc
+                // memmove per row cost W2a a tenth of its time.
+                unsafe {
+                    avx::copy_rows(
+                        dst.as_mut_ptr().add(d),
+                        ow_n,
+                        img.as_ptr().add(s),
+                        self.w,
+                        rows,
+                        hi - lo,
+                    )
+                }
             }
         }
     }
@@ -159,7 +192,6 @@ fn forward_blocks(o: usize) -> Vec<(usize, usize)> {
 /// `weight` `[o, c, k0, k1]` (all contiguous). Call only when [`available`].
 pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec<f32> {
     const PB: usize = 2;
-    let [hp, wp] = p.padded();
     let taps = p.taps();
     let blocks = forward_blocks(p.o);
     let rows: usize = blocks.iter().map(|b| b.1).sum();
@@ -178,26 +210,26 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec
     }
     let offs = p.offsets();
     let span = 8 * PB;
-    let wide = p.wide().div_ceil(span) * span;
-    let (in_len, out_len) = (p.c * p.h * p.w, p.o * p.out[0] * p.out[1]);
+    let wide = p.positions().div_ceil(span) * span;
+    let (in_len, out_len) = (p.c * p.h * p.w, p.o * p.positions());
     let mut y = crate::buffer::alloc::<f32>(p.n * out_len);
     let per = chunk(p.n);
     y.par_chunks_mut(per * out_len)
         .enumerate()
         .for_each(|(ci, ys)| {
-            let mut img = vec![0.0f32; p.c * hp * wp + SLACK];
+            let mut img = vec![0.0f32; p.unfolded_len()];
             let mut acc = vec![0.0f32; rows * wide];
             for (j, y_img) in ys.chunks_mut(out_len).enumerate() {
                 let n = ci * per + j;
-                p.pad_image(&x[n * in_len..(n + 1) * in_len], &mut img);
+                p.unfold_image(&x[n * in_len..(n + 1) * in_len], &mut img);
                 for &(start, width) in &blocks {
                     let wb = packed[start * taps..(start + width) * taps].as_ptr();
                     let bb = pbias[start..start + width].as_ptr();
                     for p0 in (0..wide).step_by(span) {
                         let (src, dst) = (img.as_ptr(), acc.as_mut_ptr());
                         // SAFETY: `available()` was checked by the caller (AVX2 + FMA); reads
-                        // stay inside `img` (`offs[t] + p0 + span ≤ c·Hp·Wp + SLACK`, see
-                        // SLACK), `wb`/`bb` hold `width` weights per tap and `width` biases,
+                        // stay inside `img` (`offs[t] + p0 + span ≤ unfolded_len`, see SLACK),
+                        // `wb`/`bb` hold `width` weights per tap and `width` biases,
                         // and writes stay inside `acc` (`width` rows of `wide` from `start`).
                         unsafe {
                             let (src, dst) = (src.add(p0), dst.add(start * wide + p0));
@@ -209,13 +241,10 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec
                         }
                     }
                 }
-                // Keep the real positions: row oh of the output is wide [oh·Wp, oh·Wp + OW).
-                for o in 0..p.o {
-                    for oh in 0..p.out[0] {
-                        let d = (o * p.out[0] + oh) * p.out[1];
-                        let s = o * wide + oh * wp;
-                        y_img[d..d + p.out[1]].copy_from_slice(&acc[s..s + p.out[1]]);
-                    }
+                // Drop the rounding past the last position.
+                let l = p.positions();
+                for (o, y_o) in y_img.chunks_mut(l).enumerate() {
+                    y_o.copy_from_slice(&acc[o * wide..o * wide + l]);
                 }
             }
         });
@@ -227,30 +256,26 @@ fn weight_grad_blocked<const OB: usize, const TB: usize>(
     dy: &[f32],
     p: &Plan,
 ) -> Vec<f32> {
-    let [hp, wp] = p.padded();
     let taps = p.taps();
     let blocks = p.o.div_ceil(OB);
     let offs = p.offsets();
-    let wide = p.wide().div_ceil(8) * 8;
-    let (in_len, out_len) = (p.c * p.h * p.w, p.o * p.out[0] * p.out[1]);
+    let l = p.positions();
+    let wide = l.div_ceil(8) * 8;
+    let (in_len, out_len) = (p.c * p.h * p.w, p.o * l);
     let per = chunk(p.n);
     // One partial gradient [blocks·OB, taps] per task, summed at the end.
     let partials: Vec<Vec<f32>> = (0..p.n.div_ceil(per))
         .into_par_iter()
         .map(|ci| {
             let mut part = vec![0.0f32; blocks * OB * taps];
-            let mut img = vec![0.0f32; p.c * hp * wp + SLACK];
-            // dy in wide layout: zeros at the dropped positions, so they add nothing.
+            let mut img = vec![0.0f32; p.unfolded_len()];
+            // dy rows padded with zeros to a multiple of 8 positions, so the tail adds nothing.
             let mut dw = vec![0.0f32; blocks * OB * wide];
             for n in ci * per..((ci + 1) * per).min(p.n) {
-                p.pad_image(&x[n * in_len..(n + 1) * in_len], &mut img);
+                p.unfold_image(&x[n * in_len..(n + 1) * in_len], &mut img);
                 let d_img = &dy[n * out_len..(n + 1) * out_len];
-                for o in 0..p.o {
-                    for oh in 0..p.out[0] {
-                        let s = (o * p.out[0] + oh) * p.out[1];
-                        let d = o * wide + oh * wp;
-                        dw[d..d + p.out[1]].copy_from_slice(&d_img[s..s + p.out[1]]);
-                    }
+                for (o, d_o) in d_img.chunks(l).enumerate() {
+                    dw[o * wide..o * wide + l].copy_from_slice(d_o);
                 }
                 for b in 0..blocks {
                     let rows = dw[b * OB * wide..].as_ptr();
@@ -368,6 +393,37 @@ mod avx {
         for (i, row) in acc.iter().enumerate() {
             for (j, a) in row.iter().enumerate() {
                 out[i * taps + t0 + j] += hsum(*a);
+            }
+        }
+    }
+
+    /// Copies `rows` rows of `n` elements, `src` rows `ss` apart to `dst` rows `ds` apart:
+    /// 8 lanes at a time, the tail as one more 8-lane copy ending at `n` (overlapping the last
+    /// one: AMD's masked stores are microcoded and cost more than the row), scalar below 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn copy_rows(
+        dst: *mut f32,
+        ds: usize,
+        src: *const f32,
+        ss: usize,
+        rows: usize,
+        n: usize,
+    ) {
+        for r in 0..rows {
+            let (d, s) = (dst.add(r * ds), src.add(r * ss));
+            if n < 8 {
+                for j in 0..n {
+                    *d.add(j) = *s.add(j);
+                }
+                continue;
+            }
+            let mut j = 0;
+            while j + 8 <= n {
+                _mm256_storeu_ps(d.add(j), _mm256_loadu_ps(s.add(j)));
+                j += 8;
+            }
+            if j < n {
+                _mm256_storeu_ps(d.add(n - 8), _mm256_loadu_ps(s.add(n - 8)));
             }
         }
     }
