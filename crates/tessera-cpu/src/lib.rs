@@ -214,16 +214,84 @@ impl CpuBackend {
         v: View<'a>,
         hold: &'a mut Option<Arc<dyn Buffer>>,
     ) -> Result<&'a [f32]> {
+        self.rows::<f32>(op, v, hold)
+    }
+
+    /// `v`'s elements in row-major order as one slice of `T` (see [`Self::f32_rows`]).
+    fn rows<'a, T: CpuElem>(
+        &self,
+        op: &'static str,
+        v: View<'a>,
+        hold: &'a mut Option<Arc<dyn Buffer>>,
+    ) -> Result<&'a [T]> {
         let r = v.layout.offset()..v.layout.offset() + v.layout.numel();
         if v.layout.is_contiguous() {
-            return Ok(&typed::<f32>(op, v)?[r]);
+            return Ok(&typed::<T>(op, v)?[r]);
         }
-        let copy: &'a Arc<dyn Buffer> = hold.insert(self.cast(v, DType::F32)?);
-        let data = f32::slice(cpu_buf(op, copy.as_ref())?).ok_or_else(|| Error::DType {
+        let copy: &'a Arc<dyn Buffer> = hold.insert(self.cast(v, T::DTYPE)?);
+        let data = T::slice(cpu_buf(op, copy.as_ref())?).ok_or_else(|| Error::DType {
             op,
-            msg: format!("expected f32, got {}", copy.dtype()),
+            msg: format!("expected {}, got {}", T::DTYPE, copy.dtype()),
         })?;
         Ok(&data[..v.layout.numel()])
+    }
+
+    /// Channel-major columns `[C·taps, N·positions]` of `x` `[N, C, H, W]` (f32 or f64).
+    fn unfold_channel_major(&self, x: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
+        let s = x.layout.shape();
+        let mut hold = None;
+        with_dtype!(float x.buf.dtype(), "conv2d", |T| {
+            let xs = self.rows::<T>("conv2d", x, &mut hold)?;
+            out(cv::unfold_channel_major(xs, [s[0], s[1]], [s[2], s[3]], w))
+        })
+    }
+
+    /// `dy` `[N, O, OH, OW]` as a contiguous `[O, N·positions]`.
+    fn channel_major(&self, dy: View<'_>) -> Result<Arc<dyn Buffer>> {
+        let d = dy.layout.shape();
+        let (n, o, l) = (d[0], d[1], d[2] * d[3]);
+        let perm = |lay: &Layout| lay.reshape(&[n, o, l]).map(|r| r.permute(&[1, 0, 2]));
+        match perm(dy.layout) {
+            Some(p) => self.cast(
+                View {
+                    buf: dy.buf,
+                    layout: &p,
+                },
+                dy.buf.dtype(),
+            ),
+            None => {
+                let copy = self.cast(dy, dy.buf.dtype())?;
+                let p = Layout::contiguous(&[n, o, l]).permute(&[1, 0, 2]);
+                self.cast(
+                    View {
+                        buf: copy.as_ref(),
+                        layout: &p,
+                    },
+                    dy.buf.dtype(),
+                )
+            }
+        }
+    }
+
+    /// `weight` `[O, C, KH, KW]` as `[O, C·taps]`: its own buffer when the dims merge, else a
+    /// contiguous copy kept in `hold`.
+    fn weight_matrix<'a>(
+        &self,
+        weight: View<'a>,
+        hold: &'a mut Option<Arc<dyn Buffer>>,
+    ) -> Result<(&'a dyn Buffer, Layout)> {
+        let s = weight.layout.shape();
+        let (o, ct) = (s[0], s[1] * s[2] * s[3]);
+        if let Some(l) = weight.layout.reshape(&[o, ct]) {
+            return Ok((weight.buf, l));
+        }
+        let copy: &'a Arc<dyn Buffer> = hold.insert(self.cast(weight, weight.buf.dtype())?);
+        Ok((copy.as_ref(), Layout::contiguous(&[o, ct])))
+    }
+
+    /// Whether the one-GEMM (channel-major im2col) convolution applies: f32 or f64.
+    fn gemm_conv(dtype: DType) -> bool {
+        matches!(dtype, DType::F32 | DType::F64)
     }
 }
 
@@ -520,7 +588,49 @@ impl Backend for CpuBackend {
                 .transpose()?;
             return out(cd::forward(xs, ws, bs, &p));
         }
-        fallback::conv2d(self, x, weight, bias, w)
+        if !Self::gemm_conv(x.buf.dtype()) {
+            return fallback::conv2d(self, x, weight, bias, w);
+        }
+        // One GEMM for the batch: weight [O, C·taps] · columns [C·taps, N·L] = [O, N·L], then
+        // permuted to [N, O, L] in the same pass that adds the bias.
+        let (n, o, l) = (x.layout.shape()[0], weight.layout.shape()[0], w.positions());
+        let cols = self.unfold_channel_major(x, w)?;
+        let ct = cols.len() / (n * l);
+        let mut hold = None;
+        let (wb, wl) = self.weight_matrix(weight, &mut hold)?;
+        let ycm = self.matmul(
+            View {
+                buf: wb,
+                layout: &wl,
+            },
+            View {
+                buf: cols.as_ref(),
+                layout: &Layout::contiguous(&[ct, n * l]),
+            },
+        )?;
+        let perm = Layout::new(vec![n, o, l], vec![l, n * l, 1], 0);
+        let y = View {
+            buf: ycm.as_ref(),
+            layout: &perm,
+        };
+        match bias {
+            None => self.cast(y, x.buf.dtype()),
+            Some(b) => {
+                let bl = Layout::new(
+                    vec![n, o, l],
+                    vec![0, b.layout.strides()[0], 0],
+                    b.layout.offset(),
+                );
+                self.binary(
+                    BinaryOp::Add,
+                    y,
+                    View {
+                        buf: b.buf,
+                        layout: &bl,
+                    },
+                )
+            }
+        }
     }
 
     fn conv2d_input_grad(
@@ -540,7 +650,31 @@ impl Backend for CpuBackend {
                 return out(cd::input_grad(dys, wts, &p));
             }
         }
-        fallback::conv2d_input_grad(self, dy, weight, w, hw)
+        if !Self::gemm_conv(dy.buf.dtype()) {
+            return fallback::conv2d_input_grad(self, dy, weight, w, hw);
+        }
+        // weightᵀ [C·taps, O] · dy [O, N·L], then col2im from the channel-major columns.
+        let (n, c) = (dy.layout.shape()[0], weight.layout.shape()[1]);
+        let l = w.positions();
+        let dycm = self.channel_major(dy)?;
+        let o = dycm.len() / (n * l);
+        let mut hold = None;
+        let (wb, wl) = self.weight_matrix(weight, &mut hold)?;
+        let cols = self.matmul(
+            View {
+                buf: wb,
+                layout: &wl.permute(&[1, 0]),
+            },
+            View {
+                buf: dycm.as_ref(),
+                layout: &Layout::contiguous(&[o, n * l]),
+            },
+        )?;
+        let flat = Layout::contiguous(&[cols.len()]);
+        with_dtype!(float dy.buf.dtype(), "conv2d_input_grad", |T| {
+            let cs = typed::<T>("conv2d_input_grad", View { buf: cols.as_ref(), layout: &flat })?;
+            out(cv::fold_channel_major(cs, [n, c], hw, w))
+        })
     }
 
     fn conv2d_weight_grad(&self, x: View<'_>, dy: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
@@ -551,7 +685,24 @@ impl Backend for CpuBackend {
             let dys = self.f32_rows("conv2d_weight_grad", dy, &mut hd)?;
             return out(cd::weight_grad(xs, dys, &p));
         }
-        fallback::conv2d_weight_grad(self, x, dy, w)
+        if !Self::gemm_conv(x.buf.dtype()) {
+            return fallback::conv2d_weight_grad(self, x, dy, w);
+        }
+        // dy [O, N·L] · columnsᵀ [N·L, C·taps]: the batch sum happens inside the one GEMM.
+        let (n, l) = (x.layout.shape()[0], w.positions());
+        let cols = self.unfold_channel_major(x, w)?;
+        let dycm = self.channel_major(dy)?;
+        let (ct, o) = (cols.len() / (n * l), dycm.len() / (n * l));
+        self.matmul(
+            View {
+                buf: dycm.as_ref(),
+                layout: &Layout::contiguous(&[o, n * l]),
+            },
+            View {
+                buf: cols.as_ref(),
+                layout: &Layout::contiguous(&[ct, n * l]).permute(&[1, 0]),
+            },
+        )
     }
 
     fn softmax(&self, x: View<'_>, dim: usize, log: bool) -> Result<Arc<dyn Buffer>> {

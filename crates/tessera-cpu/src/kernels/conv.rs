@@ -26,37 +26,81 @@ fn inside(w: &Window, kw: usize, n: usize) -> (usize, usize, usize) {
     (lo, hi.max(lo), first)
 }
 
-/// `[N, C, taps, positions]` columns of `x` (contiguous `[N, C, H, W]`), `fill` outside.
-pub fn unfold<T: Num>(x: &[T], planes: usize, hw: [usize; 2], w: &Window, fill: T) -> Vec<T> {
+/// The columns of one plane `src` (`[H, W]`): tap `t`'s positions go to
+/// `dst[t·tap_stride..][..positions]`, `fill` outside the plane.
+fn unfold_plane<T: Num>(
+    src: &[T],
+    hw: [usize; 2],
+    w: &Window,
+    fill: T,
+    dst: &mut [T],
+    tap_stride: usize,
+) {
     let (h, wd) = (hw[0], hw[1]);
-    let (taps, pos) = (w.taps(), w.positions());
-    let mut out = alloc::<T>(planes * taps * pos);
-    let plane = |(p, o): (usize, &mut [T])| {
-        let src = &x[p * h * wd..(p + 1) * h * wd];
-        for kh in 0..w.k[0] {
-            for kw in 0..w.k[1] {
-                let dst = &mut o[(kh * w.k[1] + kw) * pos..(kh * w.k[1] + kw + 1) * pos];
-                for oh in 0..w.out[0] {
-                    let row = &mut dst[oh * w.out[1]..(oh + 1) * w.out[1]];
-                    match w.source(0, oh, kh, h) {
-                        None => row.fill(fill),
-                        Some(ih) => {
-                            let line = &src[ih * wd..(ih + 1) * wd];
-                            let (lo, hi, first) = inside(w, kw, wd);
-                            row[..lo].fill(fill);
-                            row[hi..].fill(fill);
-                            if w.s[1] == 1 {
-                                row[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
-                            } else {
-                                for (j, v) in row[lo..hi].iter_mut().enumerate() {
-                                    *v = line[first + j * w.s[1]];
-                                }
+    for kh in 0..w.k[0] {
+        for kw in 0..w.k[1] {
+            let t = kh * w.k[1] + kw;
+            let tap = &mut dst[t * tap_stride..t * tap_stride + w.positions()];
+            for oh in 0..w.out[0] {
+                let row = &mut tap[oh * w.out[1]..(oh + 1) * w.out[1]];
+                match w.source(0, oh, kh, h) {
+                    None => row.fill(fill),
+                    Some(ih) => {
+                        let line = &src[ih * wd..(ih + 1) * wd];
+                        let (lo, hi, first) = inside(w, kw, wd);
+                        row[..lo].fill(fill);
+                        row[hi..].fill(fill);
+                        if w.s[1] == 1 {
+                            row[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
+                        } else {
+                            for (j, v) in row[lo..hi].iter_mut().enumerate() {
+                                *v = line[first + j * w.s[1]];
                             }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Adds the columns of one plane (tap `t` at `src[t·tap_stride..]`) into `out` (`[H, W]`).
+fn fold_plane<T: Num>(src: &[T], tap_stride: usize, hw: [usize; 2], w: &Window, out: &mut [T]) {
+    let (h, wd) = (hw[0], hw[1]);
+    let pos = w.positions();
+    for kh in 0..w.k[0] {
+        for kw in 0..w.k[1] {
+            let t = kh * w.k[1] + kw;
+            let tap = &src[t * tap_stride..t * tap_stride + pos];
+            for oh in 0..w.out[0] {
+                let Some(ih) = w.source(0, oh, kh, h) else {
+                    continue;
+                };
+                let line = &mut out[ih * wd..(ih + 1) * wd];
+                let (lo, hi, first) = inside(w, kw, wd);
+                let vals = &tap[oh * w.out[1] + lo..oh * w.out[1] + hi];
+                if w.s[1] == 1 {
+                    for (d, &v) in line[first..first + vals.len()].iter_mut().zip(vals) {
+                        *d = *d + v;
+                    }
+                } else {
+                    for (j, &v) in vals.iter().enumerate() {
+                        let iw = first + j * w.s[1];
+                        line[iw] = line[iw] + v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `[N, C, taps, positions]` columns of `x` (contiguous `[N, C, H, W]`), `fill` outside.
+pub fn unfold<T: Num>(x: &[T], planes: usize, hw: [usize; 2], w: &Window, fill: T) -> Vec<T> {
+    let plane_len = hw[0] * hw[1];
+    let (taps, pos) = (w.taps(), w.positions());
+    let mut out = alloc::<T>(planes * taps * pos);
+    let plane = |(p, o): (usize, &mut [T])| {
+        unfold_plane(&x[p * plane_len..(p + 1) * plane_len], hw, w, fill, o, pos)
     };
     if out.len() >= PAR_MIN {
         out.par_chunks_mut(taps * pos).enumerate().for_each(plane);
@@ -66,43 +110,62 @@ pub fn unfold<T: Num>(x: &[T], planes: usize, hw: [usize; 2], w: &Window, fill: 
     out
 }
 
+/// The columns of a batch `x` (contiguous `[N, C, H, W]`) in channel-major order,
+/// `[C·taps, N·positions]`, so that one GEMM by the weight covers the whole batch (the weight
+/// is packed once, not once per example). Zeros outside.
+pub fn unfold_channel_major<T: Num>(x: &[T], nc: [usize; 2], hw: [usize; 2], w: &Window) -> Vec<T> {
+    let [n, c] = nc;
+    let plane_len = hw[0] * hw[1];
+    let (taps, pos) = (w.taps(), w.positions());
+    let mut out = alloc::<T>(c * taps * n * pos);
+    out.par_chunks_mut(taps * n * pos)
+        .enumerate()
+        .for_each(|(ci, block)| {
+            for ni in 0..n {
+                let p = ni * c + ci;
+                let src = &x[p * plane_len..(p + 1) * plane_len];
+                unfold_plane(src, hw, w, T::zero(), &mut block[ni * pos..], n * pos);
+            }
+        });
+    out
+}
+
 /// The adjoint of [`unfold`]: columns summed into a new contiguous `[N, C, H, W]`.
 pub fn fold<T: Num>(cols: &[T], planes: usize, hw: [usize; 2], w: &Window) -> Vec<T> {
-    let (h, wd) = (hw[0], hw[1]);
     let (taps, pos) = (w.taps(), w.positions());
-    let mut out = alloc::<T>(planes * h * wd);
+    let mut out = alloc::<T>(planes * hw[0] * hw[1]);
     let plane = |(p, o): (usize, &mut [T])| {
         o.fill(T::zero());
-        let src = &cols[p * taps * pos..(p + 1) * taps * pos];
-        for kh in 0..w.k[0] {
-            for kw in 0..w.k[1] {
-                let tap = &src[(kh * w.k[1] + kw) * pos..(kh * w.k[1] + kw + 1) * pos];
-                for oh in 0..w.out[0] {
-                    let Some(ih) = w.source(0, oh, kh, h) else {
-                        continue;
-                    };
-                    let line = &mut o[ih * wd..(ih + 1) * wd];
-                    let (lo, hi, first) = inside(w, kw, wd);
-                    let vals = &tap[oh * w.out[1] + lo..oh * w.out[1] + hi];
-                    if w.s[1] == 1 {
-                        for (d, &v) in line[first..first + vals.len()].iter_mut().zip(vals) {
-                            *d = *d + v;
-                        }
-                    } else {
-                        for (j, &v) in vals.iter().enumerate() {
-                            let iw = first + j * w.s[1];
-                            line[iw] = line[iw] + v;
-                        }
-                    }
-                }
-            }
-        }
+        fold_plane(&cols[p * taps * pos..(p + 1) * taps * pos], pos, hw, w, o);
     };
     if cols.len() >= PAR_MIN {
-        out.par_chunks_mut(h * wd).enumerate().for_each(plane);
+        out.par_chunks_mut(hw[0] * hw[1])
+            .enumerate()
+            .for_each(plane);
     } else {
-        out.chunks_mut(h * wd).enumerate().for_each(plane);
+        out.chunks_mut(hw[0] * hw[1]).enumerate().for_each(plane);
     }
+    out
+}
+
+/// The adjoint of [`unfold_channel_major`]: `[C·taps, N·positions]` columns summed into a new
+/// contiguous `[N, C, H, W]`.
+pub fn fold_channel_major<T: Num>(
+    cols: &[T],
+    nc: [usize; 2],
+    hw: [usize; 2],
+    w: &Window,
+) -> Vec<T> {
+    let [n, c] = nc;
+    let (taps, pos) = (w.taps(), w.positions());
+    let mut out = alloc::<T>(n * c * hw[0] * hw[1]);
+    out.par_chunks_mut(hw[0] * hw[1])
+        .enumerate()
+        .for_each(|(p, o)| {
+            let (ni, ci) = (p / c, p % c);
+            o.fill(T::zero());
+            fold_plane(&cols[ci * taps * n * pos + ni * pos..], n * pos, hw, w, o);
+        });
     out
 }
 
