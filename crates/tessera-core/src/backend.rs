@@ -149,6 +149,10 @@ impl Window {
     }
 }
 
+/// What [`Backend::lstm_cell`] returns, each a new contiguous buffer: the gate activations
+/// `[B, 4H]` (`σ(i), σ(f), tanh(g), σ(o)`), `c` `[B, H]`, `tanh(c)` `[B, H]` and `h` `[B, H]`.
+pub type LstmCell = [Arc<dyn Buffer>; 4];
+
 /// What [`Backend::max_pool2d`] returns: the maxima, and the plane index of each when asked.
 pub type Pooled = (Arc<dyn Buffer>, Option<Arc<dyn Buffer>>);
 
@@ -238,6 +242,28 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// `argmax` and two `gather`s for the index.
     fn max_pool2d(&self, x: View<'_>, w: &Window, index: bool) -> Result<Pooled> {
         fallback::max_pool2d(self, x, w, index)
+    }
+
+    /// One LSTM step (PyTorch's gate order i, f, g, o) from the pre-activations `x + r`
+    /// (`[B, 4H]` each: the input projection and the recurrent product) and the previous cell
+    /// state `c` `[B, H]`: `c' = σ(f)·c + σ(i)·tanh(g)`, `h = σ(o)·tanh(c')`. Default: the
+    /// elementwise primitives, one call per op.
+    fn lstm_cell(&self, x: View<'_>, r: View<'_>, c: View<'_>) -> Result<LstmCell> {
+        fallback::lstm_cell(self, x, r, c)
+    }
+
+    /// The backward of [`Backend::lstm_cell`] for one step: from its gate activations `act`,
+    /// the previous cell state `c_prev`, `tanh(c')` and the gradients `dh` and `dc` reaching
+    /// `h` and `c'`, the gradient of the pre-activations `[B, 4H]` and of `c_prev` `[B, H]`.
+    fn lstm_cell_backward(
+        &self,
+        act: View<'_>,
+        c_prev: View<'_>,
+        tanh_c: View<'_>,
+        dh: View<'_>,
+        dc: View<'_>,
+    ) -> Result<[Arc<dyn Buffer>; 2]> {
+        fallback::lstm_cell_backward(self, act, c_prev, tanh_c, dh, dc)
     }
 
     /// 2-d cross-correlation (one group) of `x` `[N, C, H, W]` with `weight` `[O, C, KH, KW]`

@@ -376,3 +376,128 @@ pub fn max_pool2d<B: Backend + ?Sized>(
     )?;
     Ok((vals, Some(idx)))
 }
+
+/// A view of a whole buffer with layout `l`.
+fn view<'a>(buf: &'a Arc<dyn Buffer>, l: &'a Layout) -> View<'a> {
+    View {
+        buf: buf.as_ref(),
+        layout: l,
+    }
+}
+
+/// Column block `k` (of width `h`) of a contiguous `[b, 4h]` buffer, as a `[b, h]` view layout.
+fn gate_layout(b: usize, h: usize, k: usize) -> Layout {
+    Layout::new(vec![b, h], vec![4 * h, 1], k * h)
+}
+
+/// `lstm_cell` from primitives: sigmoid and tanh of the whole pre-activation, the four gate
+/// blocks assembled from them, then the state update.
+pub fn lstm_cell<B: Backend + ?Sized>(
+    be: &B,
+    x: View<'_>,
+    r: View<'_>,
+    c: View<'_>,
+) -> Result<super::LstmCell> {
+    let s = x.layout.shape();
+    let (b, h) = (s[0], s[1] / 4);
+    let dtype = x.buf.dtype();
+    let full = Layout::contiguous(&[b, 4 * h]);
+    let z = be.binary(BinaryOp::Add, x, r)?;
+    let zv = View {
+        buf: z.as_ref(),
+        layout: &full,
+    };
+    let sig = be.unary(UnaryOp::Sigmoid, zv)?;
+    let tanh = be.unary(UnaryOp::Tanh, zv)?;
+    // Gate k is column block k of both the activations and the assembled result.
+    let gl = [0, 1, 2, 3].map(|k| gate_layout(b, h, k));
+    let parts: Vec<(Layout, View<'_>)> = (0..4)
+        .map(|k| {
+            let src = if k == 2 { &tanh } else { &sig };
+            (gl[k].clone(), view(src, &gl[k]))
+        })
+        .collect();
+    let act = be.assemble(b * 4 * h, dtype, 0.0, &parts)?;
+    let gate = |k: usize| View {
+        buf: act.as_ref(),
+        layout: &gl[k],
+    };
+    let hl = Layout::contiguous(&[b, h]);
+    let fc = be.binary(BinaryOp::Mul, gate(1), c)?;
+    let ig = be.binary(BinaryOp::Mul, gate(0), gate(2))?;
+    let c_new = be.binary(BinaryOp::Add, view(&fc, &hl), view(&ig, &hl))?;
+    let tanh_c = be.unary(UnaryOp::Tanh, view(&c_new, &hl))?;
+    let h_new = be.binary(BinaryOp::Mul, gate(3), view(&tanh_c, &hl))?;
+    Ok([act, c_new, tanh_c, h_new])
+}
+
+/// `lstm_cell_backward` from primitives.
+pub fn lstm_cell_backward<B: Backend + ?Sized>(
+    be: &B,
+    act: View<'_>,
+    c_prev: View<'_>,
+    tanh_c: View<'_>,
+    dh: View<'_>,
+    dc: View<'_>,
+) -> Result<[Arc<dyn Buffer>; 2]> {
+    let s = act.layout.shape();
+    let (b, h) = (s[0], s[1] / 4);
+    let dtype = act.buf.dtype();
+    let al: [Layout; 4] = [0, 1, 2, 3].map(|k| {
+        let l = act.layout;
+        Layout::new(
+            vec![b, h],
+            l.strides().to_vec(),
+            l.offset() + k * h * l.strides()[1],
+        )
+    });
+    let gate = |k: usize| View {
+        buf: act.buf,
+        layout: &al[k],
+    };
+    let hl = Layout::contiguous(&[b, h]);
+    let mul = |a: View<'_>, c: View<'_>| be.binary(BinaryOp::Mul, a, c);
+    // σ'(a) = a·(1 - a), tanh'(a) = 1 - a² for an activation value a.
+    let one_minus = |a: View<'_>| -> Result<Arc<dyn Buffer>> {
+        let neg = be.unary(UnaryOp::Neg, a)?;
+        be.unary(UnaryOp::AddScalar(1.0), view(&neg, &hl))
+    };
+    let sig_d = |a: View<'_>| -> Result<Arc<dyn Buffer>> { mul(a, view(&one_minus(a)?, &hl)) };
+    let tanh_d = |a: View<'_>| -> Result<Arc<dyn Buffer>> { one_minus(view(&mul(a, a)?, &hl)) };
+    // dc_total = dc + dh·o·(1 - tanh(c')²)
+    let dho = mul(dh, gate(3))?;
+    let dtc = tanh_d(tanh_c)?;
+    let through_h = mul(view(&dho, &hl), view(&dtc, &hl))?;
+    let dc_t = be.binary(BinaryOp::Add, dc, view(&through_h, &hl))?;
+    let dct = view(&dc_t, &hl);
+    let (di, df, dg, d_o) = (
+        sig_d(gate(0))?,
+        sig_d(gate(1))?,
+        tanh_d(gate(2))?,
+        sig_d(gate(3))?,
+    );
+    let (ai, af, ag, ao) = (
+        mul(dct, gate(2))?,
+        mul(dct, c_prev)?,
+        mul(dct, gate(0))?,
+        mul(dh, tanh_c)?,
+    );
+    let dzi = mul(view(&ai, &hl), view(&di, &hl))?;
+    let dzf = mul(view(&af, &hl), view(&df, &hl))?;
+    let dzg = mul(view(&ag, &hl), view(&dg, &hl))?;
+    let dzo = mul(view(&ao, &hl), view(&d_o, &hl))?;
+    let dst: [Layout; 4] = [0, 1, 2, 3].map(|k| gate_layout(b, h, k));
+    let dz = be.assemble(
+        b * 4 * h,
+        dtype,
+        0.0,
+        &[
+            (dst[0].clone(), view(&dzi, &hl)),
+            (dst[1].clone(), view(&dzf, &hl)),
+            (dst[2].clone(), view(&dzg, &hl)),
+            (dst[3].clone(), view(&dzo, &hl)),
+        ],
+    )?;
+    let dc_prev = mul(dct, gate(1))?;
+    Ok([dz, dc_prev])
+}

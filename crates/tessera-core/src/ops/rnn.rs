@@ -102,6 +102,9 @@ fn run_direction(
 /// What one LSTM pass over a sequence computes, per time index (not processing order):
 /// the gate activations `(i, f, g, o)`, `tanh(c_t)`, and the states each step started from.
 struct LstmTrace {
+    /// The gate activations `[B, 4H]` per step when the trace came from the backend's fused
+    /// cell (empty when it was recorded op by op).
+    act: Vec<Tensor>,
     gates: Vec<[Tensor; 4]>,
     tanh_c: Vec<Tensor>,
     h_prev: Vec<Tensor>,
@@ -120,37 +123,62 @@ fn time_order(t_len: usize, reverse: bool) -> Vec<usize> {
 }
 
 /// The LSTM recurrence over `xp` (`[T, B, 4H]`, every bias added), from `h0`, `c0` (`[B, H]`).
+/// With `fused` (no ops to record) each step's cell is one [`crate::Backend::lstm_cell`] call;
+/// otherwise it is built from recorded ops, so gradients of gradients can flow through it.
 fn lstm_steps(
     xp: &Tensor,
     w_hh: &Tensor,
     h0: &Tensor,
     c0: &Tensor,
     reverse: bool,
+    fused: bool,
 ) -> Result<LstmTrace> {
     let t_len = xp.dims()[0];
-    let hsz = h0.dims()[1];
+    let (b, hsz) = (h0.dims()[0], h0.dims()[1]);
     let w_t = w_hh.t()?;
     let (mut h, mut c) = (h0.clone(), c0.clone());
-    // Per time index: (h_t, gates, tanh(c_t), h_prev, c_prev).
-    type Slot = (Tensor, [Tensor; 4], Tensor, Tensor, Tensor);
+    // Per time index: (h_t, activations, gates, tanh(c_t), h_prev, c_prev).
+    type Slot = (Tensor, Option<Tensor>, [Tensor; 4], Tensor, Tensor, Tensor);
     let mut slots: Vec<Option<Slot>> = vec![None; t_len];
     for t in time_order(t_len, reverse) {
-        let z = xp.narrow(0, t, 1)?.squeeze(0)?.add(&h.matmul(&w_t)?)?;
-        let gate = |k: usize| z.narrow(1, k * hsz, hsz);
-        let (i, f, g, o) = (
-            gate(0)?.sigmoid()?,
-            gate(1)?.sigmoid()?,
-            gate(2)?.tanh()?,
-            gate(3)?.sigmoid()?,
-        );
-        let c_new = f.mul(&c)?.add(&i.mul(&g)?)?;
-        let tc = c_new.tanh()?;
-        let h_new = o.mul(&tc)?;
-        slots[t] = Some((h_new.clone(), [i, f, g, o], tc, h, c));
+        let x_t = xp.narrow(0, t, 1)?.squeeze(0)?;
+        let r = h.matmul(&w_t)?;
+        let (act, gates, c_new, tc, h_new) = if fused {
+            let [act, c_new, tc, h_new] =
+                xp.device()
+                    .backend()
+                    .lstm_cell(x_t.view(), r.view(), c.view())?;
+            let act = xp.output(act, &[b, 4 * hsz]);
+            let gate = |k: usize| act.narrow(1, k * hsz, hsz);
+            let gates = [gate(0)?, gate(1)?, gate(2)?, gate(3)?];
+            let state = |buf| xp.output(buf, &[b, hsz]);
+            (
+                Some(act.clone()),
+                gates,
+                state(c_new),
+                state(tc),
+                state(h_new),
+            )
+        } else {
+            let z = x_t.add(&r)?;
+            let gate = |k: usize| z.narrow(1, k * hsz, hsz);
+            let (i, f, g, o) = (
+                gate(0)?.sigmoid()?,
+                gate(1)?.sigmoid()?,
+                gate(2)?.tanh()?,
+                gate(3)?.sigmoid()?,
+            );
+            let c_new = f.mul(&c)?.add(&i.mul(&g)?)?;
+            let tc = c_new.tanh()?;
+            let h_new = o.mul(&tc)?;
+            (None, [i, f, g, o], c_new, tc, h_new)
+        };
+        slots[t] = Some((h_new.clone(), act, gates, tc, h, c));
         h = h_new;
         c = c_new;
     }
     let mut tr = LstmTrace {
+        act: Vec::with_capacity(t_len),
         gates: Vec::with_capacity(t_len),
         tanh_c: Vec::with_capacity(t_len),
         h_prev: Vec::with_capacity(t_len),
@@ -159,8 +187,9 @@ fn lstm_steps(
         c_last: c,
     };
     for slot in slots {
-        let (out, gates, tc, hp, cp) =
+        let (out, act, gates, tc, hp, cp) =
             slot.ok_or_else(|| Error::invalid("lstm", "empty sequence"))?;
+        tr.act.extend(act);
         tr.outs.push(out);
         tr.gates.push(gates);
         tr.tanh_c.push(tc);
@@ -185,7 +214,7 @@ fn lstm_sequence(
     reverse: bool,
 ) -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
     let t_len = xp.dims()[0];
-    let trace = crate::no_grad(|| lstm_steps(xp, w_hh, h0, c0, reverse))?;
+    let trace = crate::no_grad(|| lstm_steps(xp, w_hh, h0, c0, reverse, true))?;
     // One packed result [T + 1, B, H]: the T outputs, then c_T (h_T is output T-1 or 0).
     let mut rows: Vec<&Tensor> = trace.outs.iter().collect();
     rows.push(&trace.c_last);
@@ -195,8 +224,9 @@ fn lstm_sequence(
     let packed = packed.record_op("lstm", &[xp, w_hh, h0, c0], move |gp, _| {
         // With create_graph, recompute the trace with recorded ops (see above).
         let fresh;
-        let tr = if crate::tape::is_grad_enabled() {
-            fresh = lstm_steps(&xp_s, &w_s, &h0_s, &c0_s, reverse)?;
+        let recording = crate::tape::is_grad_enabled();
+        let tr = if recording {
+            fresh = lstm_steps(&xp_s, &w_s, &h0_s, &c0_s, reverse, false)?;
             &fresh
         } else {
             &*saved
@@ -204,9 +234,34 @@ fn lstm_sequence(
         let mut dh_next: Option<Tensor> = None;
         let mut dc_next = gp.narrow(0, t_len, 1)?.squeeze(0)?;
         let mut dz_all: Vec<Option<Tensor>> = vec![None; t_len];
+        if !recording {
+            // Nothing to record: one fused cell backward per step.
+            let be = gp.device().backend();
+            for t in time_order(t_len, reverse).into_iter().rev() {
+                let mut dh = gp.narrow(0, t, 1)?.squeeze(0)?;
+                if let Some(d) = &dh_next {
+                    dh = dh.add(d)?;
+                }
+                let [dz, dc] = be.lstm_cell_backward(
+                    tr.act[t].view(),
+                    tr.c_prev[t].view(),
+                    tr.tanh_c[t].view(),
+                    dh.view(),
+                    dc_next.view(),
+                )?;
+                let dz = gp.output(dz, tr.act[t].dims());
+                dc_next = gp.output(dc, tr.c_prev[t].dims());
+                dh_next = Some(dz.matmul(&w_s)?);
+                dz_all[t] = Some(dz);
+            }
+        }
         let one_minus_sq = |a: &Tensor| a.square()?.neg()?.add_scalar(1.0);
         let one_minus = |a: &Tensor| a.neg()?.add_scalar(1.0);
-        for t in time_order(t_len, reverse).into_iter().rev() {
+        for t in time_order(t_len, reverse)
+            .into_iter()
+            .rev()
+            .filter(|_| recording)
+        {
             let [i, f, g, o] = &tr.gates[t];
             let tc = &tr.tanh_c[t];
             let mut dh = gp.narrow(0, t, 1)?.squeeze(0)?;
