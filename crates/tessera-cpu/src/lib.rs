@@ -16,12 +16,14 @@ pub use buffer::{CpuBuffer, CpuStorage};
 use buffer::CpuElem;
 #[cfg(target_arch = "x86_64")]
 use kernels::conv_direct as cd;
-use kernels::{conv as cv, elementwise as ew, matmul as mm, reduce as rd, shape as sh, Float, Num};
+use kernels::{
+    conv as cv, elementwise as ew, matmul as mm, reduce as rd, rnn, shape as sh, Float, Num,
+};
 use std::sync::{Arc, OnceLock};
 use tessera_core::backend::fallback;
 use tessera_core::{
-    Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, HostData, Layout, ReduceOp,
-    Result, UnaryOp, View, Window,
+    backend::LstmCell, Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, HostData,
+    Layout, ReduceOp, Result, UnaryOp, View, Window,
 };
 
 /// The CPU backend.
@@ -234,6 +236,41 @@ impl CpuBackend {
             msg: format!("expected {}, got {}", T::DTYPE, copy.dtype()),
         })?;
         Ok(&data[..v.layout.numel()])
+    }
+
+    fn lstm_cell_typed<T: rnn::CellMath>(
+        &self,
+        x: View<'_>,
+        r: View<'_>,
+        c: View<'_>,
+    ) -> Result<LstmCell> {
+        let s = c.layout.shape();
+        let (mut hx, mut hr, mut hc) = (None, None, None);
+        let [a, cn, tc, hn] = rnn::lstm_cell(
+            self.rows::<T>("lstm_cell", x, &mut hx)?,
+            self.rows::<T>("lstm_cell", r, &mut hr)?,
+            self.rows::<T>("lstm_cell", c, &mut hc)?,
+            s[0],
+            s[1],
+        );
+        Ok([out(a)?, out(cn)?, out(tc)?, out(hn)?])
+    }
+
+    /// `v` = [act, c_prev, tanh_c, dh, dc].
+    fn lstm_backward_typed<T: Float>(&self, v: [View<'_>; 5]) -> Result<[Arc<dyn Buffer>; 2]> {
+        let s = v[1].layout.shape();
+        let mut hold: [Option<Arc<dyn Buffer>>; 5] = Default::default();
+        let [h0, h1, h2, h3, h4] = &mut hold;
+        let [dz, dcp] = rnn::lstm_cell_backward(
+            self.rows::<T>("lstm_cell_backward", v[0], h0)?,
+            self.rows::<T>("lstm_cell_backward", v[1], h1)?,
+            self.rows::<T>("lstm_cell_backward", v[2], h2)?,
+            self.rows::<T>("lstm_cell_backward", v[3], h3)?,
+            self.rows::<T>("lstm_cell_backward", v[4], h4)?,
+            s[0],
+            s[1],
+        );
+        Ok([out(dz)?, out(dcp)?])
     }
 
     /// Channel-major columns `[C·taps, N·positions]` of `x` `[N, C, H, W]` (f32 or f64).
@@ -551,6 +588,29 @@ impl Backend for CpuBackend {
         }
         let r = cols.layout.offset()..cols.layout.offset() + cols.layout.numel();
         with_dtype!(float cols.buf.dtype(), "fold2d", |T| out(cv::fold(&typed::<T>("fold2d", cols)?[r], s[0] * s[1], hw, w)))
+    }
+
+    fn lstm_cell(&self, x: View<'_>, r: View<'_>, c: View<'_>) -> Result<LstmCell> {
+        match x.buf.dtype() {
+            DType::F32 => self.lstm_cell_typed::<f32>(x, r, c),
+            DType::F64 => self.lstm_cell_typed::<f64>(x, r, c),
+            _ => fallback::lstm_cell(self, x, r, c),
+        }
+    }
+
+    fn lstm_cell_backward(
+        &self,
+        act: View<'_>,
+        c_prev: View<'_>,
+        tanh_c: View<'_>,
+        dh: View<'_>,
+        dc: View<'_>,
+    ) -> Result<[Arc<dyn Buffer>; 2]> {
+        match act.buf.dtype() {
+            DType::F32 => self.lstm_backward_typed::<f32>([act, c_prev, tanh_c, dh, dc]),
+            DType::F64 => self.lstm_backward_typed::<f64>([act, c_prev, tanh_c, dh, dc]),
+            _ => fallback::lstm_cell_backward(self, act, c_prev, tanh_c, dh, dc),
+        }
     }
 
     fn max_pool2d(
@@ -919,6 +979,84 @@ mod tests {
                         "{what} of case {:?} at {i}: {a} vs {e}",
                         (n, c, h, wd, o, k, p, after)
                     );
+                }
+            }
+        }
+    }
+
+    /// The fused LSTM cell (forward and backward, f32 and f64) against the primitive-built
+    /// default, on strided inputs (gate blocks of a wider product).
+    #[test]
+    fn fused_lstm_cell_matches_the_primitive_default() {
+        let b = CpuBackend;
+        let (rows, h) = (3, 5);
+        let data = |len: usize, seed: usize| -> Vec<f64> {
+            (0..len)
+                .map(|i| (((i + seed) * 7919 + seed * 131) % 2001) as f64 / 500.0 - 2.0)
+                .collect()
+        };
+        for dtype in [DType::F32, DType::F64] {
+            let up = |v: Vec<f64>| b.upload(HostData::from_f64(dtype, &v)).unwrap();
+            // x is read through a layout with a row stride wider than 4h.
+            let x = up(data(rows * 6 * h, 1));
+            let xl = Layout::new(vec![rows, 4 * h], vec![6 * h, 1], h);
+            let (r, c) = (up(data(rows * 4 * h, 2)), up(data(rows * h, 3)));
+            let (rl, cl) = (
+                Layout::contiguous(&[rows, 4 * h]),
+                Layout::contiguous(&[rows, h]),
+            );
+            let v = |buf: &Arc<dyn Buffer>, l: &Layout| -> Vec<f64> {
+                b.download(View {
+                    buf: buf.as_ref(),
+                    layout: l,
+                })
+                .unwrap()
+                .to_f64()
+            };
+            let (xv, rv, cv) = (
+                View {
+                    buf: x.as_ref(),
+                    layout: &xl,
+                },
+                View {
+                    buf: r.as_ref(),
+                    layout: &rl,
+                },
+                View {
+                    buf: c.as_ref(),
+                    layout: &cl,
+                },
+            );
+            let fused = b.lstm_cell(xv, rv, cv).unwrap();
+            let plain = fallback::lstm_cell(&b, xv, rv, cv).unwrap();
+            let (dh, dc) = (up(data(rows * h, 4)), up(data(rows * h, 5)));
+            let (a, tc) = (fused[0].clone(), fused[2].clone());
+            fn view<'a>(buf: &'a Arc<dyn Buffer>, l: &'a Layout) -> View<'a> {
+                View {
+                    buf: buf.as_ref(),
+                    layout: l,
+                }
+            }
+            let (av, tv, dhv, dcv) = (
+                view(&a, &rl),
+                view(&tc, &cl),
+                view(&dh, &cl),
+                view(&dc, &cl),
+            );
+            let fb = b.lstm_cell_backward(av, cv, tv, dhv, dcv).unwrap();
+            let pb = fallback::lstm_cell_backward(&b, av, cv, tv, dhv, dcv).unwrap();
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+            for (k, l) in [&rl, &cl, &cl, &cl].iter().enumerate() {
+                for (p, q) in v(&fused[k], l).iter().zip(v(&plain[k], l)) {
+                    assert!(
+                        (p - q).abs() <= tol * (1.0 + q.abs()),
+                        "{dtype:?} output {k}"
+                    );
+                }
+            }
+            for (k, l) in [&rl, &cl].iter().enumerate() {
+                for (p, q) in v(&fb[k], l).iter().zip(v(&pb[k], l)) {
+                    assert!((p - q).abs() <= tol * (1.0 + q.abs()), "{dtype:?} grad {k}");
                 }
             }
         }

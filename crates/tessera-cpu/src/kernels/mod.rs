@@ -8,6 +8,7 @@ pub mod conv_direct;
 pub mod elementwise;
 pub mod matmul;
 pub mod reduce;
+pub mod rnn;
 pub mod shape;
 pub mod vmath;
 

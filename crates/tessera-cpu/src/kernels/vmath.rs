@@ -51,6 +51,16 @@ pub fn unary(op: UnaryOp, x: &[f32], l: &Layout) -> Option<Vec<f32>> {
     Some(out)
 }
 
+/// `o[i] = σ(x[i])`.
+pub fn sigmoid_into(x: &[f32], o: &mut [f32]) {
+    run(Kind::Sigmoid, x, o)
+}
+
+/// `o[i] = tanh(x[i])`.
+pub fn tanh_into(x: &[f32], o: &mut [f32]) {
+    run(Kind::Tanh, x, o)
+}
+
 fn run(kind: Kind, x: &[f32], o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
