@@ -327,6 +327,7 @@ fn rows() -> Vec<Row> {
         row!("mul_scalar", u, false, |x, _| x[0].mul_scalar(-2.5)),
         row!("add", b, false, |x, _| x[0].add(&x[1])),
         row!("sub", b, false, |x, _| x[0].sub(&x[1])),
+        row!("add_scaled", b, false, |x, _| x[0].add_scaled(&x[1], -0.7)),
         row!("mul", b, true, |x, _| x[0].mul(&x[1])),
         row!(
             "div",
@@ -734,6 +735,7 @@ fn elementwise_ops_match_finite_differences() {
         "mul_scalar",
         "add",
         "sub",
+        "add_scaled",
         "mul",
         "div",
         "pow",
@@ -808,6 +810,6 @@ fn nn_ops_match_finite_differences() {
 #[test]
 fn every_row_belongs_to_a_family_test() {
     // Keeps the table and the family lists above in step.
-    let listed = 27 + 8 + 2 + 13 + 18;
+    let listed = 28 + 8 + 2 + 13 + 18;
     assert_eq!(rows().len(), listed);
 }

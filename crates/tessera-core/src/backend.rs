@@ -244,6 +244,12 @@ pub trait Backend: Send + Sync + Debug + 'static {
         fallback::max_pool2d(self, x, w, index)
     }
 
+    /// `a + alpha·b` elementwise (one shape; the optimizers' updates). Default: `MulScalar`,
+    /// then `Add`.
+    fn add_scaled(&self, a: View<'_>, alpha: f64, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        fallback::add_scaled(self, a, alpha, b)
+    }
+
     /// One LSTM step (PyTorch's gate order i, f, g, o) from the pre-activations `x + r`
     /// (`[B, 4H]` each: the input projection and the recurrent product) and the previous cell
     /// state `c` `[B, H]`: `c' = σ(f)·c + σ(i)·tanh(g)`, `h = σ(o)·tanh(c')`. Default: the

@@ -590,6 +590,29 @@ impl Backend for CpuBackend {
         with_dtype!(float cols.buf.dtype(), "fold2d", |T| out(cv::fold(&typed::<T>("fold2d", cols)?[r], s[0] * s[1], hw, w)))
     }
 
+    fn add_scaled(&self, a: View<'_>, alpha: f64, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        match a.buf.dtype() {
+            DType::F32 => {
+                let al = alpha as f32;
+                out(kernels::map2(
+                    typed::<f32>("add_scaled", a)?,
+                    a.layout,
+                    typed::<f32>("add_scaled", b)?,
+                    b.layout,
+                    move |x, y| x + al * y,
+                ))
+            }
+            DType::F64 => out(kernels::map2(
+                typed::<f64>("add_scaled", a)?,
+                a.layout,
+                typed::<f64>("add_scaled", b)?,
+                b.layout,
+                move |x, y| x + alpha * y,
+            )),
+            _ => fallback::add_scaled(self, a, alpha, b),
+        }
+    }
+
     fn lstm_cell(&self, x: View<'_>, r: View<'_>, c: View<'_>) -> Result<LstmCell> {
         match x.buf.dtype() {
             DType::F32 => self.lstm_cell_typed::<f32>(x, r, c),

@@ -113,18 +113,19 @@ impl Optimizer for Sgd {
                     g.clone()
                 };
                 if self.momentum != 0.0 {
+                    // One fused pass each: buf = d + m·buf, p = p - lr·d.
                     let buf = match &self.bufs.values[i] {
-                        Some(b) => b.mul_scalar(self.momentum)?.add(&d)?,
+                        Some(b) => d.add_scaled(b, self.momentum)?,
                         None => d.clone(),
                     };
                     d = if self.nesterov {
-                        d.add(&buf.mul_scalar(self.momentum)?)?
+                        d.add_scaled(&buf, self.momentum)?
                     } else {
                         buf.clone()
                     };
                     self.bufs.values[i] = Some(buf);
                 }
-                p.set(w.sub(&d.mul_scalar(self.lr)?)?)?;
+                p.set(w.add_scaled(&d, -self.lr)?)?;
             }
             Ok(())
         })

@@ -501,3 +501,15 @@ pub fn lstm_cell_backward<B: Backend + ?Sized>(
     let dc_prev = mul(dct, gate(1))?;
     Ok([dz, dc_prev])
 }
+
+/// `add_scaled` as a scaled copy of `b` and an add.
+pub fn add_scaled<B: Backend + ?Sized>(
+    be: &B,
+    a: View<'_>,
+    alpha: f64,
+    b: View<'_>,
+) -> Result<Arc<dyn Buffer>> {
+    let scaled = be.unary(UnaryOp::MulScalar(alpha), b)?;
+    let l = Layout::contiguous(b.layout.shape());
+    be.binary(BinaryOp::Add, a, view(&scaled, &l))
+}

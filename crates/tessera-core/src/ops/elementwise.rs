@@ -297,6 +297,37 @@ impl Tensor {
         Ok(self.output(buf, &shape))
     }
 
+    /// `a + alpha·b`, broadcast, in one pass where the backend fuses it (the optimizers'
+    /// updates: `p - lr·d` and `d + momentum·buf`).
+    pub fn add_scaled(&self, rhs: &Tensor, alpha: f64) -> Result<Tensor> {
+        let op = "add_scaled";
+        same_kind(op, self, rhs)?;
+        let shape = broadcast_shapes(op, self.dims(), rhs.dims())?;
+        let (la, lb) = (
+            self.layout().broadcast_to(&shape),
+            rhs.layout().broadcast_to(&shape),
+        );
+        let buf = self.device().backend().add_scaled(
+            crate::backend::View {
+                buf: self.buffer().as_ref(),
+                layout: &la,
+            },
+            alpha,
+            crate::backend::View {
+                buf: rhs.buffer().as_ref(),
+                layout: &lb,
+            },
+        )?;
+        let out = self.output(buf, &shape);
+        let (sa, sb) = (self.dims().to_vec(), rhs.dims().to_vec());
+        Ok(out.record_op(op, &[self, rhs], move |g, n| {
+            Ok(vec![
+                when(n[0], || g.sum_to_shape(&sa))?,
+                when(n[1], || g.mul_scalar(alpha)?.sum_to_shape(&sb))?,
+            ])
+        }))
+    }
+
     /// `a + b`, broadcast.
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
         let out = self.zip("add", BinaryOp::Add, rhs)?;
