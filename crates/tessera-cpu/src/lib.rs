@@ -698,21 +698,7 @@ impl Backend for CpuBackend {
         };
         match bias {
             None => self.cast(y, x.buf.dtype()),
-            Some(b) => {
-                let bl = Layout::new(
-                    vec![n, o, l],
-                    vec![0, b.layout.strides()[0], 0],
-                    b.layout.offset(),
-                );
-                self.binary(
-                    BinaryOp::Add,
-                    y,
-                    View {
-                        buf: b.buf,
-                        layout: &bl,
-                    },
-                )
-            }
+            Some(b) => fallback::add_channel_bias(self, y, b),
         }
     }
 

@@ -232,20 +232,27 @@ pub fn conv2d<B: Backend + ?Sized>(
             layout: &Layout::contiguous(&[n, ct, l]),
         },
     )?;
-    let Some(bias) = bias else {
-        return Ok(y);
-    };
+    match bias {
+        None => Ok(y),
+        Some(bias) => add_channel_bias(b, view(&y, &Layout::contiguous(&[n, o, l])), bias),
+    }
+}
+
+/// `y` `[N, O, L]` (any layout) plus `bias` `[O]` broadcast over the batch and positions, into a
+/// new contiguous buffer.
+pub fn add_channel_bias<B: Backend + ?Sized>(
+    b: &B,
+    y: View<'_>,
+    bias: View<'_>,
+) -> Result<Arc<dyn Buffer>> {
     let bl = Layout::new(
-        vec![n, o, l],
+        y.layout.shape().to_vec(),
         vec![0, bias.layout.strides()[0], 0],
         bias.layout.offset(),
     );
     b.binary(
         BinaryOp::Add,
-        View {
-            buf: y.as_ref(),
-            layout: &Layout::contiguous(&[n, o, l]),
-        },
+        y,
         View {
             buf: bias.buf,
             layout: &bl,
