@@ -326,9 +326,10 @@ impl CpuBackend {
         Ok((copy.as_ref(), Layout::contiguous(&[o, ct])))
     }
 
-    /// Whether the one-GEMM (channel-major im2col) convolution applies: f32 or f64.
-    fn gemm_conv(dtype: DType) -> bool {
-        matches!(dtype, DType::F32 | DType::F64)
+    /// Whether the one-GEMM (channel-major im2col) convolution applies: f32 or f64, and no
+    /// empty dimension (`dims` = batch, input channels, output channels).
+    fn gemm_conv(dtype: DType, dims: [usize; 3]) -> bool {
+        matches!(dtype, DType::F32 | DType::F64) && !dims.contains(&0)
     }
 }
 
@@ -347,6 +348,8 @@ fn direct_plan(dtype: DType, x: &[usize], o: usize, w: &Window) -> Option<cd::Pl
         && w.d == [1, 1]
         && pads_fit
         && n > 0
+        && c > 0
+        && o > 0
         && cd::worthwhile(c, o)
         && cd::available();
     ok.then_some(cd::Plan {
@@ -553,7 +556,8 @@ impl Backend for CpuBackend {
 
     fn unfold2d(&self, x: View<'_>, w: &Window, fill: f64) -> Result<Arc<dyn Buffer>> {
         let s = x.layout.shape();
-        if !x.layout.is_contiguous() {
+        // (An empty layout need not pass is_contiguous, and its copy would not either.)
+        if !x.layout.is_contiguous() && x.layout.numel() > 0 {
             let copy = self.cast(x, x.buf.dtype())?;
             return self.unfold2d(
                 View {
@@ -572,7 +576,7 @@ impl Backend for CpuBackend {
 
     fn fold2d(&self, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<Arc<dyn Buffer>> {
         let s = cols.layout.shape();
-        if !cols.layout.is_contiguous() {
+        if !cols.layout.is_contiguous() && cols.layout.numel() > 0 {
             let copy = self.cast(cols, cols.buf.dtype())?;
             return self.fold2d(
                 View {
@@ -614,6 +618,9 @@ impl Backend for CpuBackend {
     }
 
     fn lstm_cell(&self, x: View<'_>, r: View<'_>, c: View<'_>) -> Result<LstmCell> {
+        if c.layout.numel() == 0 {
+            return fallback::lstm_cell(self, x, r, c);
+        }
         match x.buf.dtype() {
             DType::F32 => self.lstm_cell_typed::<f32>(x, r, c),
             DType::F64 => self.lstm_cell_typed::<f64>(x, r, c),
@@ -629,6 +636,9 @@ impl Backend for CpuBackend {
         dh: View<'_>,
         dc: View<'_>,
     ) -> Result<[Arc<dyn Buffer>; 2]> {
+        if c_prev.layout.numel() == 0 {
+            return fallback::lstm_cell_backward(self, act, c_prev, tanh_c, dh, dc);
+        }
         match act.buf.dtype() {
             DType::F32 => self.lstm_backward_typed::<f32>([act, c_prev, tanh_c, dh, dc]),
             DType::F64 => self.lstm_backward_typed::<f64>([act, c_prev, tanh_c, dh, dc]),
@@ -671,14 +681,15 @@ impl Backend for CpuBackend {
                 .transpose()?;
             return out(cd::forward(xs, ws, bs, &p));
         }
-        if !Self::gemm_conv(x.buf.dtype()) {
+        let (xs, ws) = (x.layout.shape(), weight.layout.shape());
+        if !Self::gemm_conv(x.buf.dtype(), [xs[0], xs[1], ws[0]]) {
             return fallback::conv2d(self, x, weight, bias, w);
         }
         // One GEMM for the batch: weight [O, C·taps] · columns [C·taps, N·L] = [O, N·L], then
         // permuted to [N, O, L] in the same pass that adds the bias.
-        let (n, o, l) = (x.layout.shape()[0], weight.layout.shape()[0], w.positions());
+        let (n, o, l) = (xs[0], ws[0], w.positions());
+        let ct = xs[1] * w.taps();
         let cols = self.unfold_channel_major(x, w)?;
-        let ct = cols.len() / (n * l);
         let mut hold = None;
         let (wb, wl) = self.weight_matrix(weight, &mut hold)?;
         let ycm = self.matmul(
@@ -719,14 +730,13 @@ impl Backend for CpuBackend {
                 return out(cd::input_grad(dys, wts, &p));
             }
         }
-        if !Self::gemm_conv(dy.buf.dtype()) {
+        let (ds, ws) = (dy.layout.shape(), weight.layout.shape());
+        if !Self::gemm_conv(dy.buf.dtype(), [ds[0], ws[1], ws[0]]) {
             return fallback::conv2d_input_grad(self, dy, weight, w, hw);
         }
         // weightᵀ [C·taps, O] · dy [O, N·L], then col2im from the channel-major columns.
-        let (n, c) = (dy.layout.shape()[0], weight.layout.shape()[1]);
-        let l = w.positions();
+        let (n, c, o, l) = (ds[0], ws[1], ws[0], w.positions());
         let dycm = self.channel_major(dy)?;
-        let o = dycm.len() / (n * l);
         let mut hold = None;
         let (wb, wl) = self.weight_matrix(weight, &mut hold)?;
         let cols = self.matmul(
@@ -754,14 +764,14 @@ impl Backend for CpuBackend {
             let dys = self.f32_rows("conv2d_weight_grad", dy, &mut hd)?;
             return out(cd::weight_grad(xs, dys, &p));
         }
-        if !Self::gemm_conv(x.buf.dtype()) {
+        let (xs, ds) = (x.layout.shape(), dy.layout.shape());
+        if !Self::gemm_conv(x.buf.dtype(), [xs[0], xs[1], ds[1]]) {
             return fallback::conv2d_weight_grad(self, x, dy, w);
         }
         // dy [O, N·L] · columnsᵀ [N·L, C·taps]: the batch sum happens inside the one GEMM.
-        let (n, l) = (x.layout.shape()[0], w.positions());
+        let (n, l, ct, o) = (xs[0], w.positions(), xs[1] * w.taps(), ds[1]);
         let cols = self.unfold_channel_major(x, w)?;
         let dycm = self.channel_major(dy)?;
-        let (ct, o) = (cols.len() / (n * l), dycm.len() / (n * l));
         self.matmul(
             View {
                 buf: dycm.as_ref(),
@@ -1069,6 +1079,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Empty batches and channel counts reach the kernels' guards, not a zero chunk size.
+    #[test]
+    fn empty_convolutions_pooling_and_cells_give_empty_results() {
+        use tessera_core::ops::conv::{conv2d, ConvOptions};
+        use tessera_core::ops::pool::{max_pool2d, PoolOptions};
+        let dev = cpu();
+        for (x, w) in [([0, 3, 8, 8], [4, 3, 3, 3]), ([2, 3, 8, 8], [0, 3, 3, 3])] {
+            for dtype in [DType::F32, DType::F64] {
+                let xt = Tensor::zeros(&x, dtype, &dev)
+                    .unwrap()
+                    .requires_grad_()
+                    .unwrap();
+                let wt = Tensor::zeros(&w, dtype, &dev)
+                    .unwrap()
+                    .requires_grad_()
+                    .unwrap();
+                let y = conv2d(&xt, &wt, None, &ConvOptions::new().padding(1)).unwrap();
+                assert_eq!(y.dims(), &[x[0], w[0], 8, 8]);
+                let p = max_pool2d(&y, &PoolOptions::new(2)).unwrap();
+                let g = p.sum_all().unwrap().backward().unwrap();
+                assert_eq!(g.get(&wt).unwrap().dims(), &w);
+            }
+        }
+        let b = CpuBackend;
+        let e = b.upload(HostData::F32(vec![])).unwrap();
+        let (l4, l1) = (Layout::contiguous(&[0, 8]), Layout::contiguous(&[0, 2]));
+        let v = |l| View {
+            buf: e.as_ref(),
+            layout: l,
+        };
+        let out = b.lstm_cell(v(&l4), v(&l4), v(&l1)).unwrap();
+        assert!(out.iter().all(|o| o.is_empty()));
     }
 
     #[test]

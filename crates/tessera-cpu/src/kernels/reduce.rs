@@ -100,6 +100,10 @@ fn accumulate_rows<T: Num>(
 pub fn reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axes: &[usize]) -> Vec<T> {
     let s = split(l, axes);
     let mut out = alloc::<T>(s.n_out);
+    if s.n_out == 0 {
+        // Nothing kept (a kept dim of size 0): the strides may point past an empty buffer.
+        return out;
+    }
     if s.group == 0 {
         out.fill(T::zero());
         return out;
@@ -218,6 +222,9 @@ pub fn arg_reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axis: usize) -> Vec
     let (n, stride) = (l.shape()[axis], l.strides()[axis]);
     let s = split(l, &[axis]);
     let mut out = alloc::<i64>(s.n_out);
+    if s.n_out == 0 {
+        return out;
+    }
     let r = s.kept.len();
     let (inner, istr) = if r == 0 {
         (1, 0)
