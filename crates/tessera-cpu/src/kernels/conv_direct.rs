@@ -204,6 +204,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec
     }
     let offs = p.offsets();
     let span = 8 * PB;
+    // Positions rounded up to whole tiles (the rows of `acc`).
     let wide = p.positions().div_ceil(span) * span;
     let (in_len, out_len) = (p.c * p.h * p.w, p.o * p.positions());
     let mut y = crate::buffer::alloc::<f32>(p.n * out_len);
@@ -254,6 +255,7 @@ fn weight_grad_blocked<const OB: usize, const TB: usize>(
     let blocks = p.o.div_ceil(OB);
     let offs = p.offsets();
     let l = p.positions();
+    // Positions rounded up to whole vectors (the rows of `dw`).
     let wide = l.div_ceil(8) * 8;
     let (in_len, out_len) = (p.c * p.h * p.w, p.o * l);
     let per = chunk(p.n);
