@@ -100,11 +100,13 @@ fn run_direction(
 }
 
 /// What one LSTM pass over a sequence computes, per time index (not processing order):
-/// the gate activations `(i, f, g, o)`, `tanh(c_t)`, and the states each step started from.
+/// the gate activations `(i, f, g, o)` (as `act` or as `gates`), `tanh(c_t)`, and the states
+/// each step started from.
 struct LstmTrace {
     /// The gate activations `[B, 4H]` per step when the trace came from the backend's fused
     /// cell (empty when it was recorded op by op).
     act: Vec<Tensor>,
+    /// The four gates as recorded tensors (empty for a fused trace, whose `act` holds them).
     gates: Vec<[Tensor; 4]>,
     tanh_c: Vec<Tensor>,
     h_prev: Vec<Tensor>,
@@ -138,7 +140,14 @@ fn lstm_steps(
     let w_t = w_hh.t()?;
     let (mut h, mut c) = (h0.clone(), c0.clone());
     // Per time index: (h_t, activations, gates, tanh(c_t), h_prev, c_prev).
-    type Slot = (Tensor, Option<Tensor>, [Tensor; 4], Tensor, Tensor, Tensor);
+    type Slot = (
+        Tensor,
+        Option<Tensor>,
+        Option<[Tensor; 4]>,
+        Tensor,
+        Tensor,
+        Tensor,
+    );
     let mut slots: Vec<Option<Slot>> = vec![None; t_len];
     for t in time_order(t_len, reverse) {
         let x_t = xp.narrow(0, t, 1)?.squeeze(0)?;
@@ -148,13 +157,10 @@ fn lstm_steps(
                 xp.device()
                     .backend()
                     .lstm_cell(x_t.view(), r.view(), c.view())?;
-            let act = xp.output(act, &[b, 4 * hsz]);
-            let gate = |k: usize| act.narrow(1, k * hsz, hsz);
-            let gates = [gate(0)?, gate(1)?, gate(2)?, gate(3)?];
             let state = |buf| xp.output(buf, &[b, hsz]);
             (
-                Some(act.clone()),
-                gates,
+                Some(xp.output(act, &[b, 4 * hsz])),
+                None,
                 state(c_new),
                 state(tc),
                 state(h_new),
@@ -171,7 +177,7 @@ fn lstm_steps(
             let c_new = f.mul(&c)?.add(&i.mul(&g)?)?;
             let tc = c_new.tanh()?;
             let h_new = o.mul(&tc)?;
-            (None, [i, f, g, o], c_new, tc, h_new)
+            (None, Some([i, f, g, o]), c_new, tc, h_new)
         };
         slots[t] = Some((h_new.clone(), act, gates, tc, h, c));
         h = h_new;
@@ -191,7 +197,7 @@ fn lstm_steps(
             slot.ok_or_else(|| Error::invalid("lstm", "empty sequence"))?;
         tr.act.extend(act);
         tr.outs.push(out);
-        tr.gates.push(gates);
+        tr.gates.extend(gates);
         tr.tanh_c.push(tc);
         tr.h_prev.push(hp);
         tr.c_prev.push(cp);
@@ -234,48 +240,40 @@ fn lstm_sequence(
         let mut dh_next: Option<Tensor> = None;
         let mut dc_next = gp.narrow(0, t_len, 1)?.squeeze(0)?;
         let mut dz_all: Vec<Option<Tensor>> = vec![None; t_len];
-        if !recording {
-            // Nothing to record: one fused cell backward per step.
-            let be = gp.device().backend();
-            for t in time_order(t_len, reverse).into_iter().rev() {
-                let mut dh = gp.narrow(0, t, 1)?.squeeze(0)?;
-                if let Some(d) = &dh_next {
-                    dh = dh.add(d)?;
-                }
-                let [dz, dc] = be.lstm_cell_backward(
-                    tr.act[t].view(),
-                    tr.c_prev[t].view(),
-                    tr.tanh_c[t].view(),
-                    dh.view(),
-                    dc_next.view(),
-                )?;
-                let dz = gp.output(dz, tr.act[t].dims());
-                dc_next = gp.output(dc, tr.c_prev[t].dims());
-                dh_next = Some(dz.matmul(&w_s)?);
-                dz_all[t] = Some(dz);
-            }
-        }
+        let be = gp.device().backend();
         let one_minus_sq = |a: &Tensor| a.square()?.neg()?.add_scalar(1.0);
         let one_minus = |a: &Tensor| a.neg()?.add_scalar(1.0);
-        for t in time_order(t_len, reverse)
-            .into_iter()
-            .rev()
-            .filter(|_| recording)
-        {
-            let [i, f, g, o] = &tr.gates[t];
+        for t in time_order(t_len, reverse).into_iter().rev() {
             let tc = &tr.tanh_c[t];
             let mut dh = gp.narrow(0, t, 1)?.squeeze(0)?;
             if let Some(d) = &dh_next {
                 dh = dh.add(d)?;
             }
-            let dc = dc_next.add(&dh.mul(o)?.mul(&one_minus_sq(tc)?)?)?;
-            let dzi = dc.mul(g)?.mul(&i.mul(&one_minus(i)?)?)?;
-            let dzf = dc.mul(&tr.c_prev[t])?.mul(&f.mul(&one_minus(f)?)?)?;
-            let dzg = dc.mul(i)?.mul(&one_minus_sq(g)?)?;
-            let dzo = dh.mul(tc)?.mul(&o.mul(&one_minus(o)?)?)?;
-            let dz = Tensor::concat(&[&dzi, &dzf, &dzg, &dzo], 1)?;
+            // The step's gradient of the pre-activations and of c_prev: recorded ops under
+            // create_graph, else one fused cell backward.
+            let (dz, dc_prev) = if recording {
+                let [i, f, g, o] = &tr.gates[t];
+                let dc = dc_next.add(&dh.mul(o)?.mul(&one_minus_sq(tc)?)?)?;
+                let dzi = dc.mul(g)?.mul(&i.mul(&one_minus(i)?)?)?;
+                let dzf = dc.mul(&tr.c_prev[t])?.mul(&f.mul(&one_minus(f)?)?)?;
+                let dzg = dc.mul(i)?.mul(&one_minus_sq(g)?)?;
+                let dzo = dh.mul(tc)?.mul(&o.mul(&one_minus(o)?)?)?;
+                (Tensor::concat(&[&dzi, &dzf, &dzg, &dzo], 1)?, dc.mul(f)?)
+            } else {
+                let [dz, dc] = be.lstm_cell_backward(
+                    tr.act[t].view(),
+                    tr.c_prev[t].view(),
+                    tc.view(),
+                    dh.view(),
+                    dc_next.view(),
+                )?;
+                (
+                    gp.output(dz, tr.act[t].dims()),
+                    gp.output(dc, tr.c_prev[t].dims()),
+                )
+            };
             dh_next = Some(dz.matmul(&w_s)?);
-            dc_next = dc.mul(f)?;
+            dc_next = dc_prev;
             dz_all[t] = Some(dz);
         }
         let dz: Vec<Tensor> = dz_all.into_iter().flatten().collect();
