@@ -208,18 +208,8 @@ impl CpuBackend {
 }
 
 impl CpuBackend {
-    /// `v`'s elements in row-major order as one f32 slice: the buffer itself when the layout is
-    /// contiguous, else a copy kept alive in `hold`.
-    fn f32_rows<'a>(
-        &self,
-        op: &'static str,
-        v: View<'a>,
-        hold: &'a mut Option<Arc<dyn Buffer>>,
-    ) -> Result<&'a [f32]> {
-        self.rows::<f32>(op, v, hold)
-    }
-
-    /// `v`'s elements in row-major order as one slice of `T` (see [`Self::f32_rows`]).
+    /// `v`'s elements in row-major order as one slice of `T`: the buffer itself when the layout
+    /// is contiguous, else a copy kept alive in `hold`.
     fn rows<'a, T: CpuElem>(
         &self,
         op: &'static str,
@@ -674,10 +664,10 @@ impl Backend for CpuBackend {
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), weight.layout.shape()[0], w) {
             let (mut hx, mut hw, mut hb) = (None, None, None);
-            let xs = self.f32_rows("conv2d", x, &mut hx)?;
-            let ws = self.f32_rows("conv2d", weight, &mut hw)?;
+            let xs = self.rows::<f32>("conv2d", x, &mut hx)?;
+            let ws = self.rows::<f32>("conv2d", weight, &mut hw)?;
             let bs = bias
-                .map(|b| self.f32_rows("conv2d", b, &mut hb))
+                .map(|b| self.rows::<f32>("conv2d", b, &mut hb))
                 .transpose()?;
             return out(cd::forward(xs, ws, bs, &p));
         }
@@ -725,8 +715,8 @@ impl Backend for CpuBackend {
             let (d, ws) = (dy.layout.shape(), weight.layout.shape());
             if let Some(p) = direct_plan(dy.buf.dtype(), &[d[0], ws[1], hw[0], hw[1]], d[1], w) {
                 let (mut hd, mut hwt) = (None, None);
-                let dys = self.f32_rows("conv2d_input_grad", dy, &mut hd)?;
-                let wts = self.f32_rows("conv2d_input_grad", weight, &mut hwt)?;
+                let dys = self.rows::<f32>("conv2d_input_grad", dy, &mut hd)?;
+                let wts = self.rows::<f32>("conv2d_input_grad", weight, &mut hwt)?;
                 return out(cd::input_grad(dys, wts, &p));
             }
         }
@@ -760,8 +750,8 @@ impl Backend for CpuBackend {
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), dy.layout.shape()[1], w) {
             let (mut hx, mut hd) = (None, None);
-            let xs = self.f32_rows("conv2d_weight_grad", x, &mut hx)?;
-            let dys = self.f32_rows("conv2d_weight_grad", dy, &mut hd)?;
+            let xs = self.rows::<f32>("conv2d_weight_grad", x, &mut hx)?;
+            let dys = self.rows::<f32>("conv2d_weight_grad", dy, &mut hd)?;
             return out(cd::weight_grad(xs, dys, &p));
         }
         let (xs, ds) = (x.layout.shape(), dy.layout.shape());

@@ -195,7 +195,12 @@ pub fn max_pool<T: Num + PartialOrd>(
     } else {
         Vec::new()
     };
-    let plane = |p: usize, vo: &mut [T], mut io: Option<&mut [i64]>| {
+    // Per task scratch: one tap's values and the running i32 indices of a plane.
+    let scratch = || (vec![T::zero(); l], vec![0i32; l]);
+    let plane = |(tmp, at32): &mut (Vec<T>, Vec<i32>),
+                 p: usize,
+                 vo: &mut [T],
+                 mut io: Option<&mut [i64]>| {
         let src = &x[p * h * wd..(p + 1) * h * wd];
         let ow_n = w.out[1];
         if inside {
@@ -204,12 +209,9 @@ pub fn max_pool<T: Num + PartialOrd>(
             // first copied to a contiguous run so the update vectorises into compares and
             // blends instead of one unpredictable branch per element.
             vo.fill(T::from_f64(f64::NEG_INFINITY));
-            let mut tmp = vec![T::zero(); l];
-            let mut at32 = if io.is_some() {
-                corners.clone()
-            } else {
-                Vec::new()
-            };
+            if io.is_some() {
+                at32.copy_from_slice(&corners);
+            }
             for kh in 0..w.k[0] {
                 for kw in 0..w.k[1] {
                     let off = kh * w.d[0] * wd + kw * w.d[1];
@@ -217,11 +219,11 @@ pub fn max_pool<T: Num + PartialOrd>(
                         *t = src[c as usize + off];
                     }
                     let idx = io.is_some().then_some(&mut at32[..]);
-                    pool_taps(vo, idx, &tmp, &corners, off as i32);
+                    pool_taps(vo, idx, tmp, &corners, off as i32);
                 }
             }
             if let Some(io) = io {
-                for (d, &a) in io.iter_mut().zip(&at32) {
+                for (d, &a) in io.iter_mut().zip(at32.iter()) {
                     *d = a as i64;
                 }
             }
@@ -263,12 +265,12 @@ pub fn max_pool<T: Num + PartialOrd>(
             .zip(idx.par_chunks_mut(l))
             .with_min_len(min)
             .enumerate()
-            .for_each(|(p, (vo, io))| plane(p, vo, Some(io))),
+            .for_each_init(scratch, |s, (p, (vo, io))| plane(s, p, vo, Some(io))),
         None => vals
             .par_chunks_mut(l)
             .with_min_len(min)
             .enumerate()
-            .for_each(|(p, vo)| plane(p, vo, None)),
+            .for_each_init(scratch, |s, (p, vo)| plane(s, p, vo, None)),
     }
     (vals, idx)
 }
