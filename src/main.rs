@@ -21,6 +21,11 @@ const USAGE: &str = "usage:
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // This thread joins the CPU pool as one of its workers (see `set_num_threads`).
+    if let Err(e) = tessera::cpu::set_num_threads(0) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match run(&args) {
         Ok(code) => code,
         Err(e) => {

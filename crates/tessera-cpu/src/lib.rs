@@ -42,17 +42,31 @@ pub fn cpu() -> Device {
     .clone()
 }
 
-/// Uses `n` threads (rayon's pool, which GEMMs share). Must run before the first kernel (the
-/// pool reads its setting once); returns an error if rayon's pool already started with another
-/// size.
+/// Uses `n` threads (rayon's pool, which GEMMs share; `0`: `RAYON_NUM_THREADS`, else one per
+/// core), **counting the calling thread**: call it from the thread that runs the model, before
+/// the first kernel (the pool reads its setting once). That thread becomes the pool's worker 0,
+/// so a parallel kernel it starts keeps one share of the work and leaves the rest to be stolen
+/// by the other workers, instead of handing the whole kernel to the pool and sleeping until it
+/// is done (a futex round trip per kernel). Measured on the 2-core machine, 3 alternating
+/// rounds: W5 22.1 → 32.2 steps/s, W3 348 → 406. Without this call the pool starts on first
+/// use with rayon's defaults, and every parallel kernel is handed over that way. Returns an
+/// error if rayon's pool already started with another size.
 pub fn set_num_threads(n: usize) -> Result<()> {
-    // SAFETY-relevant note: set_var is called before any thread of ours reads the environment.
     // GEMMs are split across rayon's threads (kernels/matmul.rs); matrixmultiply's own pool
     // stays at one thread.
     std::env::set_var("MATMUL_NUM_THREADS", "1");
+    let n = match n {
+        0 => std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &usize| v > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get())),
+        n => n,
+    };
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     match rayon::ThreadPoolBuilder::new()
         .num_threads(n)
+        .use_current_thread()
         .build_global()
     {
         Ok(()) => Ok(()),

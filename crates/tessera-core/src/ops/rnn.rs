@@ -241,6 +241,9 @@ fn lstm_sequence(
         let mut dc_next = gp.narrow(0, t_len, 1)?.squeeze(0)?;
         let mut dz_all: Vec<Option<Tensor>> = vec![None; t_len];
         let be = gp.device().backend();
+        // `dz · W_hh` as `dz · (W_hhᵀ)ᵀ` with `W_hhᵀ` stored once: both operands then run
+        // along the summed dimension, the layout small-row kernels read in place.
+        let w_back = w_s.t()?.contiguous()?.t()?;
         let one_minus_sq = |a: &Tensor| a.square()?.neg()?.add_scalar(1.0);
         let one_minus = |a: &Tensor| a.neg()?.add_scalar(1.0);
         for t in time_order(t_len, reverse).into_iter().rev() {
@@ -272,7 +275,7 @@ fn lstm_sequence(
                     gp.output(dc, tr.c_prev[t].dims()),
                 )
             };
-            dh_next = Some(dz.matmul(&w_s)?);
+            dh_next = Some(dz.matmul(&w_back)?);
             dc_next = dc_prev;
             dz_all[t] = Some(dz);
         }

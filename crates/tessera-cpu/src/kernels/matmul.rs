@@ -16,6 +16,9 @@ use tessera_core::Layout;
 /// 138, W5 17.4 -> 17.9.
 const SPLIT_MIN: usize = 1 << 21;
 
+/// Multiply-adds from which one small-row product is split across the threads.
+const NT_SPLIT_MIN: usize = 1 << 21;
+
 /// Shapes of a batched product: batch dims, and `m`, `k`, `n`.
 struct Dims<'a> {
     batch: &'a [usize],
@@ -122,7 +125,72 @@ macro_rules! gemm_impl {
         }
     };
 }
-gemm_impl!(matmul_f32, f32, matrixmultiply::sgemm);
+gemm_impl!(matmul_f32_packed, f32, matrixmultiply::sgemm);
+
+/// Batched f32 product: products with few rows whose operands both run along `k` (`x · Wᵀ`)
+/// take [`super::gemm_nt`], which reads them in place; the rest go through matrixmultiply.
+pub fn matmul_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(out) = nt_f32(a, la, b, lb) {
+        return out;
+    }
+    matmul_f32_packed(a, la, b, lb)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn nt_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
+    use super::gemm_nt;
+    let d = dims(la, lb);
+    let r = la.rank();
+    let (lda, ldb) = (la.strides()[r - 2], lb.strides()[r - 1]);
+    let row_major_a = la.strides()[r - 1] == 1 || d.k == 1;
+    let col_major_b = lb.strides()[r - 2] == 1 || d.k == 1;
+    if d.m > gemm_nt::MAX_ROWS || d.k < 8 || !row_major_a || !col_major_b {
+        return None;
+    }
+    if !gemm_nt::available() {
+        return None;
+    }
+    let nb: usize = d.batch.iter().product();
+    let mn = d.m * d.n;
+    let mut out = alloc::<f32>(nb * mn);
+    let base = out.as_mut_ptr() as usize;
+    // Columns `cols` of batch item `i`.
+    let part = |i: usize, cols: (usize, usize)| {
+        let (oa, ob) = batch_offsets(&d, la, lb, i);
+        // SAFETY: AVX2+FMA checked above; core checked both layouts to stay inside `a` and
+        // `b`, so rows i < m of `a` (stride lda) and columns j < n of `b` (stride ldb) each
+        // hold k readable floats from these offsets; item i's m·n outputs are its own.
+        unsafe {
+            gemm_nt::product(
+                d.m,
+                d.k,
+                cols.1,
+                a.as_ptr().add(oa),
+                lda,
+                b.as_ptr().add(ob + cols.0 * ldb),
+                ldb,
+                (base as *mut f32).add(i * mn + cols.0),
+                d.n,
+            )
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if nb == 1 && threads > 1 && mn * d.k >= NT_SPLIT_MIN {
+        // One product: each thread takes a share of the columns (of `B`'s rows in memory).
+        let chunk = d.n.div_ceil(threads);
+        let parts = d.n.div_ceil(chunk);
+        (0..parts)
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|p| part(0, (p * chunk, chunk.min(d.n - p * chunk))));
+    } else if nb > 1 && nb * mn * d.k >= SPLIT_MIN {
+        (0..nb).into_par_iter().for_each(|i| part(i, (0, d.n)));
+    } else {
+        (0..nb).for_each(|i| part(i, (0, d.n)));
+    }
+    Some(out)
+}
 gemm_impl!(matmul_f64, f64, matrixmultiply::dgemm);
 
 /// Integer product (rare: index arithmetic), a plain triple loop.

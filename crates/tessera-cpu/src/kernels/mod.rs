@@ -6,6 +6,8 @@ pub mod conv;
 #[cfg(target_arch = "x86_64")]
 pub mod conv_direct;
 pub mod elementwise;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm_nt;
 pub mod matmul;
 pub mod reduce;
 pub mod rnn;
