@@ -201,6 +201,30 @@ fn matmul_follows_torch_semantics_for_every_rank() -> Result<()> {
         &[2, 2, 4, 3]
     );
     assert_eq!(bm.matmul(&arange(4, &[2, 2]))?.dims(), &[2, 2, 3, 2]);
+    // An N-d lhs against a 2-d or 1-d rhs folds the batch into rows: same values as item by
+    // item, from a non-contiguous lhs too, and the rhs gradient sums over every row.
+    let lhs = bm.transpose(0, 1)?.requires_grad_()?;
+    let w = arange(6, &[2, 3]).requires_grad_()?;
+    let y = lhs.matmul(&w)?;
+    assert_eq!(y.dims(), &[2, 2, 3, 3]);
+    for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        let item = lhs
+            .narrow(0, i, 1)?
+            .narrow(1, j, 1)?
+            .reshape_usize(&[3, 2])?;
+        let want = item.matmul(&w)?.to_vec_f64()?;
+        let got = y.narrow(0, i, 1)?.narrow(1, j, 1)?.to_vec_f64()?;
+        assert_eq!(got, want);
+    }
+    let g = y.sum_all()?.backward()?;
+    let gw = g.get(&w).expect("w has a gradient").to_vec_f64()?;
+    let rows = bm.reshape_usize(&[12, 2])?.sum(&[0], false)?.to_vec_f64()?;
+    assert_eq!(gw, [rows[0], rows[0], rows[0], rows[1], rows[1], rows[1]]);
+    assert_eq!(
+        g.get(&lhs).expect("lhs has a gradient").dims(),
+        &[2, 2, 3, 2]
+    );
+    assert_eq!(lhs.matmul(&arange(2, &[2]))?.dims(), &[2, 2, 3]);
     Ok(())
 }
 

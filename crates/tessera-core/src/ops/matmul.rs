@@ -89,6 +89,18 @@ impl Tensor {
                 rhs.dims(),
             ));
         }
+        if ra > 2 && rb == 2 {
+            // `[..., m, k] · [k, n]` folds the batch into rows, as PyTorch does: one
+            // `[rows, k] · [k, n]` product, whose weight gradient is one GEMM over every row
+            // instead of a product per batch item summed afterwards.
+            let rows: usize = a.dims()[..ra - 1].iter().product();
+            let out = a.reshape_usize(&[rows, k])?.bmm(&b)?;
+            let mut shape = a.dims()[..ra - 1].to_vec();
+            if rhs.rank() > 1 {
+                shape.push(n);
+            }
+            return out.reshape_usize(&shape);
+        }
         let batch =
             broadcast_shapes("matmul", &a.dims()[..ra - 2], &b.dims()[..rb - 2]).map_err(|_| {
                 Error::shape(
