@@ -54,8 +54,9 @@ pub struct RnnOutput {
 }
 
 /// Runs one direction of one layer over `xp` (input projections `[T, B, G·H]`, input biases
-/// added, and for the LSTM the recurrent biases too), returning the per-step hidden states in time order and the final state(s). The GRU
-/// is composed of recorded ops; the LSTM is one node ([`lstm_sequence`]).
+/// added, and for the LSTM the recurrent biases too), returning the hidden states `[T, B, H]`
+/// in time order and the final state(s). The GRU is composed of recorded ops; the LSTM is one
+/// node ([`lstm_sequence`]).
 fn run_direction(
     cell: Cell,
     xp: &Tensor,
@@ -63,7 +64,7 @@ fn run_direction(
     h0: Tensor,
     c0: Option<Tensor>,
     reverse: bool,
-) -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     if cell == Cell::Lstm {
         let c0 = c0.ok_or_else(|| Error::invalid("lstm", "missing cell state"))?;
         return lstm_sequence(xp, w.w_hh, &h0, &c0, reverse);
@@ -92,7 +93,7 @@ fn run_direction(
         .into_iter()
         .map(|o| o.ok_or_else(|| Error::invalid("rnn", "empty sequence")))
         .collect::<Result<Vec<_>>>()?;
-    Ok((outs, h, c0))
+    Ok((Tensor::stack(&outs.iter().collect::<Vec<_>>(), 0)?, h, c0))
 }
 
 /// What one LSTM pass over a sequence computes, per time index (not processing order):
@@ -204,7 +205,8 @@ fn lstm_steps(
 /// One LSTM direction as a single tape node with a hand-written BPTT: the per-step backward
 /// needs one GEMM (`dz · W_hh`) and the weight gradient is one GEMM over all steps,
 /// `dZᵀ · H_prev`, instead of one small accumulated GEMM per step. Returns the outputs in time
-/// order, `h_T` and `c_T`.
+/// order as one `[T, B, H]` view of the node's result (one view, so backward pads one
+/// gradient into the node's shape rather than one per step), `h_T` and `c_T`.
 ///
 /// Under `backward_create_graph` the closure recomputes the forward with recorded ops, so
 /// gradients of gradients see every dependence on the inputs.
@@ -214,7 +216,7 @@ fn lstm_sequence(
     h0: &Tensor,
     c0: &Tensor,
     reverse: bool,
-) -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let t_len = xp.dims()[0];
     let trace = crate::no_grad(|| lstm_steps(xp, w_hh, h0, c0, reverse, true))?;
     // One packed result [T + 1, B, H]: the T outputs, then c_T (h_T is output T-1 or 0).
@@ -286,10 +288,8 @@ fn lstm_sequence(
         Ok(vec![Some(dxp), Some(dw), dh_next, Some(dc_next)])
     });
     let last = if reverse { 0 } else { t_len - 1 };
-    let outs = (0..t_len)
-        .map(|t| packed.narrow(0, t, 1)?.squeeze(0))
-        .collect::<Result<Vec<_>>>()?;
-    let h_last = outs[last].clone();
+    let outs = packed.narrow(0, 0, t_len)?;
+    let h_last = packed.narrow(0, last, 1)?.squeeze(0)?;
     let c_last = packed.narrow(0, t_len, 1)?.squeeze(0)?;
     Ok((outs, h_last, Some(c_last)))
 }
@@ -388,7 +388,7 @@ pub fn rnn(
             let h = h0.narrow(0, k, 1)?.squeeze(0)?;
             let c = c0.map(|c| c.narrow(0, k, 1)?.squeeze(0)).transpose()?;
             let (outs, hl, cl) = run_direction(cell, &xp, w, h, c, d == 1)?;
-            dir_outs.push(Tensor::stack(&outs.iter().collect::<Vec<_>>(), 0)?);
+            dir_outs.push(outs);
             h_n.push(hl);
             if let Some(cl) = cl {
                 c_n.push(cl);
