@@ -10,10 +10,16 @@
 
 use std::arch::x86_64::*;
 
-/// Products with at most this many output rows take the kernel. Each tile reads its `MR` rows
-/// of `A` again for every `NR` columns, so with more rows the packed GEMM's cache blocking
-/// wins; 32 is the batch of W5.
-pub const MAX_ROWS: usize = 32;
+/// Whether a product of these sizes should take the kernel rather than the packed GEMM. Each
+/// tile of `A` rows reads all of `B` again, which stays cheap while `B` sits in L2 or while
+/// there are few tiles of rows. Measured on the 2-core machine (2 threads, best of 300,
+/// `x · Wᵀ` through `Tensor::matmul`), GFLOP/s packed → here: 128×784×512 178 → 208,
+/// 128×512×256 167 → 210, 64×400×120 124 → 192, 64×120×84 63 → 88, 32×256×1024 (W5's step)
+/// 48 → 80, 16384×64×16 42 → 105; but 256×784×512 181-191 → 159-209, 1120×128×1024
+/// 194-211 → 116-133, 1024³ 170-183 → 161-163.
+pub fn worthwhile(m: usize, k: usize, n: usize) -> bool {
+    m <= 128 || n * k <= 1 << 16
+}
 
 /// Whether this CPU runs the kernel (AVX2 and FMA, detected at run time).
 pub fn available() -> bool {

@@ -145,7 +145,7 @@ fn nt_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
     let (lda, ldb) = (la.strides()[r - 2], lb.strides()[r - 1]);
     let row_major_a = la.strides()[r - 1] == 1 || d.k == 1;
     let col_major_b = lb.strides()[r - 2] == 1 || d.k == 1;
-    if d.m > gemm_nt::MAX_ROWS || d.k < 8 || !row_major_a || !col_major_b {
+    if !gemm_nt::worthwhile(d.m, d.k, d.n) || d.k < 8 || !row_major_a || !col_major_b {
         return None;
     }
     if !gemm_nt::available() {
