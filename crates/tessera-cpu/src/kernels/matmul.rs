@@ -217,3 +217,41 @@ pub fn matmul_i64(a: &[i64], la: &Layout, b: &[i64], lb: &Layout) -> Vec<i64> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `x · Wᵀ` path (gemm_nt, split over columns when large, batched with a broadcast
+    /// weight) gives the packed GEMM's results.
+    #[test]
+    fn small_row_products_match_the_packed_gemm() {
+        #[cfg(target_arch = "x86_64")]
+        if !super::super::gemm_nt::available() {
+            return;
+        }
+        for (batch, m, k, n) in [
+            (1, 40, 300, 200),
+            (1, 7, 9, 5),
+            (3, 5, 33, 17),
+            (1, 200, 64, 16),
+        ] {
+            let a: Vec<f32> = (0..batch * m * k)
+                .map(|i| ((i * 7) % 29) as f32 - 14.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 3) % 31) as f32 * 0.125).collect();
+            let la = Layout::contiguous(&[batch, m, k]);
+            // Wᵀ as a transposed view, broadcast over the batch (stride 0).
+            let lb = Layout::new(vec![batch, k, n], vec![0, 1, k], 0);
+            let got = matmul_f32(&a, &la, &w, &lb);
+            let want = matmul_f32_packed(&a, &la, &w, &lb);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{batch}x{m}x{k}x{n} [{i}]: {g} vs {e}"
+                );
+            }
+        }
+    }
+}
