@@ -16,9 +16,6 @@ use tessera_core::Layout;
 /// 138, W5 17.4 -> 17.9.
 const SPLIT_MIN: usize = 1 << 21;
 
-/// Multiply-adds from which one small-row product is split across the threads.
-const NT_SPLIT_MIN: usize = 1 << 21;
-
 /// Shapes of a batched product: batch dims, and `m`, `k`, `n`.
 struct Dims<'a> {
     batch: &'a [usize],
@@ -143,8 +140,9 @@ fn nt_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
     let d = dims(la, lb);
     let r = la.rank();
     let (lda, ldb) = (la.strides()[r - 2], lb.strides()[r - 1]);
-    let row_major_a = la.strides()[r - 1] == 1 || d.k == 1;
-    let col_major_b = lb.strides()[r - 2] == 1 || d.k == 1;
+    // Row i of `a` and column j of `b` must each be k adjacent floats.
+    let row_major_a = la.strides()[r - 1] == 1;
+    let col_major_b = lb.strides()[r - 2] == 1;
     if !gemm_nt::worthwhile(d.m, d.k, d.n) || d.k < 8 || !row_major_a || !col_major_b {
         return None;
     }
@@ -176,8 +174,9 @@ fn nt_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
         }
     };
     let threads = rayon::current_num_threads();
-    if nb == 1 && threads > 1 && mn * d.k >= NT_SPLIT_MIN {
-        // One product: each thread takes a share of the columns (of `B`'s rows in memory).
+    if nb == 1 && threads > 1 && mn * d.k >= SPLIT_MIN {
+        // One product, split from the packed path's threshold: each thread takes a share of
+        // the columns (of `B`'s rows in memory, so each reads only its part of `W`).
         let chunk = d.n.div_ceil(threads);
         let parts = d.n.div_ceil(chunk);
         (0..parts)
