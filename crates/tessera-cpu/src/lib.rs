@@ -49,7 +49,7 @@ pub fn cpu() -> Device {
 /// by the other workers, instead of handing the whole kernel to the pool and sleeping until it
 /// is done (a futex round trip per kernel). Measured on the 2-core machine, 3 alternating
 /// rounds, together with the `x · Wᵀ` kernel that landed with it: W5 22.1 → 32.2 steps/s, W3
-/// 348 → 406; on its own, W5's forward and backward 46–49 ms → 30–36 ms per step (3 runs).
+/// 348 → 406; on top of that kernel alone, W5's forward + backward 40–52 → 30–36 ms (3 runs).
 /// Without this call the pool starts on first
 /// use with rayon's defaults, and every parallel kernel is handed over that way. Returns an
 /// error if rayon's pool already started with another size.
