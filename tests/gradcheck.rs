@@ -1,8 +1,8 @@
-//! Every differentiable op against central finite differences in f64, over random shapes
-//! (size-1 dims and broadcasting included), first and second order. One row per op.
+//! Every differentiable op against central finite differences in f64, over random shapes drawn
+//! (size-1 dims and broadcasting included), first and second order, from a fixed seed. One row per op.
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use tessera::prelude::*;
 use tessera::testing::{gradcheck, gradgradcheck, GradcheckOptions};
 
@@ -646,11 +646,16 @@ fn check_row(row: &Row, cases: u32) {
 }
 
 fn run_row(row: &Row, cases: u32, second: bool) {
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    // A fixed generator: every run draws the same inputs, so a failure in CI reproduces
+    // locally (random seeds once failed a row near a kink and never again in 27 reruns).
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
     let result = runner.run(&shape_strategy(), |(shape, seed, knob)| {
         let mut gen = Generator::new(seed);
         let inputs = match row.inputs {
