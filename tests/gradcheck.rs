@@ -1,5 +1,6 @@
-//! Every differentiable op against central finite differences in f64, over random shapes drawn
-//! (size-1 dims and broadcasting included), first and second order, from a fixed seed. One row per op.
+//! Every differentiable op against central finite differences in f64, over random shapes (size-1
+//! dims and broadcasting included) drawn from a fixed seed, first and second order. One row per
+//! op.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
