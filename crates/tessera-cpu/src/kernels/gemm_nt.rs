@@ -53,31 +53,21 @@ pub unsafe fn product(
         c,
         ldc,
     };
-    let (m4, n3) = (m - m % 4, n - n % 3);
+    // Tiles of 4 rows × 3 columns, smaller at the bottom and right edges.
+    let tile = |i: usize, j: usize| tile_at(&op, i, j, (m - i).min(4), (n - j).min(3));
     if m * k <= A_IN_L1 {
         // All of `A` stays in L1: columns outer, so each 3 rows of `B` are read once.
-        let mut j = 0;
-        while j < n3 {
-            cols::<3>(&op, j, m, m4);
-            j += 3;
+        for j in (0..n).step_by(3) {
+            for i in (0..m).step_by(4) {
+                tile(i, j);
+            }
         }
-        match n - n3 {
-            2 => cols::<2>(&op, j, m, m4),
-            1 => cols::<1>(&op, j, m, m4),
-            _ => {}
+    } else {
+        for i in (0..m).step_by(4) {
+            for j in (0..n).step_by(3) {
+                tile(i, j);
+            }
         }
-        return;
-    }
-    let mut i = 0;
-    while i < m4 {
-        rows::<4>(&op, i, n, n3);
-        i += 4;
-    }
-    match m - m4 {
-        3 => rows::<3>(&op, i, n, n3),
-        2 => rows::<2>(&op, i, n, n3),
-        1 => rows::<1>(&op, i, n, n3),
-        _ => {}
     }
 }
 
@@ -86,19 +76,23 @@ pub unsafe fn product(
 /// columns outer 181-187 µs.
 const A_IN_L1: usize = 8192;
 
-/// Columns `j..j + NR` of `C`, all `m` rows (tiles of 4, then the 1-3 left over).
+/// The `mr × nr` tile at `(i, j)` (`mr ≤ 4`, `nr ≤ 3`), each size compiled on its own so the
+/// accumulators stay in registers.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn cols<const NR: usize>(op: &Operands, j: usize, m: usize, m4: usize) {
-    let mut i = 0;
-    while i < m4 {
-        tile::<4, NR>(op, i, j);
-        i += 4;
-    }
-    match m - m4 {
-        3 => tile::<3, NR>(op, i, j),
-        2 => tile::<2, NR>(op, i, j),
-        1 => tile::<1, NR>(op, i, j),
-        _ => {}
+unsafe fn tile_at(op: &Operands, i: usize, j: usize, mr: usize, nr: usize) {
+    match (mr, nr) {
+        (4, 3) => tile::<4, 3>(op, i, j),
+        (4, 2) => tile::<4, 2>(op, i, j),
+        (4, 1) => tile::<4, 1>(op, i, j),
+        (3, 3) => tile::<3, 3>(op, i, j),
+        (3, 2) => tile::<3, 2>(op, i, j),
+        (3, 1) => tile::<3, 1>(op, i, j),
+        (2, 3) => tile::<2, 3>(op, i, j),
+        (2, 2) => tile::<2, 2>(op, i, j),
+        (2, 1) => tile::<2, 1>(op, i, j),
+        (1, 3) => tile::<1, 3>(op, i, j),
+        (1, 2) => tile::<1, 2>(op, i, j),
+        _ => tile::<1, 1>(op, i, j),
     }
 }
 
@@ -111,21 +105,6 @@ struct Operands {
     ldb: usize,
     c: *mut f32,
     ldc: usize,
-}
-
-/// Rows `i..i + MR` of `C`, all `n` columns (tiles of 3, then the 1-2 left over).
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows<const MR: usize>(op: &Operands, i: usize, n: usize, n3: usize) {
-    let mut j = 0;
-    while j < n3 {
-        tile::<MR, 3>(op, i, j);
-        j += 3;
-    }
-    match n - n3 {
-        2 => tile::<MR, 2>(op, i, j),
-        1 => tile::<MR, 1>(op, i, j),
-        _ => {}
-    }
 }
 
 /// `C[i..i+MR, j..j+NR]`: 8 floats of `k` per step, the last `k % 8` through a masked load
