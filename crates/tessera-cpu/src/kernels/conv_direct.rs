@@ -64,6 +64,33 @@ impl Plan {
         }
         offs
     }
+    /// The taps in kernel-row-major order `(kh, c, kw)`: for each, its index in weight order
+    /// and its offset in `U`. The taps of one kernel row are then adjacent, so a block of
+    /// output rows can skip the kernel rows that only read padding.
+    fn taps_by_kernel_row(&self) -> (Vec<usize>, Vec<usize>) {
+        let (hp, ow) = (self.padded_rows(), self.out[1]);
+        let kk = self.k[0] * self.k[1];
+        let mut order = Vec::with_capacity(self.taps());
+        let mut offs = Vec::with_capacity(self.taps());
+        for kh in 0..self.k[0] {
+            for c in 0..self.c {
+                for kw in 0..self.k[1] {
+                    order.push(c * kk + kh * self.k[1] + kw);
+                    offs.push(((c * self.k[1] + kw) * hp + kh) * ow);
+                }
+            }
+        }
+        (order, offs)
+    }
+    /// The kernel rows `kh` that read some image row for output rows `rows` (inclusive): the
+    /// others read only the zero padding above or below the image.
+    fn live_kernel_rows(&self, rows: [usize; 2]) -> std::ops::Range<usize> {
+        let lo = self.pad[0].saturating_sub(rows[1]);
+        let hi = (self.pad[0] + self.h)
+            .saturating_sub(rows[0])
+            .min(self.k[0]);
+        lo..hi.max(lo)
+    }
     /// Builds `U` of one image `[c, h, w]` in `dst` (`unfolded_len` elements). Only the places
     /// the image lands are written: the zeros around them are the same for every image, so
     /// `dst` must start zeroed and serve only this plan (per-image zero fills of the many short
@@ -189,23 +216,34 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec
     let taps = p.taps();
     let blocks = forward_blocks(p.o);
     let rows: usize = blocks.iter().map(|b| b.1).sum();
-    // Weights packed per block as [tap][width] (zeros past o), so a tap's weights are adjacent;
-    // the bias per block likewise (it seeds the accumulators).
+    // Weights packed per block as [tap][width] (zeros past o, taps in kernel-row order), so a
+    // tap's weights are adjacent; the bias per block likewise (it seeds the accumulators).
+    let (order, offs) = p.taps_by_kernel_row();
     let mut packed = vec![0.0f32; rows * taps];
     let mut pbias = vec![0.0f32; rows];
     for &(start, width) in &blocks {
         for i in 0..width.min(p.o - start) {
             let o = start + i;
-            for t in 0..taps {
-                packed[(start * taps) + t * width + i] = weight[o * taps + t];
+            for (t, &src) in order.iter().enumerate() {
+                packed[(start * taps) + t * width + i] = weight[o * taps + src];
             }
             pbias[start + i] = bias.map_or(0.0, |b| b[o]);
         }
     }
-    let offs = p.offsets();
     let span = 8 * PB;
     // Positions rounded up to whole tiles (the rows of `acc`).
     let wide = p.positions().div_ceil(span) * span;
+    let row_taps = p.c * p.k[1];
+    // Per tile of positions, the taps that read some image row; padded convolutions skip the
+    // rest. W2a's input gradient (a convolution padded by k - 1) skips a quarter of its taps.
+    let live: Vec<std::ops::Range<usize>> = (0..wide)
+        .step_by(span)
+        .map(|p0| {
+            let last = ((p0 + span - 1) / p.out[1]).min(p.out[0] - 1);
+            let kh = p.live_kernel_rows([p0 / p.out[1], last]);
+            kh.start * row_taps..kh.end * row_taps
+        })
+        .collect();
     let (in_len, out_len) = (p.c * p.h * p.w, p.o * p.positions());
     let mut y = crate::buffer::alloc::<f32>(p.n * out_len);
     let per = chunk(p.n);
@@ -218,20 +256,21 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec
                 let n = ci * per + j;
                 p.unfold_image(&x[n * in_len..(n + 1) * in_len], &mut img);
                 for &(start, width) in &blocks {
-                    let wb = packed[start * taps..(start + width) * taps].as_ptr();
+                    let wb = &packed[start * taps..(start + width) * taps];
                     let bb = pbias[start..start + width].as_ptr();
-                    for p0 in (0..wide).step_by(span) {
+                    for (p0, taps) in (0..wide).step_by(span).zip(&live) {
                         let (src, dst) = (img.as_ptr(), acc.as_mut_ptr());
+                        let (offs, wb) = (&offs[taps.clone()], wb[taps.start * width..].as_ptr());
                         // SAFETY: `available()` was checked by the caller (AVX2 + FMA); reads
                         // stay inside `img` (`offs[t] + p0 + span ≤ unfolded_len`, see SLACK),
-                        // `wb`/`bb` hold `width` weights per tap and `width` biases,
+                        // `wb` holds `width` weights for each of `offs`, `bb` `width` biases,
                         // and writes stay inside `acc` (`width` rows of `wide` from `start`).
                         unsafe {
                             let (src, dst) = (src.add(p0), dst.add(start * wide + p0));
                             if width == 6 {
-                                avx::fwd_tile::<6, PB>(src, &offs, wb, bb, dst, wide)
+                                avx::fwd_tile::<6, PB>(src, offs, wb, bb, dst, wide)
                             } else {
-                                avx::fwd_tile::<4, PB>(src, &offs, wb, bb, dst, wide)
+                                avx::fwd_tile::<4, PB>(src, offs, wb, bb, dst, wide)
                             }
                         }
                     }
