@@ -31,6 +31,14 @@ fn views_share_the_buffer_and_read_correctly() -> Result<()> {
         .expand(&[3, 2])?;
     assert_eq!(e.strides(), &[1, 0]);
     assert_eq!(e.to_vec::<f32>()?, vec![0., 0., 1., 1., 2., 2.]);
+    // A broadcast large enough to be copied in parallel chunks, a chunk ending mid-run.
+    let big = Tensor::arange(0.0, 3.0, 1.0, DType::F32, &cpu())?
+        .reshape(&[3, 1, 1])?
+        .expand(&[3, 301, 97])?
+        .contiguous()?
+        .to_vec::<f32>()?;
+    let want: Vec<f32> = (0..3 * 301 * 97).map(|i| (i / (301 * 97)) as f32).collect();
+    assert_eq!(big, want);
     // reshape of a non-contiguous view copies, and is still right.
     assert_eq!(
         t.reshape(&[-1])?.to_vec::<f32>()?,
