@@ -339,3 +339,110 @@ fn frozen_parameters_take_no_gradient() -> Result<()> {
     assert!(g.get(&model.conv2.weight.tensor()).is_some());
     Ok(())
 }
+
+/// The address of a tensor's buffer, to tell an in-place update from a new buffer.
+fn buffer_addr(t: &Tensor) -> usize {
+    std::sync::Arc::as_ptr(t.buffer()) as *const u8 as usize
+}
+
+#[test]
+fn optimizer_updates_reuse_each_parameters_buffer_and_match_new_buffers() -> Result<()> {
+    use tessera::optim::{Adam, Optimizer, RmsProp, Sgd};
+    type Make = fn(Vec<tessera::nn::Parameter>) -> Box<dyn Optimizer>;
+    let makers: [(&str, Make); 3] = [
+        ("sgd", |p| Box::new(Sgd::new(p, 0.05).momentum(0.9))),
+        ("adamw", |p| Box::new(Adam::adamw(p, 0.01))),
+        ("rmsprop", |p| Box::new(RmsProp::new(p, 0.01).momentum(0.5))),
+    ];
+    let dev = cpu();
+    let x = Tensor::randn(
+        &[4, 1, 28, 28],
+        0.0,
+        1.0,
+        DType::F32,
+        &mut Generator::new(5),
+        &dev,
+    )?;
+    for (name, make) in makers {
+        // Two equal models: `held`'s values are also held outside, so its updates must take
+        // new buffers; `free`'s updates can run in place. Both must give the same values.
+        let (free, held) = (
+            LeNet5::new(&mut Ctx::new(&dev, 3))?,
+            LeNet5::new(&mut Ctx::new(&dev, 3))?,
+        );
+        let (mut of, mut oh) = (make(free.parameters()), make(held.parameters()));
+        let addrs: Vec<usize> = free
+            .parameters()
+            .iter()
+            .map(|p| buffer_addr(&p.tensor()))
+            .collect();
+        for step in 0..3 {
+            let outside: Vec<Tensor> = held.parameters().iter().map(|p| p.tensor()).collect();
+            for (m, o) in [(&free, &mut of), (&held, &mut oh)] {
+                let g = m.forward(&x)?.square()?.mean_all()?.backward()?;
+                o.step(&g)?;
+            }
+            let now: Vec<usize> = free
+                .parameters()
+                .iter()
+                .map(|p| buffer_addr(&p.tensor()))
+                .collect();
+            assert_eq!(now, addrs, "{name}: step {step} took new buffers");
+            for (o, p) in outside.iter().zip(held.parameters()) {
+                assert_ne!(
+                    buffer_addr(o),
+                    buffer_addr(&p.tensor()),
+                    "{name}: a held value was overwritten"
+                );
+            }
+        }
+        for (a, b) in free.parameters().iter().zip(held.parameters()) {
+            assert_eq!(
+                a.tensor().to_vec::<f32>()?,
+                b.tensor().to_vec::<f32>()?,
+                "{name}"
+            );
+            assert!(
+                a.tensor().requires_grad(),
+                "{name}: the updated value must stay a variable"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn scale_add_writes_only_what_nothing_else_sees() -> Result<()> {
+    let dev = cpu();
+    let mut a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2], &dev)?;
+    let row = Tensor::from_vec(vec![10.0f32, 20.0], &[2], &dev)?;
+    let before = buffer_addr(&a);
+    a.scale_add_(0.5, &row, 2.0)?; // the row broadcast over both rows
+    assert_eq!(buffer_addr(&a), before);
+    assert_eq!(a.to_vec::<f32>()?, vec![20.5, 41.0, 21.5, 42.0]);
+    // A clone sees the old value: the update takes a new buffer.
+    let copy = a.clone();
+    a.scale_add_(1.0, &row, -1.0)?;
+    assert_eq!(copy.to_vec::<f32>()?, vec![20.5, 41.0, 21.5, 42.0]);
+    assert_eq!(a.to_vec::<f32>()?, vec![10.5, 21.0, 11.5, 22.0]);
+    // f64, and a variable stays a variable.
+    let mut v = Tensor::from_vec(vec![1.0f64, -1.0], &[2], &dev)?.requires_grad_()?;
+    no_grad(|| v.scale_add_(2.0, &Tensor::from_vec(vec![0.25f64, 0.5], &[2], &dev)?, 4.0))?;
+    assert_eq!(v.to_vec::<f64>()?, vec![3.0, 0.0]);
+    assert!(v.requires_grad());
+    // Errors: a recorded operand outside no_grad, a shape that does not broadcast to the
+    // target's, another dtype.
+    let e = v.scale_add_(1.0, &Tensor::from_vec(vec![1.0f64, 1.0], &[2], &dev)?, 1.0);
+    assert!(e.unwrap_err().to_string().contains("no_grad"));
+    let e = a.scale_add_(
+        1.0,
+        &Tensor::from_vec(vec![1.0f32; 8], &[2, 2, 2], &dev)?,
+        1.0,
+    );
+    assert!(e.unwrap_err().to_string().contains("scale_add_"));
+    assert!(a
+        .scale_add_(1.0, &Tensor::from_vec(vec![1.0f64; 4], &[2, 2], &dev)?, 1.0)
+        .is_err());
+    assert_eq!(a.to_vec::<f32>()?, vec![10.5, 21.0, 11.5, 22.0]);
+    Ok(())
+}

@@ -32,6 +32,12 @@ pub trait Buffer: Send + Sync + Debug + 'static {
     fn dtype(&self) -> DType;
     /// For the owning backend to downcast to its concrete type.
     fn as_any(&self) -> &dyn Any;
+    /// Mutable access for the owning backend's in-place hooks
+    /// ([`Backend::scale_add_in_place`]). The default, `None`, makes those hooks decline, and
+    /// callers then compute a new buffer.
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
 }
 
 /// A buffer together with the layout to read it with.
@@ -248,6 +254,23 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// then `Add`.
     fn add_scaled(&self, a: View<'_>, alpha: f64, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         fallback::add_scaled(self, a, alpha, b)
+    }
+
+    /// `dst ← beta·dst + alpha·src` in place: the optimizers' updates without a new buffer.
+    /// `dst` is read through `layout` (contiguous); `src` has the same shape (any layout, a
+    /// broadcast included) and dtype. Returns `false`, leaving `dst` untouched, where the
+    /// backend has no in-place path for these operands; the caller then computes a new buffer.
+    /// Default: `false`.
+    fn scale_add_in_place(
+        &self,
+        dst: &mut dyn Buffer,
+        layout: &Layout,
+        beta: f64,
+        alpha: f64,
+        src: View<'_>,
+    ) -> Result<bool> {
+        let _ = (dst, layout, beta, alpha, src);
+        Ok(false)
     }
 
     /// One LSTM step (PyTorch's gate order i, f, g, o) from the pre-activations `x + r`

@@ -76,6 +76,33 @@ impl Tensor {
         }))
     }
 
+    /// Runs `f` on this handle's buffer when nothing else can observe it: no clone, view,
+    /// tape node or other tensor holds this handle's state or its buffer, and the layout is
+    /// contiguous (no element read twice). When `f` returns `true` (it wrote the buffer), the
+    /// handle gets a fresh id, as any new value does, and `kind`. Returns whether `f` ran and
+    /// wrote.
+    pub(crate) fn write_in_place(
+        &mut self,
+        kind: GradKind,
+        f: impl FnOnce(&Device, &mut dyn Buffer, &Layout) -> Result<bool>,
+    ) -> Result<bool> {
+        let Some(inner) = Arc::get_mut(&mut self.0) else {
+            return Ok(false);
+        };
+        if !inner.layout.is_contiguous() {
+            return Ok(false);
+        }
+        let Some(buf) = Arc::get_mut(&mut inner.buf) else {
+            return Ok(false);
+        };
+        if !f(&inner.device, buf, &inner.layout)? {
+            return Ok(false);
+        }
+        inner.id = TensorId::fresh();
+        inner.kind = kind;
+        Ok(true)
+    }
+
     /// An op output: a new contiguous buffer of `shape` on this tensor's device.
     pub(crate) fn output(&self, buf: Arc<dyn Buffer>, shape: &[usize]) -> Tensor {
         Tensor::make(buf, Layout::contiguous(shape), self.device().clone())

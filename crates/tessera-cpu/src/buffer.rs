@@ -73,6 +73,9 @@ impl Buffer for CpuBuffer {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
+    }
 }
 
 impl Drop for CpuBuffer {

@@ -623,6 +623,36 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn scale_add_in_place(
+        &self,
+        dst: &mut dyn Buffer,
+        layout: &Layout,
+        beta: f64,
+        alpha: f64,
+        src: View<'_>,
+    ) -> Result<bool> {
+        if !layout.is_contiguous() || src.layout.shape() != layout.shape() {
+            return Ok(false);
+        }
+        let Some(dst) = dst.as_any_mut().and_then(|a| a.downcast_mut::<CpuBuffer>()) else {
+            return Ok(false);
+        };
+        let r = layout.offset()..layout.offset() + layout.numel();
+        match (&mut dst.data, src.buf.dtype()) {
+            (CpuStorage::F32(d), DType::F32) => {
+                let (b, a) = (beta as f32, alpha as f32);
+                let s = typed::<f32>("scale_add_", src)?;
+                kernels::update2(&mut d[r], s, src.layout, move |x, y| b * x + a * y);
+            }
+            (CpuStorage::F64(d), DType::F64) => {
+                let s = typed::<f64>("scale_add_", src)?;
+                kernels::update2(&mut d[r], s, src.layout, move |x, y| beta * x + alpha * y);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     fn lstm_cell(&self, x: View<'_>, r: View<'_>, c: View<'_>) -> Result<LstmCell> {
         if c.layout.numel() == 0 {
             return fallback::lstm_cell(self, x, r, c);

@@ -99,6 +99,15 @@ impl Parameter {
     }
 }
 
+impl Parameter {
+    /// `value ← beta·value + alpha·rhs` (the optimizers' updates), in the value's own buffer
+    /// when no other handle reaches it (see [`Tensor::scale_add_`]); the value keeps its shape,
+    /// dtype and whether it trains. Run it under `no_grad`.
+    pub fn scale_add_(&self, beta: f64, rhs: &Tensor, alpha: f64) -> Result<()> {
+        self.write().value.scale_add_(beta, rhs, alpha)
+    }
+}
+
 /// Named parameters, in a stable order.
 pub type Named = Vec<(String, Parameter)>;
 

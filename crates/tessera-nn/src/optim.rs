@@ -1,5 +1,6 @@
 //! Optimizers (PyTorch's update rules), learning-rate schedules and gradient clipping.
-//! Updates run under `no_grad` and replace each parameter's value.
+//! Updates run under `no_grad`, in each parameter's own buffer where nothing else holds it
+//! ([`Parameter::scale_add_`]).
 
 use crate::module::Parameter;
 use tessera_core::{no_grad, Error, Gradients, Result, Tensor};
@@ -106,16 +107,18 @@ impl Optimizer for Sgd {
         no_grad(|| {
             for (i, p) in self.params.iter().enumerate() {
                 let Some(g) = grad_of(grads, p) else { continue };
-                let w = p.tensor();
                 let mut d = if self.weight_decay != 0.0 {
-                    g.add(&w.mul_scalar(self.weight_decay)?)?
+                    g.add(&p.tensor().mul_scalar(self.weight_decay)?)?
                 } else {
                     g.clone()
                 };
                 if self.momentum != 0.0 {
-                    // One fused pass each: buf = d + m·buf, p = p - lr·d.
-                    let buf = match &self.bufs.values[i] {
-                        Some(b) => d.add_scaled(b, self.momentum)?,
+                    // One fused pass each, in place: buf = m·buf + d, p = p - lr·d.
+                    let buf = match self.bufs.values[i].take() {
+                        Some(mut b) => {
+                            b.scale_add_(self.momentum, &d, 1.0)?;
+                            b
+                        }
                         None => d.clone(),
                     };
                     d = if self.nesterov {
@@ -125,7 +128,7 @@ impl Optimizer for Sgd {
                     };
                     self.bufs.values[i] = Some(buf);
                 }
-                p.set(w.add_scaled(&d, -self.lr)?)?;
+                p.scale_add_(1.0, &d, -self.lr)?;
             }
             Ok(())
         })
@@ -206,35 +209,44 @@ impl Optimizer for Adam {
         no_grad(|| {
             for (i, p) in self.params.iter().enumerate() {
                 let Some(g) = grad_of(grads, p) else { continue };
-                let mut w = p.tensor();
                 let mut g = g.clone();
+                // Decoupled decay scales w in the same pass as the update.
+                let mut keep = 1.0;
                 if self.weight_decay != 0.0 {
                     if self.decoupled {
-                        w = w.mul_scalar(1.0 - self.lr * self.weight_decay)?;
+                        keep = 1.0 - self.lr * self.weight_decay;
                     } else {
-                        g = g.add(&w.mul_scalar(self.weight_decay)?)?;
+                        g = g.add(&p.tensor().mul_scalar(self.weight_decay)?)?;
                     }
                 }
                 let t = match &self.steps.values[i] {
                     Some(s) => s.to_scalar()? + 1.0,
                     None => 1.0,
                 };
-                let m = match &self.m.values[i] {
-                    Some(m) => m.mul_scalar(b1)?.add(&g.mul_scalar(1.0 - b1)?)?,
+                // The moments in place: m = β1·m + (1-β1)·g, v = β2·v + (1-β2)·g².
+                let m = match self.m.values[i].take() {
+                    Some(mut m) => {
+                        m.scale_add_(b1, &g, 1.0 - b1)?;
+                        m
+                    }
                     None => g.mul_scalar(1.0 - b1)?,
                 };
-                let v = match &self.v.values[i] {
-                    Some(v) => v.mul_scalar(b2)?.add(&g.square()?.mul_scalar(1.0 - b2)?)?,
-                    None => g.square()?.mul_scalar(1.0 - b2)?,
+                let g2 = g.square()?;
+                let v = match self.v.values[i].take() {
+                    Some(mut v) => {
+                        v.scale_add_(b2, &g2, 1.0 - b2)?;
+                        v
+                    }
+                    None => g2.mul_scalar(1.0 - b2)?,
                 };
                 let (c1, c2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
-                // w ← w - lr/c1 · m / (√(v/c2) + ε)
+                // w ← keep·w - lr/c1 · m / (√(v/c2) + ε)
                 let denom = v.mul_scalar(1.0 / c2)?.sqrt()?.add_scalar(self.eps)?;
-                p.set(w.sub(&m.div(&denom)?.mul_scalar(self.lr / c1)?)?)?;
+                p.scale_add_(keep, &m.div(&denom)?, -self.lr / c1)?;
                 self.m.values[i] = Some(m);
                 self.v.values[i] = Some(v);
                 self.steps.values[i] =
-                    Some(Tensor::scalar(t, tessera_core::DType::F64, w.device())?);
+                    Some(Tensor::scalar(t, tessera_core::DType::F64, g.device())?);
             }
             Ok(())
         })
@@ -302,23 +314,28 @@ impl Optimizer for RmsProp {
         no_grad(|| {
             for (i, p) in self.params.iter().enumerate() {
                 let Some(g) = grad_of(grads, p) else { continue };
-                let w = p.tensor();
-                let v = match &self.v.values[i] {
-                    Some(v) => v
-                        .mul_scalar(self.alpha)?
-                        .add(&g.square()?.mul_scalar(1.0 - self.alpha)?)?,
-                    None => g.square()?.mul_scalar(1.0 - self.alpha)?,
+                // In place: v = α·v + (1-α)·g², buf = m·buf + d, w = w - lr·d.
+                let g2 = g.square()?;
+                let v = match self.v.values[i].take() {
+                    Some(mut v) => {
+                        v.scale_add_(self.alpha, &g2, 1.0 - self.alpha)?;
+                        v
+                    }
+                    None => g2.mul_scalar(1.0 - self.alpha)?,
                 };
                 let mut d = g.div(&v.sqrt()?.add_scalar(self.eps)?)?;
                 if self.momentum != 0.0 {
-                    let buf = match &self.bufs.values[i] {
-                        Some(b) => b.mul_scalar(self.momentum)?.add(&d)?,
+                    let buf = match self.bufs.values[i].take() {
+                        Some(mut b) => {
+                            b.scale_add_(self.momentum, &d, 1.0)?;
+                            b
+                        }
                         None => d.clone(),
                     };
                     d = buf.clone();
                     self.bufs.values[i] = Some(buf);
                 }
-                p.set(w.sub(&d.mul_scalar(self.lr)?)?)?;
+                p.scale_add_(1.0, &d, -self.lr)?;
                 self.v.values[i] = Some(v);
             }
             Ok(())

@@ -32,7 +32,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
 use crate::tape::is_grad_enabled;
-use crate::tensor::Tensor;
+use crate::tensor::{GradKind, Tensor};
 use std::f64::consts::PI;
 
 /// The saved output when backward runs plainly, or `recompute()` when it is being recorded.
@@ -295,6 +295,59 @@ impl Tensor {
             },
         )?;
         Ok(self.output(buf, &shape))
+    }
+
+    /// `self ← beta·self + alpha·rhs` (`rhs` broadcast to this shape): an optimizer's update,
+    /// PyTorch's `p.mul_(beta).add_(rhs, alpha=alpha)`. It writes this handle's buffer in place
+    /// when nothing else can observe it (no clone of the handle, no view of or tape node on its
+    /// buffer) and the backend has an in-place path; otherwise the handle gets a new buffer.
+    /// Either way it is a new value: the handle gets a fresh id, and stays a variable if it was
+    /// one (any other tensor becomes a constant, as under `no_grad`). Not recorded on the tape,
+    /// so an operand that requires grad is an error while grad mode is on.
+    pub fn scale_add_(&mut self, beta: f64, rhs: &Tensor, alpha: f64) -> Result<()> {
+        let op = "scale_add_";
+        same_kind(op, self, rhs)?;
+        if broadcast_shapes(op, self.dims(), rhs.dims())? != self.dims() {
+            return Err(Error::shape(
+                op,
+                "the operand must broadcast to the updated tensor's shape",
+                self.dims(),
+                rhs.dims(),
+            ));
+        }
+        if is_grad_enabled() && (self.requires_grad() || rhs.requires_grad()) {
+            return Err(Error::invalid(
+                op,
+                "an in-place update is not recorded on the tape: run it under no_grad",
+            ));
+        }
+        let kind = match self.kind() {
+            GradKind::Leaf => GradKind::Leaf,
+            _ => GradKind::None,
+        };
+        let lb = rhs.layout().broadcast_to(self.dims());
+        let src = crate::backend::View {
+            buf: rhs.buffer().as_ref(),
+            layout: &lb,
+        };
+        let done = self.write_in_place(kind, |device, buf, layout| {
+            device
+                .backend()
+                .scale_add_in_place(buf, layout, beta, alpha, src)
+        })?;
+        if !done {
+            let scaled = if beta == 1.0 {
+                self.clone()
+            } else {
+                self.mul_scalar(beta)?
+            };
+            let new = crate::tape::no_grad(|| scaled.add_scaled(rhs, alpha))?;
+            *self = match kind {
+                GradKind::Leaf => new.requires_grad_()?,
+                _ => new,
+            };
+        }
+        Ok(())
     }
 
     /// `a + alpha·b`, broadcast, in one pass where the backend fuses it (the optimizers'

@@ -378,6 +378,34 @@ pub(crate) fn map2<T: CpuElem, U: CpuElem>(
     out
 }
 
+/// `dst[i] = f(dst[i], b[i])` in place (`dst` contiguous over `lb`'s shape, `b` any layout).
+pub(crate) fn update2<T: CpuElem>(
+    dst: &mut [T],
+    b: &[T],
+    lb: &Layout,
+    f: impl Fn(T, T) -> T + Sync,
+) {
+    let ld = Layout::contiguous(lb.shape());
+    let rows = Rows::new(&[&ld, lb]);
+    let sb = rows.inner_strides[1];
+    for_segments(dst, rows.inner, |o, row, col| {
+        let pb = rows.at(1, row, col);
+        let n = o.len();
+        match sb {
+            1 => {
+                for (o, &y) in o.iter_mut().zip(&b[pb..pb + n]) {
+                    *o = f(*o, y);
+                }
+            }
+            _ => {
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = f(*o, b[pb + k * sb]);
+                }
+            }
+        }
+    });
+}
+
 /// `f` of triples of elements (one shape, any layouts), into a new vector.
 pub(crate) fn map3<C: CpuElem, T: CpuElem>(
     c: &[C],
