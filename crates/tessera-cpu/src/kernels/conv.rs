@@ -41,13 +41,13 @@ fn unfold_plane<T: Num>(
         for kw in 0..w.k[1] {
             let t = kh * w.k[1] + kw;
             let tap = &mut dst[t * tap_stride..t * tap_stride + w.positions()];
+            let (lo, hi, first) = inside(w, kw, wd);
             for oh in 0..w.out[0] {
                 let row = &mut tap[oh * w.out[1]..(oh + 1) * w.out[1]];
                 match w.source(0, oh, kh, h) {
                     None => row.fill(fill),
                     Some(ih) => {
                         let line = &src[ih * wd..(ih + 1) * wd];
-                        let (lo, hi, first) = inside(w, kw, wd);
                         row[..lo].fill(fill);
                         row[hi..].fill(fill);
                         if w.s[1] == 1 {
@@ -72,12 +72,12 @@ fn fold_plane<T: Num>(src: &[T], tap_stride: usize, hw: [usize; 2], w: &Window, 
         for kw in 0..w.k[1] {
             let t = kh * w.k[1] + kw;
             let tap = &src[t * tap_stride..t * tap_stride + pos];
+            let (lo, hi, first) = inside(w, kw, wd);
             for oh in 0..w.out[0] {
                 let Some(ih) = w.source(0, oh, kh, h) else {
                     continue;
                 };
                 let line = &mut out[ih * wd..(ih + 1) * wd];
-                let (lo, hi, first) = inside(w, kw, wd);
                 let vals = &tap[oh * w.out[1] + lo..oh * w.out[1] + hi];
                 if w.s[1] == 1 {
                     for (d, &v) in line[first..first + vals.len()].iter_mut().zip(vals) {
