@@ -474,6 +474,57 @@ fn convolution_and_pooling_fall_back_to_primitives() -> Result<()> {
 }
 
 #[test]
+fn batch_norm_composes_from_primitives_where_the_backend_has_no_fused_kernel() -> Result<()> {
+    use tessera::ops::norm::batch_norm;
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    let mut gen = Generator::new(4);
+    let x = Tensor::randn(&[3, 4, 5], 1.0, 2.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let w = Tensor::randn(&[4], 1.0, 0.5, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let b = Tensor::randn(&[4], 0.0, 0.5, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let r = Tensor::randn(&[3, 4, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
+    let (rm, rv) = (
+        Tensor::zeros(&[4], DType::F64, &toy)?,
+        Tensor::ones(&[4], DType::F64, &toy)?,
+    );
+    // The toy backend composes the op; the CPU backend runs its fused kernels. Both must agree,
+    // in values, running statistics and gradients, in training and in eval mode.
+    for training in [true, false] {
+        let run = |x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, rm: &Tensor, rv: &Tensor| {
+            let (y, stats) = batch_norm(x, rm, rv, Some(w), Some(b), training, 0.1, 1e-5)?;
+            let g = y.mul(r)?.sum_all()?.backward()?;
+            let mut out = vec![y.clone()];
+            out.extend(stats.map(|(m, v)| [m, v]).into_iter().flatten());
+            for t in [x, w, b] {
+                out.push(
+                    g.get(t)
+                        .cloned()
+                        .ok_or_else(|| tessera::core::Error::invalid("test", "no gradient"))?,
+                );
+            }
+            Ok::<_, tessera::core::Error>(out)
+        };
+        let on_cpu = |t: &Tensor| t.detach().to_device(&cpu);
+        let (xc, wc, bc) = (
+            on_cpu(&x)?.requires_grad_()?,
+            on_cpu(&w)?.requires_grad_()?,
+            on_cpu(&b)?.requires_grad_()?,
+        );
+        let toy_out = run(&x, &w, &b, &r, &rm, &rv)?;
+        let cpu_out = run(&xc, &wc, &bc, &on_cpu(&r)?, &on_cpu(&rm)?, &on_cpu(&rv)?)?;
+        assert_eq!(toy_out.len(), cpu_out.len());
+        for (i, (a, c)) in toy_out.iter().zip(&cpu_out).enumerate() {
+            let (a, c) = (a.to_vec::<f64>()?, c.to_vec::<f64>()?);
+            assert_eq!(a.len(), c.len());
+            assert!(
+                a.iter().zip(&c).all(|(p, q)| (p - q).abs() < 1e-10),
+                "training {training}, output {i}: {a:?} vs {c:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn mixing_devices_is_an_error_naming_both() -> Result<()> {
     let a = Tensor::ones(&[2], DType::F64, &toy())?;
     let b = Tensor::ones(&[2], DType::F64, &Device::parse("cpu")?)?;

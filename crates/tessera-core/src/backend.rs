@@ -256,6 +256,39 @@ pub trait Backend: Send + Sync + Debug + 'static {
         fallback::add_scaled(self, a, alpha, b)
     }
 
+    /// Training-mode batch normalisation of `x` `[N, C, ...]` over every axis but 1, in one
+    /// pass of statistics and one of output: `y = (x - mean)·(var + eps)^-½·weight + bias`
+    /// with the batch mean and biased variance, which it returns too (`[C]` each; the output
+    /// has `x`'s shape, contiguous). `None` (the default) where the backend has no fused
+    /// kernel: core then composes the op from primitives.
+    fn batch_norm_train(
+        &self,
+        x: View<'_>,
+        weight: Option<View<'_>>,
+        bias: Option<View<'_>>,
+        eps: f64,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let _ = (x, weight, bias, eps);
+        Ok(None)
+    }
+
+    /// The gradients of [`Backend::batch_norm_train`] from `dy` (the shape of `x`), `mean` and
+    /// `var` (what the forward returned): `[dx, dweight, dbias]` (`dweight` and `dbias` `[C]`,
+    /// whether or not the forward had them). `None` (the default) where the backend has no fused
+    /// kernel: core then writes the gradient with primitives.
+    fn batch_norm_backward(
+        &self,
+        x: View<'_>,
+        dy: View<'_>,
+        mean: View<'_>,
+        var: View<'_>,
+        weight: Option<View<'_>>,
+        eps: f64,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let _ = (x, dy, mean, var, weight, eps);
+        Ok(None)
+    }
+
     /// `dst ← beta·dst + alpha·src` in place: the optimizers' updates without a new buffer.
     /// `dst` is read through `layout` (contiguous); `src` has the same shape (any layout, a
     /// broadcast included) and dtype. Returns `false`, leaving `dst` untouched, where the

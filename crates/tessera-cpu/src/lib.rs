@@ -339,6 +339,11 @@ impl CpuBackend {
     }
 }
 
+/// `[N, C, ...]` as `[outer, C, inner]` for the batch-norm kernels (rank ≥ 2).
+fn norm_dims(shape: &[usize]) -> Option<kernels::norm::Dims> {
+    (shape.len() >= 2).then(|| [shape[0], shape[1], shape[2..].iter().product()])
+}
+
 /// The direct-kernel plan of a convolution over input `[n, c, h, w]` into `o` channels, when it
 /// qualifies: f32, stride 1, dilation 1, small channel counts, padding below the kernel size on
 /// every side (so the input gradient is a direct convolution too), AVX2 + FMA.
@@ -621,6 +626,59 @@ impl Backend for CpuBackend {
             )),
             _ => fallback::add_scaled(self, a, alpha, b),
         }
+    }
+
+    fn batch_norm_train(
+        &self,
+        x: View<'_>,
+        weight: Option<View<'_>>,
+        bias: Option<View<'_>>,
+        eps: f64,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let Some(d) = norm_dims(x.layout.shape()) else {
+            return Ok(None);
+        };
+        let (mut hx, mut hw, mut hb) = (None, None, None);
+        match x.buf.dtype() {
+            DType::F32 | DType::F64 => {}
+            _ => return Ok(None),
+        }
+        with_dtype!(float x.buf.dtype(), "batch_norm", |T| {
+            let xs = self.rows::<T>("batch_norm", x, &mut hx)?;
+            let ws = weight.map(|w| self.rows::<T>("batch_norm", w, &mut hw)).transpose()?;
+            let bs = bias.map(|b| self.rows::<T>("batch_norm", b, &mut hb)).transpose()?;
+            let (y, mean, var) = kernels::norm::train(xs, d, ws, bs, eps);
+            Ok(Some([out(y)?, out(mean)?, out(var)?]))
+        })
+    }
+
+    fn batch_norm_backward(
+        &self,
+        x: View<'_>,
+        dy: View<'_>,
+        mean: View<'_>,
+        var: View<'_>,
+        weight: Option<View<'_>>,
+        eps: f64,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let Some(d) = norm_dims(x.layout.shape()) else {
+            return Ok(None);
+        };
+        match x.buf.dtype() {
+            DType::F32 | DType::F64 => {}
+            _ => return Ok(None),
+        }
+        let (mut hx, mut hd, mut hm, mut hv, mut hw) = (None, None, None, None, None);
+        with_dtype!(float x.buf.dtype(), "batch_norm_backward", |T| {
+            let op = "batch_norm_backward";
+            let xs = self.rows::<T>(op, x, &mut hx)?;
+            let ds = self.rows::<T>(op, dy, &mut hd)?;
+            let ms = self.rows::<T>(op, mean, &mut hm)?;
+            let vs = self.rows::<T>(op, var, &mut hv)?;
+            let ws = weight.map(|w| self.rows::<T>(op, w, &mut hw)).transpose()?;
+            let (dx, dw, db) = kernels::norm::backward(xs, ds, d, ms, vs, ws, eps);
+            Ok(Some([out(dx)?, out(dw)?, out(db)?]))
+        })
     }
 
     fn scale_add_in_place(

@@ -3,12 +3,13 @@
 //!
 //! | op | forward |
 //! | --- | --- |
-//! | batch_norm (train) | `(x - mean) / sqrt(var + eps) · w + b`, mean and biased var over all axes but 1 (two-pass) |
-//! | batch_norm (eval) | the same with the running statistics |
+//! | batch_norm (train) | `(x - mean) / sqrt(var + eps) · w + b`, mean and biased var over all axes but 1: one tape node on the backend's fused kernel ([`Backend::batch_norm_train`](crate::Backend::batch_norm_train)) where it has one, else composed (two-pass statistics) |
+//! | batch_norm (eval) | `x·α + β` per channel, `α = w / sqrt(running_var + eps)`, `β = b - running_mean·α` |
 //! | layer_norm | the same over the last dims |
 //! | dropout | `x · mask / (1 - p)`, mask ~ Bernoulli(1 - p) from the counter-based generator |
 //! | embedding | `index_select` of weight rows; the `padding_idx` row takes no gradient |
 
+use super::when;
 use crate::error::{Error, Result};
 use crate::random::Generator;
 use crate::tensor::Tensor;
@@ -69,38 +70,159 @@ pub fn batch_norm(
                 ),
             ));
         }
+        for t in [weight, bias].into_iter().flatten() {
+            super::same_kind("batch_norm", x, t)?;
+        }
+        if let Some((y, mean, var)) = train_fused(x, weight, bias, eps)? {
+            let stats = running_stats(running_mean, running_var, &mean, &var, m, momentum)?;
+            return Ok((y, Some(stats)));
+        }
         let mean = x.mean(&axes, true)?;
         let var = x.var(&axes, 0, true)?;
         let y = x.sub(&mean)?.div(&var.add_scalar(eps)?.sqrt()?)?;
-        let stats = crate::no_grad(|| -> Result<(Tensor, Tensor)> {
-            let bm = mean.reshape_usize(&[c])?;
-            let bv = var
-                .reshape_usize(&[c])?
-                .mul_scalar(m as f64 / (m - 1) as f64)?;
-            Ok((
-                running_mean
-                    .mul_scalar(1.0 - momentum)?
-                    .add(&bm.mul_scalar(momentum)?)?,
-                running_var
-                    .mul_scalar(1.0 - momentum)?
-                    .add(&bv.mul_scalar(momentum)?)?,
-            ))
-        })?;
+        let y = match weight {
+            Some(w) => y.mul(&per_channel(w, x)?)?,
+            None => y,
+        };
+        let y = match bias {
+            Some(b) => y.add(&per_channel(b, x)?)?,
+            None => y,
+        };
+        let stats = running_stats(running_mean, running_var, &mean, &var, m, momentum)?;
         (y, Some(stats))
     } else {
-        let mean = per_channel(running_mean, x)?;
-        let std = per_channel(&running_var.add_scalar(eps)?.sqrt()?, x)?;
-        (x.sub(&mean)?.div(&std)?, None)
-    };
-    let y = match weight {
-        Some(w) => y.mul(&per_channel(w, x)?)?,
-        None => y,
-    };
-    let y = match bias {
-        Some(b) => y.add(&per_channel(b, x)?)?,
-        None => y,
+        // PyTorch's CPU form: y = x·α + β, two passes instead of four.
+        let mut alpha = running_var.add_scalar(eps)?.sqrt()?.recip()?;
+        if let Some(w) = weight {
+            alpha = alpha.mul(w)?;
+        }
+        let mut beta = running_mean.mul(&alpha)?.neg()?;
+        if let Some(b) = bias {
+            beta = beta.add(b)?;
+        }
+        let y = x
+            .mul(&per_channel(&alpha, x)?)?
+            .add(&per_channel(&beta, x)?)?;
+        (y, None)
     };
     Ok((y, stats))
+}
+
+/// The updated running statistics from a batch's `mean` and biased `var` (any shape of `C`
+/// elements) over `m` values per channel: `(1 - momentum)·running + momentum·batch`, the
+/// variance unbiased.
+fn running_stats(
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    m: usize,
+    momentum: f64,
+) -> Result<(Tensor, Tensor)> {
+    let c = running_mean.numel();
+    crate::no_grad(|| -> Result<(Tensor, Tensor)> {
+        let bm = mean.reshape_usize(&[c])?;
+        let bv = var
+            .reshape_usize(&[c])?
+            .mul_scalar(m as f64 / (m - 1) as f64)?;
+        Ok((
+            running_mean
+                .mul_scalar(1.0 - momentum)?
+                .add(&bm.mul_scalar(momentum)?)?,
+            running_var
+                .mul_scalar(1.0 - momentum)?
+                .add(&bv.mul_scalar(momentum)?)?,
+        ))
+    })
+}
+
+/// Training-mode batch norm as one tape node on the backend's fused kernels: `(y, mean, var)`,
+/// or `None` where the backend has none. Its backward takes the fused backward too, except
+/// under `backward_create_graph` (and on a backend without it), where [`train_grads`] writes
+/// the gradients with recorded ops.
+fn train_fused(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    let c = x.dims()[1];
+    let be = x.device().backend();
+    let Some([y, mean, var]) = be.batch_norm_train(
+        x.view(),
+        weight.map(|w| w.view()),
+        bias.map(|b| b.view()),
+        eps,
+    )?
+    else {
+        return Ok(None);
+    };
+    let (y, mean, var) = (
+        x.output(y, x.dims()),
+        x.output(mean, &[c]),
+        x.output(var, &[c]),
+    );
+    let mut inputs = vec![x];
+    inputs.extend(weight);
+    inputs.extend(bias);
+    let (xs, ws, ms, vs) = (x.clone(), weight.cloned(), mean.clone(), var.clone());
+    let has_bias = bias.is_some();
+    let y = y.record_op("batch_norm", &inputs, move |gy, needs| {
+        let gy = &gy.contiguous()?;
+        let fused = if crate::tape::is_grad_enabled() {
+            None
+        } else {
+            gy.device().backend().batch_norm_backward(
+                xs.view(),
+                gy.view(),
+                ms.view(),
+                vs.view(),
+                ws.as_ref().map(|w| w.view()),
+                eps,
+            )?
+        };
+        let [dx, dw, db] = match fused {
+            Some([dx, dw, db]) => [
+                xs.output(dx, xs.dims()),
+                xs.output(dw, &[c]),
+                xs.output(db, &[c]),
+            ],
+            None => train_grads(&xs, ws.as_ref(), gy, eps)?,
+        };
+        let mut grads = vec![when(needs[0], || Ok(dx))?];
+        if ws.is_some() {
+            grads.push(when(needs[1], || Ok(dw))?);
+        }
+        if has_bias {
+            grads.push(when(needs[needs.len() - 1], || Ok(db))?);
+        }
+        Ok(grads)
+    });
+    Ok(Some((y, mean, var)))
+}
+
+/// The gradients `[dx, dweight, dbias]` of training-mode batch norm written with recorded ops
+/// (so gradients of gradients follow them): `dx = invstd·(g - mean(g) - x̂·mean(g·x̂))` with
+/// `g = gy·w`, `dweight = Σ gy·x̂`, `dbias = Σ gy`.
+fn train_grads(x: &Tensor, weight: Option<&Tensor>, gy: &Tensor, eps: f64) -> Result<[Tensor; 3]> {
+    let axes: Vec<isize> = (0..x.rank() as isize).filter(|&a| a != 1).collect();
+    let xmu = x.sub(&x.mean(&axes, true)?)?;
+    let invstd = xmu
+        .square()?
+        .mean(&axes, true)?
+        .add_scalar(eps)?
+        .sqrt()?
+        .recip()?;
+    let xhat = xmu.mul(&invstd)?;
+    let g = match weight {
+        Some(w) => gy.mul(&per_channel(w, x)?)?,
+        None => gy.clone(),
+    };
+    let dx = g
+        .sub(&g.mean(&axes, true)?)?
+        .sub(&xhat.mul(&g.mul(&xhat)?.mean(&axes, true)?)?)?
+        .mul(&invstd)?;
+    Ok([dx, gy.mul(&xhat)?.sum(&axes, false)?, gy.sum(&axes, false)?])
 }
 
 /// Layer normalisation over the last `normalized_shape.len()` dims.

@@ -9,6 +9,7 @@ pub mod elementwise;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_nt;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 pub mod rnn;
 pub mod shape;
