@@ -134,7 +134,9 @@ fn lstm_steps(
 ) -> Result<LstmTrace> {
     let t_len = xp.dims()[0];
     let (b, hsz) = (h0.dims()[0], h0.dims()[1]);
-    let w_t = w_hh.t()?;
+    // `W_hhᵀ` stored row-major once per sequence: each step's `h · W_hhᵀ` then reads both
+    // operands in place with the row-major small-row kernels, not repacking 1 MiB per step.
+    let w_t = w_hh.t()?.contiguous()?;
     let (mut h, mut c) = (h0.clone(), c0.clone());
     // Per time index: (h_t, activations, gates, tanh(c_t), h_prev, c_prev).
     type Slot = (
@@ -239,9 +241,8 @@ fn lstm_sequence(
         let mut dc_next = gp.narrow(0, t_len, 1)?.squeeze(0)?;
         let mut dz_all: Vec<Option<Tensor>> = vec![None; t_len];
         let be = gp.device().backend();
-        // `dz · W_hh` as `dz · (W_hhᵀ)ᵀ` with `W_hhᵀ` stored once: both operands then run
-        // along the summed dimension, the layout small-row kernels read in place.
-        let w_back = w_s.t()?.contiguous()?.t()?;
+        // `dz · W_hh` with `W_hh` row-major as stored, the layout of the forward's products.
+        let w_back = &w_s;
         let one_minus_sq = |a: &Tensor| a.square()?.neg()?.add_scalar(1.0);
         let one_minus = |a: &Tensor| a.neg()?.add_scalar(1.0);
         for t in time_order(t_len, reverse).into_iter().rev() {
@@ -273,7 +274,7 @@ fn lstm_sequence(
                     gp.output(dc, tr.c_prev[t].dims()),
                 )
             };
-            dh_next = Some(dz.matmul(&w_back)?);
+            dh_next = Some(dz.matmul(w_back)?);
             dc_next = dc_prev;
             dz_all[t] = Some(dz);
         }

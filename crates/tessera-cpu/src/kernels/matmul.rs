@@ -124,31 +124,40 @@ macro_rules! gemm_impl {
 }
 gemm_impl!(matmul_f32_packed, f32, matrixmultiply::sgemm);
 
-/// Batched f32 product: products with few rows whose operands both run along `k` (`x · Wᵀ`)
-/// take [`super::gemm_nt`], which reads them in place; the rest go through matrixmultiply.
+/// Batched f32 product: products with few rows read their operands in place when `A`'s rows
+/// run along `k` and `B` is either column-major (`x · Wᵀ`: [`super::gemm_nt`]) or row-major
+/// ([`super::gemm_nn`]); the rest go through matrixmultiply, which packs both.
 pub fn matmul_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(out) = nt_f32(a, la, b, lb) {
+    if let Some(out) = small_rows_f32(a, la, b, lb) {
         return out;
     }
     matmul_f32_packed(a, la, b, lb)
 }
 
 #[cfg(target_arch = "x86_64")]
-fn nt_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
-    use super::gemm_nt;
+fn small_rows_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
+    use super::{gemm_nn, gemm_nt};
     let d = dims(la, lb);
     let r = la.rank();
-    let (lda, ldb) = (la.strides()[r - 2], lb.strides()[r - 1]);
-    // Row i of `a` and column j of `b` must each be k adjacent floats.
-    let row_major_a = la.strides()[r - 1] == 1;
-    let col_major_b = lb.strides()[r - 2] == 1;
-    if !gemm_nt::worthwhile(d.m, d.k, d.n) || d.k < 8 || !row_major_a || !col_major_b {
+    let lda = la.strides()[r - 2];
+    // Row i of `a` must be k adjacent floats; `b` either has each column j as k adjacent floats
+    // (`nt`, column stride `ldb`) or each row as n adjacent floats (row stride `ldb`).
+    if la.strides()[r - 1] != 1 {
         return None;
     }
-    if !gemm_nt::available() {
+    let (nt, ldb) = if lb.strides()[r - 2] == 1
+        && gemm_nt::worthwhile(d.m, d.k, d.n)
+        && d.k >= 8
+        && gemm_nt::available()
+    {
+        (true, lb.strides()[r - 1])
+    } else if lb.strides()[r - 1] == 1 && gemm_nn::worthwhile(d.m, d.k, d.n) && gemm_nn::available()
+    {
+        (false, lb.strides()[r - 2])
+    } else {
         return None;
-    }
+    };
     let nb: usize = d.batch.iter().product();
     let mn = d.m * d.n;
     let mut out = alloc::<f32>(nb * mn);
@@ -156,28 +165,32 @@ fn nt_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
     // Columns `cols` of batch item `i`.
     let part = |i: usize, cols: (usize, usize)| {
         let (oa, ob) = batch_offsets(&d, la, lb, i);
-        // SAFETY: AVX2+FMA checked above; core checked both layouts to stay inside `a` and
-        // `b`, so rows i < m of `a` (stride lda) and columns j < n of `b` (stride ldb) each
-        // hold k readable floats from these offsets; item i's m·n outputs are its own.
+        let (a, c) = (
+            a.as_ptr().wrapping_add(oa),
+            (base as *mut f32).wrapping_add(i * mn + cols.0),
+        );
+        // SAFETY: the kernel's features were checked above; core checked both layouts to
+        // stay inside `a` and `b`, so rows i < m of `a` (stride lda) hold k readable floats,
+        // and `b` from column cols.0 holds k columns of cols.1 floats (nt: columns at stride
+        // ldb, each k long; nn: k rows at stride ldb, each reaching column n); item i's m·n
+        // outputs are its own and these columns this call's alone.
         unsafe {
-            gemm_nt::product(
-                d.m,
-                d.k,
-                cols.1,
-                a.as_ptr().add(oa),
-                lda,
-                b.as_ptr().add(ob + cols.0 * ldb),
-                ldb,
-                (base as *mut f32).add(i * mn + cols.0),
-                d.n,
-            )
+            if nt {
+                let b = b.as_ptr().add(ob + cols.0 * ldb);
+                gemm_nt::product(d.m, d.k, cols.1, a, lda, b, ldb, c, d.n)
+            } else {
+                let b = b.as_ptr().add(ob + cols.0);
+                gemm_nn::product(d.m, d.k, cols.1, a, lda, b, ldb, c, d.n)
+            }
         }
     };
     let threads = rayon::current_num_threads();
     if nb == 1 && threads > 1 && mn * d.k >= SPLIT_MIN {
         // One product, split from the packed path's threshold: each thread takes a share of
-        // the columns (of `B`'s rows in memory, so each reads only its part of `W`).
-        let chunk = d.n.div_ceil(threads);
+        // the columns (whole vector tiles for the row-major kernel), so each reads only its
+        // part of `B`.
+        let align = if nt { 1 } else { 32 };
+        let chunk = d.n.div_ceil(threads).next_multiple_of(align).min(d.n);
         let parts = d.n.div_ceil(chunk);
         (0..parts)
             .into_par_iter()
@@ -221,13 +234,32 @@ pub fn matmul_i64(a: &[i64], la: &Layout, b: &[i64], lb: &Layout) -> Vec<i64> {
 mod tests {
     use super::*;
 
-    /// The `x · Wᵀ` path (gemm_nt, split over columns when large, batched with a broadcast
-    /// weight) gives the packed GEMM's results.
+    /// The small-row paths (gemm_nt for `x · Wᵀ`, gemm_nn for a row-major `B`; split over
+    /// columns when large, batched with a broadcast weight) give the packed GEMM's results.
     #[test]
     fn small_row_products_match_the_packed_gemm() {
         #[cfg(target_arch = "x86_64")]
         if !super::super::gemm_nt::available() {
             return;
+        }
+        // Row-major B: m·k·n = 32·256·300 splits over the columns (SPLIT_MIN), at a column
+        // that is not a multiple of the kernel's 32 when there are three threads.
+        for (batch, m, k, n) in [(1, 32, 256, 300), (3, 5, 33, 17), (1, 64, 16, 40)] {
+            let a: Vec<f32> = (0..batch * m * k)
+                .map(|i| ((i * 7) % 29) as f32 - 14.0)
+                .collect();
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 3) % 31) as f32 * 0.125).collect();
+            let la = Layout::contiguous(&[batch, m, k]);
+            let lb = Layout::new(vec![batch, k, n], vec![0, n, 1], 0);
+            let got = matmul_f32(&a, &la, &w, &lb);
+            let want = matmul_f32_packed(&a, &la, &w, &lb);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "nn {batch}x{m}x{k}x{n} [{i}]: {g} vs {e}"
+                );
+            }
         }
         for (batch, m, k, n) in [
             (1, 40, 300, 200),

@@ -7,6 +7,8 @@ pub mod conv;
 pub mod conv_direct;
 pub mod elementwise;
 #[cfg(target_arch = "x86_64")]
+pub mod gemm_nn;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm_nt;
 pub mod matmul;
 pub mod norm;
