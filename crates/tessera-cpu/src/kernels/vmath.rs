@@ -106,7 +106,8 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-104.0, 88.8);
     // Round to nearest by adding and removing 1.5·2^23.
     const MAGIC: f32 = 12_582_912.0;
-    let n = madd::<FMA>(x, std::f32::consts::LOG2_E, MAGIC) - MAGIC;
+    let t = madd::<FMA>(x, std::f32::consts::LOG2_E, MAGIC);
+    let n = t - MAGIC;
     let r = madd::<FMA>(n, -0.693_359_4, x);
     let r = madd::<FMA>(n, 2.121_944_4e-4, r);
     let mut p = 1.987_569_1e-4;
@@ -120,7 +121,10 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
         p = madd::<FMA>(p, r, c);
     }
     let p = madd::<FMA>(p, r * r, r) + 1.0;
-    let n = if n.is_nan() { 0 } else { n as i32 };
+    // The integer n from t's bits (t = 1.5·2^23 + n has unit spacing): integer lanes, where
+    // `n as i32` (saturating, NaN to 0) compiled to a scalar conversion per element. A NaN x
+    // gives garbage scales, but p is NaN then and so is the product.
+    let n = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let (n1, n2) = (n / 2, n - n / 2);
     let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
     let s2 = f32::from_bits(((n2 + 127) as u32) << 23);
