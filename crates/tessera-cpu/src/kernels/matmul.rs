@@ -242,45 +242,38 @@ mod tests {
         if !super::super::gemm_nt::available() {
             return;
         }
-        // Row-major B: m·k·n = 32·256·300 splits over the columns (SPLIT_MIN), at a column
-        // that is not a multiple of the kernel's 32 when there are three threads.
-        for (batch, m, k, n) in [(1, 32, 256, 300), (3, 5, 33, 17), (1, 64, 16, 40)] {
-            let a: Vec<f32> = (0..batch * m * k)
-                .map(|i| ((i * 7) % 29) as f32 - 14.0)
-                .collect();
-            let w: Vec<f32> = (0..k * n).map(|i| ((i * 3) % 31) as f32 * 0.125).collect();
-            let la = Layout::contiguous(&[batch, m, k]);
-            let lb = Layout::new(vec![batch, k, n], vec![0, n, 1], 0);
-            let got = matmul_f32(&a, &la, &w, &lb);
-            let want = matmul_f32_packed(&a, &la, &w, &lb);
-            assert_eq!(got.len(), want.len());
-            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                    "nn {batch}x{m}x{k}x{n} [{i}]: {g} vs {e}"
-                );
-            }
-        }
-        for (batch, m, k, n) in [
-            (1, 40, 300, 200),
-            (1, 7, 9, 5),
-            (3, 5, 33, 17),
-            (1, 200, 64, 16),
-        ] {
+        // (row-major B, batch, m, k, n). Row-major: m·k·n = 32·256·300 splits over the columns
+        // (SPLIT_MIN), at a column that is not a multiple of the kernel's 32 with three threads.
+        let cases = [
+            (true, 1, 32, 256, 300),
+            (true, 3, 5, 33, 17),
+            (true, 1, 64, 16, 40),
+            (false, 1, 40, 300, 200),
+            (false, 1, 7, 9, 5),
+            (false, 3, 5, 33, 17),
+            (false, 1, 200, 64, 16),
+        ];
+        for (row_major, batch, m, k, n) in cases {
             let a: Vec<f32> = (0..batch * m * k)
                 .map(|i| ((i * 7) % 29) as f32 - 14.0)
                 .collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 3) % 31) as f32 * 0.125).collect();
             let la = Layout::contiguous(&[batch, m, k]);
-            // Wᵀ as a transposed view, broadcast over the batch (stride 0).
-            let lb = Layout::new(vec![batch, k, n], vec![0, 1, k], 0);
+            // B broadcast over the batch (stride 0): row-major [k, n], or Wᵀ as a transposed
+            // view of a row-major [n, k].
+            let strides = if row_major {
+                vec![0, n, 1]
+            } else {
+                vec![0, 1, k]
+            };
+            let lb = Layout::new(vec![batch, k, n], strides, 0);
             let got = matmul_f32(&a, &la, &w, &lb);
             let want = matmul_f32_packed(&a, &la, &w, &lb);
             assert_eq!(got.len(), want.len());
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                    "{batch}x{m}x{k}x{n} [{i}]: {g} vs {e}"
+                    "row-major {row_major} {batch}x{m}x{k}x{n} [{i}]: {g} vs {e}"
                 );
             }
         }
