@@ -40,7 +40,9 @@ pub(crate) struct Inner {
     pub(crate) kind: GradKind,
 }
 
-/// An n-dimensional array on a device. Cheap to clone (a reference count); immutable.
+/// An n-dimensional array on a device. Cheap to clone (a reference count); immutable to every
+/// observer: ops return new tensors, and the one in-place update, [`Tensor::scale_add_`], writes
+/// a buffer only when no other handle can see it.
 ///
 /// Every op returns `Result<Tensor>` and, when grad mode is on and an input requires grad,
 /// appends its backward rule to the tape.
