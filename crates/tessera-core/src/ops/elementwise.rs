@@ -9,8 +9,8 @@
 //! | sqrt | g / (2y) |
 //! | tanh | g·(1 - y²) |
 //! | sigmoid | g·y·(1 - y) |
-//! | relu | g·[x > 0] (0 at 0, as PyTorch) |
-//! | leaky_relu(s) | g·([x > 0] + s·[x ≤ 0]) |
+//! | relu | g·\[x > 0\] (0 at 0, as PyTorch) |
+//! | leaky_relu(s) | g·(\[x > 0\] + s·\[x ≤ 0\]) |
 //! | erf | g·2/√π·exp(-x²) |
 //! | softplus(β, t) | g where βx > t, else g·sigmoid(βx) |
 //! | x^p (scalar p) | g·p·x^(p-1) |
