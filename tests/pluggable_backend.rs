@@ -521,6 +521,34 @@ fn batch_norm_composes_from_primitives_where_the_backend_has_no_fused_kernel() -
             );
         }
     }
+    // Inference (no gradient recorded): the CPU's one-pass eval kernel, with and without the
+    // affine parameters, against the toy backend's composition.
+    let stats = |t: &Tensor, k: f64| t.detach().mul_scalar(0.5)?.add_scalar(k);
+    let (rm2, rv2) = (stats(&w, -0.3)?, stats(&w, 0.9)?.square()?);
+    for affine in [true, false] {
+        let run = |x: &Tensor, w: &Tensor, b: &Tensor, rm: &Tensor, rv: &Tensor| {
+            let (w, b) = if affine {
+                (Some(w), Some(b))
+            } else {
+                (None, None)
+            };
+            no_grad(|| batch_norm(x, rm, rv, w, b, false, 0.1, 1e-3)).map(|(y, _)| y)
+        };
+        let y_toy = run(&x, &w, &b, &rm2, &rv2)?.to_vec::<f64>()?;
+        let on_cpu = |t: &Tensor| t.detach().to_device(&cpu);
+        let y_cpu = run(
+            &on_cpu(&x)?,
+            &on_cpu(&w)?,
+            &on_cpu(&b)?,
+            &on_cpu(&rm2)?,
+            &on_cpu(&rv2)?,
+        )?
+        .to_vec::<f64>()?;
+        assert!(
+            y_toy.iter().zip(&y_cpu).all(|(p, q)| (p - q).abs() < 1e-10),
+            "eval, affine {affine}: {y_toy:?} vs {y_cpu:?}"
+        );
+    }
     Ok(())
 }
 

@@ -272,6 +272,23 @@ pub trait Backend: Send + Sync + Debug + 'static {
         Ok(None)
     }
 
+    /// Eval-mode batch normalisation with given statistics (`[C]` each, like the affine
+    /// parameters), not differentiated: `y = x·α + β` per channel with `α = weight /
+    /// sqrt(var + eps)` and `β = bias - mean·α`, one pass. `None` (the default) where the
+    /// backend has no fused kernel: core then composes it.
+    fn batch_norm_eval(
+        &self,
+        x: View<'_>,
+        mean: View<'_>,
+        var: View<'_>,
+        weight: Option<View<'_>>,
+        bias: Option<View<'_>>,
+        eps: f64,
+    ) -> Result<Option<Arc<dyn Buffer>>> {
+        let _ = (x, mean, var, weight, bias, eps);
+        Ok(None)
+    }
+
     /// The gradients of [`Backend::batch_norm_train`] from `dy` (the shape of `x`), `mean` and
     /// `var` (what the forward returned): `[dx, dweight, dbias]` (`dweight` and `dbias` `[C]`,
     /// whether or not the forward had them). `None` (the default) where the backend has no fused

@@ -652,6 +652,34 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn batch_norm_eval(
+        &self,
+        x: View<'_>,
+        mean: View<'_>,
+        var: View<'_>,
+        weight: Option<View<'_>>,
+        bias: Option<View<'_>>,
+        eps: f64,
+    ) -> Result<Option<Arc<dyn Buffer>>> {
+        let Some(d) = norm_dims(x.layout.shape()) else {
+            return Ok(None);
+        };
+        match x.buf.dtype() {
+            DType::F32 | DType::F64 => {}
+            _ => return Ok(None),
+        }
+        let (mut hx, mut hm, mut hv, mut hw, mut hb) = (None, None, None, None, None);
+        with_dtype!(float x.buf.dtype(), "batch_norm", |T| {
+            let op = "batch_norm";
+            let xs = self.rows::<T>(op, x, &mut hx)?;
+            let ms = self.rows::<T>(op, mean, &mut hm)?;
+            let vs = self.rows::<T>(op, var, &mut hv)?;
+            let ws = weight.map(|w| self.rows::<T>(op, w, &mut hw)).transpose()?;
+            let bs = bias.map(|b| self.rows::<T>(op, b, &mut hb)).transpose()?;
+            Ok(Some(out(kernels::norm::eval(xs, d, ms, vs, ws, bs, eps))?))
+        })
+    }
+
     fn batch_norm_backward(
         &self,
         x: View<'_>,

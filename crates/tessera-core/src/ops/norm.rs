@@ -4,7 +4,7 @@
 //! | op | forward |
 //! | --- | --- |
 //! | batch_norm (train) | `(x - mean) / sqrt(var + eps) · w + b`, mean and biased var over all axes but 1: one tape node on the backend's fused kernel ([`Backend::batch_norm_train`](crate::Backend::batch_norm_train)) where it has one, else composed (two-pass statistics) |
-//! | batch_norm (eval) | `x·α + β` per channel, `α = w / sqrt(running_var + eps)`, `β = b - running_mean·α` |
+//! | batch_norm (eval) | `x·α + β` per channel, `α = w / sqrt(running_var + eps)`, `β = b - running_mean·α`: one pass on the backend's kernel ([`Backend::batch_norm_eval`](crate::Backend::batch_norm_eval)) when nothing is differentiated, else composed |
 //! | layer_norm | the same over the last dims |
 //! | dropout | `x · mask / (1 - p)`, mask ~ Bernoulli(1 - p) from the counter-based generator |
 //! | embedding | `index_select` of weight rows; the `padding_idx` row takes no gradient |
@@ -91,6 +91,31 @@ pub fn batch_norm(
         let stats = running_stats(running_mean, running_var, &mean, &var, m, momentum)?;
         (y, Some(stats))
     } else {
+        // Inference (nothing to differentiate): the backend's one-pass kernel where it has one.
+        let recorded = crate::tape::is_grad_enabled()
+            && [Some(x), Some(running_mean), Some(running_var), weight, bias]
+                .into_iter()
+                .flatten()
+                .any(|t| t.requires_grad());
+        if !recorded {
+            for t in [Some(running_mean), Some(running_var), weight, bias]
+                .into_iter()
+                .flatten()
+            {
+                super::same_kind("batch_norm", x, t)?;
+            }
+            let fused = x.device().backend().batch_norm_eval(
+                x.view(),
+                running_mean.view(),
+                running_var.view(),
+                weight.map(|w| w.view()),
+                bias.map(|b| b.view()),
+                eps,
+            )?;
+            if let Some(y) = fused {
+                return Ok((x.output(y, x.dims()), None));
+            }
+        }
         // PyTorch's CPU form: y = x·α + β, two passes instead of four.
         let mut alpha = running_var.add_scalar(eps)?.sqrt()?.recip()?;
         if let Some(w) = weight {

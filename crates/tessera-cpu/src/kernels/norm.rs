@@ -80,6 +80,49 @@ fn map_rows<T: Num, F: Fn(T, T) -> T>(
     out
 }
 
+/// `y = x·α + β` per channel with `α = w·(var + eps)^-½`, `β = b - mean·α` (coefficients in
+/// f64, rounded once).
+fn affine<T: Num>(
+    x: &[T],
+    d: Dims,
+    [mean, var]: [&dyn Fn(usize) -> f64; 2],
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    eps: f64,
+) -> Vec<T> {
+    let (alpha, beta): (Vec<T>, Vec<T>) = (0..d[1])
+        .map(|ch| {
+            let a = weight.map_or(1.0, |w| w[ch].to_f64()) / (var(ch) + eps).sqrt();
+            let b = bias.map_or(0.0, |b| b[ch].to_f64()) - mean(ch) * a;
+            (T::from_f64(a), T::from_f64(b))
+        })
+        .unzip();
+    map_rows(d, x, x, |ch| {
+        let (a, b) = (alpha[ch], beta[ch]);
+        move |v: T, _| v * a + b
+    })
+}
+
+/// Eval mode: [`affine`] with the given statistics.
+pub fn eval<T: Num>(
+    x: &[T],
+    d: Dims,
+    mean: &[T],
+    var: &[T],
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    eps: f64,
+) -> Vec<T> {
+    affine(
+        x,
+        d,
+        [&|ch| mean[ch].to_f64(), &|ch| var[ch].to_f64()],
+        weight,
+        bias,
+        eps,
+    )
+}
+
 /// `(y, mean, var)`: the normalised, scaled and shifted `x`, and the batch mean and biased
 /// variance per channel.
 pub fn train<T: Num>(
@@ -97,18 +140,7 @@ pub fn train<T: Num>(
     })
     .into_iter()
     .unzip();
-    // y = x·α + β with α = w·invstd, β = b - mean·α.
-    let (alpha, beta): (Vec<T>, Vec<T>) = (0..d[1])
-        .map(|ch| {
-            let a = weight.map_or(1.0, |w| w[ch].to_f64()) / (var[ch] + eps).sqrt();
-            let b = bias.map_or(0.0, |b| b[ch].to_f64()) - mean[ch] * a;
-            (T::from_f64(a), T::from_f64(b))
-        })
-        .unzip();
-    let y = map_rows(d, x, x, |ch| {
-        let (a, b) = (alpha[ch], beta[ch]);
-        move |v: T, _| v * a + b
-    });
+    let y = affine(x, d, [&|ch| mean[ch], &|ch| var[ch]], weight, bias, eps);
     let cast = |v: &[f64]| v.iter().map(|&e| T::from_f64(e)).collect();
     (y, cast(&mean), cast(&var))
 }
