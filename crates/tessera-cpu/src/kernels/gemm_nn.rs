@@ -26,10 +26,15 @@ fn avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// Whether an `m × k × n` product with a row-major `B` should take this kernel: few rows
-/// (`B`'s reuse per packing is then low) and enough depth and width for full vectors.
+/// Whether an `m × k × n` product with a row-major `B` should take this kernel: enough depth
+/// and width for full vectors, and few rows (`B`'s reuse per packing is then low) or a `B` of
+/// at most 1 MiB (each thread's columns then stay in its L2 while every row group reads them).
+/// Measured products, 2 threads, best of 5-300 (GFLOP/s, this kernel / matrixmultiply):
+/// 128×256×512 223-224 / 194, 256×256×512 224 / 202, 512×256×512 224 / 206; but with a
+/// larger `B`: 128×784×512 203-215 / 190-191 (kept out, to stay inside L2 on one thread),
+/// 1024³ 172-173 / 185-194, 384×1728×2704 187-189 / 197-201.
 pub fn worthwhile(m: usize, k: usize, n: usize) -> bool {
-    m <= 64 && k >= 16 && n >= 16
+    k >= 16 && n >= 16 && (m <= 64 || k * n <= 1 << 18)
 }
 
 /// `c[i][j] = Σ_p a[i][p] · b[p][j]` for `i < m`, `j < n`: `a` rows at stride `lda` (each `k`

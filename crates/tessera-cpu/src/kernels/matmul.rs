@@ -243,11 +243,13 @@ mod tests {
             return;
         }
         // (row-major B, batch, m, k, n). Row-major: m·k·n = 32·256·300 splits over the columns
-        // (SPLIT_MIN), at a column that is not a multiple of the kernel's 32 with three threads.
+        // (SPLIT_MIN), at a column that is not a multiple of the kernel's 32 with three threads;
+        // 130 rows take the kernel through its small-B rule.
         let cases = [
             (true, 1, 32, 256, 300),
             (true, 3, 5, 33, 17),
             (true, 1, 64, 16, 40),
+            (true, 1, 130, 20, 37),
             (false, 1, 40, 300, 200),
             (false, 1, 7, 9, 5),
             (false, 3, 5, 33, 17),
