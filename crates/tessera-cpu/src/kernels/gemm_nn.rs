@@ -1,4 +1,5 @@
-//! `C = A · B` for few rows of `A` and a row-major `B`, read in place (no packing): each tile
+//! `C = A · B` for a row-major `B` that is small or meets few rows of `A` (see [`worthwhile`]),
+//! read in place (no packing): each tile
 //! of C (up to 12 rows × 32 columns with AVX-512, 6 × 16 with AVX2) accumulates over a block of
 //! 256 steps of `k`, each step one load of B's row segment and one broadcast per row of A. It
 //! serves the LSTM's per-step products (`h · W_hhᵀ` with `W_hhᵀ` stored row-major once per
