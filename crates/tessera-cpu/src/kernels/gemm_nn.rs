@@ -1,7 +1,7 @@
 //! `C = A · B` for a row-major `B` that is small or meets few rows of `A` (see [`worthwhile`]),
-//! read in place (no packing): each tile
-//! of C (up to 12 rows × 32 columns with AVX-512, 6 × 16 with AVX2) accumulates over a block of
-//! 256 steps of `k`, each step one load of B's row segment and one broadcast per row of A. It
+//! read in place (no packing): each tile of C (up to 12 rows × 32 columns with AVX-512, 6 × 16
+//! with AVX2) accumulates over a block of 256 steps of `k`, each step one load of B's row
+//! segment and one broadcast per row of A. It
 //! serves the LSTM's per-step products (`h · W_hhᵀ` with `W_hhᵀ` stored row-major once per
 //! sequence, and `dz · W_hh`), where matrixmultiply would repack the 1 MiB weight on each of
 //! the 70 steps, and where the dot-product tiles of [`super::gemm_nt`] (one horizontal sum per

@@ -103,7 +103,7 @@ fn affine<T: Num>(
     })
 }
 
-/// Eval mode: [`affine`] with the given statistics.
+/// Eval mode: `y = x·α + β` with the given statistics.
 pub fn eval<T: Num>(
     x: &[T],
     d: Dims,
