@@ -339,9 +339,12 @@ impl CpuBackend {
     }
 }
 
-/// `[N, C, ...]` as `[outer, C, inner]` for the batch-norm kernels (rank ≥ 2).
-fn norm_dims(shape: &[usize]) -> Option<kernels::norm::Dims> {
-    (shape.len() >= 2).then(|| [shape[0], shape[1], shape[2..].iter().product()])
+/// `x` `[N, C, ...]` as `[outer, C, inner]` for the batch-norm kernels, when they take it
+/// (rank ≥ 2, f32 or f64; the hooks decline anything else).
+fn norm_dims(x: View<'_>) -> Option<kernels::norm::Dims> {
+    let shape = x.layout.shape();
+    let typed = matches!(x.buf.dtype(), DType::F32 | DType::F64);
+    (typed && shape.len() >= 2).then(|| [shape[0], shape[1], shape[2..].iter().product()])
 }
 
 /// The direct-kernel plan of a convolution over input `[n, c, h, w]` into `o` channels, when it
@@ -635,14 +638,10 @@ impl Backend for CpuBackend {
         bias: Option<View<'_>>,
         eps: f64,
     ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
-        let Some(d) = norm_dims(x.layout.shape()) else {
+        let Some(d) = norm_dims(x) else {
             return Ok(None);
         };
         let (mut hx, mut hw, mut hb) = (None, None, None);
-        match x.buf.dtype() {
-            DType::F32 | DType::F64 => {}
-            _ => return Ok(None),
-        }
         with_dtype!(float x.buf.dtype(), "batch_norm", |T| {
             let xs = self.rows::<T>("batch_norm", x, &mut hx)?;
             let ws = weight.map(|w| self.rows::<T>("batch_norm", w, &mut hw)).transpose()?;
@@ -661,13 +660,9 @@ impl Backend for CpuBackend {
         bias: Option<View<'_>>,
         eps: f64,
     ) -> Result<Option<Arc<dyn Buffer>>> {
-        let Some(d) = norm_dims(x.layout.shape()) else {
+        let Some(d) = norm_dims(x) else {
             return Ok(None);
         };
-        match x.buf.dtype() {
-            DType::F32 | DType::F64 => {}
-            _ => return Ok(None),
-        }
         let (mut hx, mut hm, mut hv, mut hw, mut hb) = (None, None, None, None, None);
         with_dtype!(float x.buf.dtype(), "batch_norm", |T| {
             let op = "batch_norm";
@@ -689,13 +684,9 @@ impl Backend for CpuBackend {
         weight: Option<View<'_>>,
         eps: f64,
     ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
-        let Some(d) = norm_dims(x.layout.shape()) else {
+        let Some(d) = norm_dims(x) else {
             return Ok(None);
         };
-        match x.buf.dtype() {
-            DType::F32 | DType::F64 => {}
-            _ => return Ok(None),
-        }
         let (mut hx, mut hd, mut hm, mut hv, mut hw) = (None, None, None, None, None);
         with_dtype!(float x.buf.dtype(), "batch_norm_backward", |T| {
             let op = "batch_norm_backward";
