@@ -117,24 +117,27 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     };
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| Error::BadFile {
-                path: path.display().to_string(),
-                msg: e.to_string(),
-            })?;
-            let f = |k: &str| {
-                v[k].as_f64().ok_or_else(|| Error::BadFile {
-                    path: path.display().to_string(),
-                    msg: format!("missing {k}"),
-                })
-            };
-            Ok(EpochMetrics {
-                epoch: f("epoch")? as usize,
-                train_loss: f("train_loss")?,
-                train_accuracy: f("train_accuracy")?,
-                test_loss: f("test_loss")?,
-                test_accuracy: f("test_accuracy")?,
-            })
-        })
+        .map(|l| parse_metrics_line(path, l))
         .collect()
+}
+
+/// One line of a `metrics.jsonl`; `path` names the file in the error.
+pub(crate) fn parse_metrics_line(path: &Path, line: &str) -> Result<EpochMetrics> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::BadFile {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    let f = |k: &str| {
+        v[k].as_f64().ok_or_else(|| Error::BadFile {
+            path: path.display().to_string(),
+            msg: format!("missing {k}"),
+        })
+    };
+    Ok(EpochMetrics {
+        epoch: f("epoch")? as usize,
+        train_loss: f("train_loss")?,
+        train_accuracy: f("train_accuracy")?,
+        test_loss: f("test_loss")?,
+        test_accuracy: f("test_accuracy")?,
+    })
 }

@@ -192,6 +192,33 @@ impl Progress {
     }
 }
 
+/// Keeps the lines of `metrics.jsonl` for epochs before `first_epoch` and returns them. A fresh
+/// run (`first_epoch == 1`) starts an empty file whatever was there; when resuming, a line that
+/// is not an epoch record is a `BadFile` error.
+fn restart_metrics(path: &Path, first_epoch: usize) -> Result<Vec<crate::plot::EpochMetrics>> {
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) if first_epoch > 1 => t,
+        Ok(_) => String::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(e)),
+    };
+    let (mut kept, mut lines) = (vec![], String::new());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let m = crate::plot::parse_metrics_line(path, line)?;
+        if m.epoch < first_epoch {
+            kept.push(m);
+            lines.push_str(line);
+            lines.push('\n');
+        }
+    }
+    std::fs::write(path, lines).map_err(io)?;
+    Ok(kept)
+}
+
 /// Trains `opts.model` on `opts.data`, printing progress and ending with `test accuracy: X`.
 pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
     let start = Instant::now();
@@ -272,7 +299,14 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         model.num_parameters()
     );
     let metrics_path = out_dir.join("metrics.jsonl");
-    let (mut best, mut best_epoch, mut last_acc) = (-1.0f64, 0usize, 0.0);
+    // The history continues the checkpoint's: stale lines (a previous run in the same folder,
+    // or epochs after the checkpoint we resume from) would otherwise be appended to.
+    let history = restart_metrics(&metrics_path, first_epoch)?;
+    let (mut best, mut best_epoch) = history
+        .iter()
+        .map(|m| (m.test_accuracy, m.epoch))
+        .fold((-1.0f64, 0usize), |b, m| if m.0 > b.0 { m } else { b });
+    let mut last_acc = history.last().map_or(0.0, |m| m.test_accuracy);
     for epoch in first_epoch..=opts.epochs {
         model.train();
         let t0 = Instant::now();

@@ -11,6 +11,14 @@ fn out(name: &str) -> std::path::PathBuf {
 fn mlp_learns_embedded_mnist_and_resumes() -> Result<()> {
     let dev = Device::parse("cpu")?;
     let dir = out("mlp");
+    // A previous run's history in the folder (a reused pid on CI did this) must not be appended to.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("metrics.jsonl"),
+        "{\"epoch\":1,\"test_accuracy\":0.5}\nnot json\n{\"epoch\":2}\n",
+    )
+    .unwrap();
     let opts = TrainOptions {
         model: "mlp".into(),
         epochs: 2,
@@ -29,6 +37,15 @@ fn mlp_learns_embedded_mnist_and_resumes() -> Result<()> {
         "after one epoch: {}",
         first.test_accuracy
     );
+    // The resumed run keeps the checkpoint's history and drops what came after it (a stale
+    // epoch-2 line here); a best epoch 1 (raised to 0.999 here) stays the best.
+    let m = dir.join("metrics.jsonl");
+    let line1 = std::fs::read_to_string(&m).unwrap();
+    let at = line1.find("\"test_accuracy\":").unwrap() + "\"test_accuracy\":".len();
+    let end = at + line1[at..].find(',').unwrap();
+    let line1 = format!("{}0.999{}", &line1[..at], &line1[end..]);
+    let stale = line1.replace("{\"epoch\":1,", "{\"epoch\":2,");
+    std::fs::write(&m, format!("{line1}{stale}")).unwrap();
     // Resuming from epoch 1 runs only epoch 2, with the optimizer state restored.
     let resumed = train(
         &TrainOptions {
@@ -42,6 +59,7 @@ fn mlp_learns_embedded_mnist_and_resumes() -> Result<()> {
         "after two epochs: {}",
         resumed.test_accuracy
     );
+    assert_eq!((resumed.best_epoch, resumed.best_accuracy), (1, 0.999));
     let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2);
     assert!(lines.lines().nth(1).unwrap().starts_with("{\"epoch\":2,"));
@@ -69,6 +87,7 @@ fn mlp_learns_embedded_mnist_and_resumes() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(e.contains("10×10") && e.contains("digit.png"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
     Ok(())
 }
 
