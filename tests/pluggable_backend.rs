@@ -553,6 +553,95 @@ fn batch_norm_composes_from_primitives_where_the_backend_has_no_fused_kernel() -
 }
 
 #[test]
+fn lstm_runs_step_by_step_where_the_backend_has_no_sequence_kernel() -> Result<()> {
+    use tessera::ops::rnn::{rnn, Cell, RnnOptions, RnnWeights};
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    let mut gen = Generator::new(5);
+    let (t_len, b, i, h) = (4, 3, 5, 6);
+    let opts = RnnOptions {
+        hidden_size: h,
+        num_layers: 2,
+        bidirectional: true,
+        batch_first: false,
+        bias: true,
+    };
+    let mut randn = |shape: &[usize]| Tensor::randn(shape, 0.0, 0.5, DType::F64, &mut gen, &toy);
+    let x = randn(&[t_len, b, i])?;
+    let params: Vec<Tensor> = (0..4)
+        .flat_map(|k| {
+            let input = if k < 2 { i } else { 2 * h };
+            [vec![4 * h, input], vec![4 * h, h], vec![4 * h], vec![4 * h]]
+        })
+        .map(|shape| randn(&shape))
+        .collect::<Result<_>>()?;
+    let (h0, c0, r) = (randn(&[4, b, h])?, randn(&[4, b, h])?, randn(&[t_len, b, 2 * h])?);
+    // The toy backend walks the steps (core's default); the CPU backend runs each direction
+    // with its sequence kernels. Values and every gradient must agree, with the initial states
+    // differentiated or not (then the CPU skips the last product of each backward).
+    for states_need_grad in [true, false] {
+        let run = |dev: &Device| -> Result<Vec<Tensor>> {
+            let on = |t: &Tensor, grad: bool| -> Result<Tensor> {
+                let t = t.detach().to_device(dev)?;
+                if grad {
+                    t.requires_grad_()
+                } else {
+                    Ok(t)
+                }
+            };
+            let ps = params
+                .iter()
+                .map(|p| on(p, true))
+                .collect::<Result<Vec<_>>>()?;
+            let (x, h0, c0) = (
+                on(&x, true)?,
+                on(&h0, states_need_grad)?,
+                on(&c0, states_need_grad)?,
+            );
+            let weights: Vec<RnnWeights<'_>> = ps
+                .chunks(4)
+                .map(|w| RnnWeights {
+                    w_ih: &w[0],
+                    w_hh: &w[1],
+                    b_ih: Some(&w[2]),
+                    b_hh: Some(&w[3]),
+                })
+                .collect();
+            let y = rnn(Cell::Lstm, &x, &h0, Some(&c0), &weights, &opts)?;
+            let c_n = y.c_n.ok_or_else(|| Error::invalid("test", "no c_n"))?;
+            let loss = y
+                .output
+                .mul(&on(&r, false)?)?
+                .sum_all()?
+                .add(&y.h_n.sum_all()?)?
+                .add(&c_n.mul_scalar(0.5)?.sum_all()?)?;
+            let g = loss.backward()?;
+            let mut out = vec![y.output.clone(), y.h_n.clone(), c_n.clone()];
+            let mut wrt = vec![&x];
+            wrt.extend(&ps);
+            if states_need_grad {
+                wrt.extend([&h0, &c0]);
+            }
+            for t in wrt {
+                let grad = g.get(t).cloned();
+                out.push(grad.ok_or_else(|| Error::invalid("test", "no gradient"))?);
+            }
+            Ok(out)
+        };
+        let (toy_out, cpu_out) = (run(&toy)?, run(&cpu)?);
+        assert_eq!(toy_out.len(), cpu_out.len());
+        for (k, (a, c)) in toy_out.iter().zip(&cpu_out).enumerate() {
+            let (a, c) = (a.to_vec::<f64>()?, c.to_vec::<f64>()?);
+            assert_eq!(a.len(), c.len());
+            assert!(
+                a.iter().zip(&c).all(|(p, q)| (p - q).abs() < 1e-10),
+                "states need grad {states_need_grad}, output {k}: {a:?} vs {c:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn mixing_devices_is_an_error_naming_both() -> Result<()> {
     let a = Tensor::ones(&[2], DType::F64, &toy())?;
     let b = Tensor::ones(&[2], DType::F64, &Device::parse("cpu")?)?;

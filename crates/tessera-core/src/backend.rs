@@ -159,6 +159,26 @@ impl Window {
 /// `[B, 4H]` (`σ(i), σ(f), tanh(g), σ(o)`), `c` `[B, H]`, `tanh(c)` `[B, H]` and `h` `[B, H]`.
 pub type LstmCell = [Arc<dyn Buffer>; 4];
 
+/// What [`Backend::lstm_sequence`] returns, each a new contiguous buffer in time order (index
+/// `t` is time step `t` whichever way the sequence was run).
+pub struct LstmSequence {
+    /// `[T + 1, B, H]`: `h_t` for every step, then the last cell state (`c_{T-1}`, or `c_0`
+    /// for a reversed run) — the layout of the sequence node's value.
+    pub out: Arc<dyn Buffer>,
+    /// `[T, B, H]`: the hidden state each step started from (`h0` for the first one run).
+    pub h_prev: Arc<dyn Buffer>,
+    /// `[T, B, H]`: the cell state each step started from.
+    pub c_prev: Arc<dyn Buffer>,
+    /// `[T, B, 4H]`: the gate activations `σ(i), σ(f), tanh(g), σ(o)`.
+    pub act: Arc<dyn Buffer>,
+    /// `[T, B, H]`: `tanh(c_t)`.
+    pub tanh_c: Arc<dyn Buffer>,
+}
+
+/// What [`Backend::lstm_sequence_backward`] returns: the gradient of the pre-activations
+/// `[T, B, 4H]`, of `h0` `[B, H]` (when asked for) and of `c0` `[B, H]`.
+pub type LstmSequenceGrads = (Arc<dyn Buffer>, Option<Arc<dyn Buffer>>, Arc<dyn Buffer>);
+
 /// What [`Backend::max_pool2d`] returns: the maxima, and the plane index of each when asked.
 pub type Pooled = (Arc<dyn Buffer>, Option<Arc<dyn Buffer>>);
 
@@ -343,6 +363,45 @@ pub trait Backend: Send + Sync + Debug + 'static {
         dc: View<'_>,
     ) -> Result<[Arc<dyn Buffer>; 2]> {
         fallback::lstm_cell_backward(self, act, c_prev, tanh_c, dh, dc)
+    }
+
+    /// A whole LSTM sequence (every step of [`Backend::lstm_cell`] and its recurrent product)
+    /// in one call: `xp` `[T, B, 4H]` holds each step's input projection with both biases
+    /// added, `w_t` `[H, 4H]` is `W_hhᵀ` (contiguous), `h0` and `c0` `[B, H]`; `reverse` runs the
+    /// steps from `T - 1` down to 0. A backend can then keep its threads and caches across the
+    /// steps instead of dispatching two ops per step. `None` (the default) where the backend
+    /// has no sequence kernel for these operands: core then runs the steps one by one.
+    fn lstm_sequence(
+        &self,
+        xp: View<'_>,
+        w_t: View<'_>,
+        h0: View<'_>,
+        c0: View<'_>,
+        reverse: bool,
+    ) -> Result<Option<LstmSequence>> {
+        let _ = (xp, w_t, h0, c0, reverse);
+        Ok(None)
+    }
+
+    /// Backpropagation through a sequence run by [`Backend::lstm_sequence`]: from `w_hh`
+    /// `[4H, H]`, the forward's `act`, `c_prev` and `tanh_c`, and `grad` `[T + 1, B, H]` (the
+    /// gradient of its `out`: of each `h_t`, then of the last cell state), the gradients
+    /// [`LstmSequenceGrads`]; that of `h0` only with `need_h0`. The weight gradients are
+    /// the caller's (one GEMM over all steps). `None` (the default) where the backend has no
+    /// sequence kernel: core then walks the steps with [`Backend::lstm_cell_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_sequence_backward(
+        &self,
+        w_hh: View<'_>,
+        act: View<'_>,
+        c_prev: View<'_>,
+        tanh_c: View<'_>,
+        grad: View<'_>,
+        reverse: bool,
+        need_h0: bool,
+    ) -> Result<Option<LstmSequenceGrads>> {
+        let _ = (w_hh, act, c_prev, tanh_c, grad, reverse, need_h0);
+        Ok(None)
     }
 
     /// 2-d cross-correlation (one group) of `x` `[N, C, H, W]` with `weight` `[O, C, KH, KW]`

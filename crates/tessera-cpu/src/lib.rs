@@ -22,8 +22,9 @@ use kernels::{
 use std::sync::{Arc, OnceLock};
 use tessera_core::backend::fallback;
 use tessera_core::{
-    backend::LstmCell, Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, HostData,
-    Layout, ReduceOp, Result, UnaryOp, View, Window,
+    backend::{LstmCell, LstmSequence, LstmSequenceGrads},
+    Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, HostData, Layout, ReduceOp,
+    Result, UnaryOp, View, Window,
 };
 
 /// The CPU backend.
@@ -277,6 +278,59 @@ impl CpuBackend {
             s[1],
         );
         Ok([out(dz)?, out(dcp)?])
+    }
+
+    /// `v` = [xp, w_t, h0, c0].
+    fn lstm_sequence_typed<T: rnn::SeqFloat>(
+        &self,
+        v: [View<'_>; 4],
+        reverse: bool,
+    ) -> Result<LstmSequence> {
+        let (xs, hs) = (v[0].layout.shape(), v[2].layout.shape());
+        let mut hold: [Option<Arc<dyn Buffer>>; 4] = Default::default();
+        let [h0, h1, h2, h3] = &mut hold;
+        let op = "lstm_sequence";
+        let f = rnn::lstm_sequence(
+            self.rows::<T>(op, v[0], h0)?,
+            self.rows::<T>(op, v[1], h1)?,
+            self.rows::<T>(op, v[2], h2)?,
+            self.rows::<T>(op, v[3], h3)?,
+            [xs[0], hs[0], hs[1]],
+            reverse,
+            rnn::seq_threads(hs[0], hs[1]),
+        );
+        Ok(LstmSequence {
+            out: out(f.out)?,
+            h_prev: out(f.h_prev)?,
+            c_prev: out(f.c_prev)?,
+            act: out(f.act)?,
+            tanh_c: out(f.tanh_c)?,
+        })
+    }
+
+    /// `v` = [w_hh, act, c_prev, tanh_c, grad].
+    fn lstm_sequence_backward_typed<T: rnn::SeqFloat>(
+        &self,
+        v: [View<'_>; 5],
+        reverse: bool,
+        need_h0: bool,
+    ) -> Result<LstmSequenceGrads> {
+        let s = v[2].layout.shape();
+        let mut hold: [Option<Arc<dyn Buffer>>; 5] = Default::default();
+        let [h0, h1, h2, h3, h4] = &mut hold;
+        let op = "lstm_sequence_backward";
+        let (dz, dh0, dc0) = rnn::lstm_sequence_backward(
+            self.rows::<T>(op, v[0], h0)?,
+            self.rows::<T>(op, v[1], h1)?,
+            self.rows::<T>(op, v[2], h2)?,
+            self.rows::<T>(op, v[3], h3)?,
+            self.rows::<T>(op, v[4], h4)?,
+            [s[0], s[1], s[2]],
+            reverse,
+            need_h0,
+            rnn::seq_threads(s[1], s[2]),
+        );
+        Ok((out(dz)?, dh0.map(out).transpose()?, out(dc0)?))
     }
 
     /// Channel-major columns `[C·taps, N·positions]` of `x` `[N, C, H, W]` (f32 or f64).
@@ -756,6 +810,61 @@ impl Backend for CpuBackend {
             DType::F32 => self.lstm_backward_typed::<f32>([act, c_prev, tanh_c, dh, dc]),
             DType::F64 => self.lstm_backward_typed::<f64>([act, c_prev, tanh_c, dh, dc]),
             _ => fallback::lstm_cell_backward(self, act, c_prev, tanh_c, dh, dc),
+        }
+    }
+
+    fn lstm_sequence(
+        &self,
+        xp: View<'_>,
+        w_t: View<'_>,
+        h0: View<'_>,
+        c0: View<'_>,
+        reverse: bool,
+    ) -> Result<Option<LstmSequence>> {
+        let (x, h) = (xp.layout.shape(), h0.layout.shape());
+        // The shapes core's LSTM passes; anything else (or an empty sequence) takes the steps.
+        let fits = x.len() == 3
+            && h.len() == 2
+            && x[0] * h[0] * h[1] > 0
+            && x[1..] == [h[0], 4 * h[1]]
+            && w_t.layout.shape() == [h[1], 4 * h[1]]
+            && c0.layout.shape() == h;
+        let v = [xp, w_t, h0, c0];
+        match xp.buf.dtype() {
+            _ if !fits || v.iter().any(|v| v.buf.dtype() != xp.buf.dtype()) => Ok(None),
+            DType::F32 => self.lstm_sequence_typed::<f32>(v, reverse).map(Some),
+            DType::F64 => self.lstm_sequence_typed::<f64>(v, reverse).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn lstm_sequence_backward(
+        &self,
+        w_hh: View<'_>,
+        act: View<'_>,
+        c_prev: View<'_>,
+        tanh_c: View<'_>,
+        grad: View<'_>,
+        reverse: bool,
+        need_h0: bool,
+    ) -> Result<Option<LstmSequenceGrads>> {
+        let s = c_prev.layout.shape();
+        let fits = s.len() == 3
+            && s.iter().product::<usize>() > 0
+            && w_hh.layout.shape() == [4 * s[2], s[2]]
+            && act.layout.shape() == [s[0], s[1], 4 * s[2]]
+            && tanh_c.layout.shape() == s
+            && grad.layout.shape() == [s[0] + 1, s[1], s[2]];
+        let v = [w_hh, act, c_prev, tanh_c, grad];
+        match act.buf.dtype() {
+            _ if !fits || v.iter().any(|v| v.buf.dtype() != act.buf.dtype()) => Ok(None),
+            DType::F32 => self
+                .lstm_sequence_backward_typed::<f32>(v, reverse, need_h0)
+                .map(Some),
+            DType::F64 => self
+                .lstm_sequence_backward_typed::<f64>(v, reverse, need_h0)
+                .map(Some),
+            _ => Ok(None),
         }
     }
 

@@ -108,8 +108,17 @@ struct LstmTrace {
     tanh_c: Vec<Tensor>,
     h_prev: Vec<Tensor>,
     c_prev: Vec<Tensor>,
-    outs: Vec<Tensor>,
-    c_last: Tensor,
+    /// The whole-sequence tensors when the backend ran the sequence in one call
+    /// ([`crate::Backend::lstm_sequence`]); the per-step fields above are then empty.
+    seq: Option<SeqTrace>,
+}
+
+/// [`crate::backend::LstmSequence`]'s buffers as tensors, `[T, B, ·]` in time order.
+struct SeqTrace {
+    act: Tensor,
+    c_prev: Tensor,
+    tanh_c: Tensor,
+    h_prev: Tensor,
 }
 
 /// Processing order of the time indices.
@@ -124,19 +133,17 @@ fn time_order(t_len: usize, reverse: bool) -> Vec<usize> {
 /// The LSTM recurrence over `xp` (`[T, B, 4H]`, every bias added), from `h0`, `c0` (`[B, H]`).
 /// With `fused` (no ops to record) each step's cell is one [`crate::Backend::lstm_cell`] call;
 /// otherwise it is built from recorded ops, so gradients of gradients can flow through it.
+/// Returns the trace, the outputs `h_t` in time order and the last cell state.
 fn lstm_steps(
     xp: &Tensor,
-    w_hh: &Tensor,
+    w_t: &Tensor,
     h0: &Tensor,
     c0: &Tensor,
     reverse: bool,
     fused: bool,
-) -> Result<LstmTrace> {
+) -> Result<(LstmTrace, Vec<Tensor>, Tensor)> {
     let t_len = xp.dims()[0];
     let (b, hsz) = (h0.dims()[0], h0.dims()[1]);
-    // `W_hhᵀ` stored row-major once per sequence: each step's `h · W_hhᵀ` then reads both
-    // operands in place with the row-major small-row kernels, not repacking 1 MiB per step.
-    let w_t = w_hh.t()?.contiguous()?;
     let (mut h, mut c) = (h0.clone(), c0.clone());
     // Per time index: (h_t, activations, gates, tanh(c_t), h_prev, c_prev).
     type Slot = (
@@ -150,7 +157,7 @@ fn lstm_steps(
     let mut slots: Vec<Option<Slot>> = vec![None; t_len];
     for t in time_order(t_len, reverse) {
         let x_t = xp.narrow(0, t, 1)?.squeeze(0)?;
-        let r = h.matmul(&w_t)?;
+        let r = h.matmul(w_t)?;
         let (act, gates, c_new, tc, h_new) = if fused {
             let [act, c_new, tc, h_new] =
                 xp.device()
@@ -188,20 +195,88 @@ fn lstm_steps(
         tanh_c: Vec::with_capacity(t_len),
         h_prev: Vec::with_capacity(t_len),
         c_prev: Vec::with_capacity(t_len),
-        outs: Vec::with_capacity(t_len),
-        c_last: c,
+        seq: None,
     };
+    let mut outs = Vec::with_capacity(t_len);
     for slot in slots {
         let (out, act, gates, tc, hp, cp) =
             slot.ok_or_else(|| Error::invalid("lstm", "empty sequence"))?;
         tr.act.extend(act);
-        tr.outs.push(out);
+        outs.push(out);
         tr.gates.extend(gates);
         tr.tanh_c.push(tc);
         tr.h_prev.push(hp);
         tr.c_prev.push(cp);
     }
-    Ok(tr)
+    Ok((tr, outs, c))
+}
+
+/// `W_hhᵀ` stored row-major once per sequence: each step's `h · W_hhᵀ` then reads both operands
+/// in place (the CPU's row-major small-row kernels), not repacking 1 MiB per step.
+fn recurrent_weight_t(w_hh: &Tensor) -> Result<Tensor> {
+    w_hh.t()?.contiguous()
+}
+
+/// The trace of a sequence the backend ran in one call, and the node's packed value
+/// `[T + 1, B, H]`; `None` where the backend declines.
+fn lstm_sequence_fused(
+    xp: &Tensor,
+    w_t: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    reverse: bool,
+) -> Result<Option<(LstmTrace, Tensor)>> {
+    let be = xp.device().backend();
+    let Some(bufs) = be.lstm_sequence(xp.view(), w_t.view(), h0.view(), c0.view(), reverse)? else {
+        return Ok(None);
+    };
+    let (t_len, b, hsz) = (xp.dims()[0], h0.dims()[0], h0.dims()[1]);
+    let state = |buf| xp.output(buf, &[t_len, b, hsz]);
+    let seq = SeqTrace {
+        act: xp.output(bufs.act, &[t_len, b, 4 * hsz]),
+        c_prev: state(bufs.c_prev),
+        tanh_c: state(bufs.tanh_c),
+        h_prev: state(bufs.h_prev),
+    };
+    let packed = xp.output(bufs.out, &[t_len + 1, b, hsz]);
+    // The per-step fields stay empty: building ~5T views costs more than a step's cell, and
+    // only a backend without the sequence backward needs them (`SeqTrace::per_step`).
+    let trace = LstmTrace {
+        act: vec![],
+        gates: vec![],
+        tanh_c: vec![],
+        h_prev: vec![],
+        c_prev: vec![],
+        seq: Some(seq),
+    };
+    Ok(Some((trace, packed)))
+}
+
+impl SeqTrace {
+    /// The per-step trace the step-by-step backward reads, as views of the sequence tensors.
+    fn per_step(&self) -> Result<LstmTrace> {
+        let steps = |x: &Tensor| -> Result<Vec<Tensor>> {
+            (0..x.dims()[0])
+                .map(|t| x.narrow(0, t, 1)?.squeeze(0))
+                .collect()
+        };
+        Ok(LstmTrace {
+            act: steps(&self.act)?,
+            gates: vec![],
+            tanh_c: steps(&self.tanh_c)?,
+            h_prev: steps(&self.h_prev)?,
+            c_prev: steps(&self.c_prev)?,
+            seq: None,
+        })
+    }
+}
+
+/// The weight gradient of one direction, `dZᵀ · H_prev` over all steps at once.
+fn recurrent_weight_grad(dz: &Tensor, h_prev: &Tensor) -> Result<Tensor> {
+    let (rows, g, hsz) = (dz.dims()[0] * dz.dims()[1], dz.dims()[2], h_prev.dims()[2]);
+    dz.reshape_usize(&[rows, g])?
+        .t()?
+        .matmul(&h_prev.reshape_usize(&[rows, hsz])?)
 }
 
 /// One LSTM direction as a single tape node with a hand-written BPTT: the per-step backward
@@ -220,27 +295,61 @@ fn lstm_sequence(
     reverse: bool,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let t_len = xp.dims()[0];
-    let trace = crate::no_grad(|| lstm_steps(xp, w_hh, h0, c0, reverse, true))?;
     // One packed result [T + 1, B, H]: the T outputs, then c_T (h_T is output T-1 or 0).
-    let mut rows: Vec<&Tensor> = trace.outs.iter().collect();
-    rows.push(&trace.c_last);
-    let packed = crate::no_grad(|| Tensor::stack(&rows, 0))?;
+    let (trace, packed) = crate::no_grad(|| -> Result<_> {
+        let w_t = recurrent_weight_t(w_hh)?;
+        if let Some(done) = lstm_sequence_fused(xp, &w_t, h0, c0, reverse)? {
+            return Ok(done);
+        }
+        let (trace, outs, c_last) = lstm_steps(xp, &w_t, h0, c0, reverse, true)?;
+        let mut rows: Vec<&Tensor> = outs.iter().collect();
+        rows.push(&c_last);
+        let packed = Tensor::stack(&rows, 0)?;
+        Ok((trace, packed))
+    })?;
     let saved = std::rc::Rc::new(trace);
     let (xp_s, w_s, h0_s, c0_s) = (xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
-    let packed = packed.record_op("lstm", &[xp, w_hh, h0, c0], move |gp, _| {
+    let packed = packed.record_op("lstm", &[xp, w_hh, h0, c0], move |gp, needs| {
         // With create_graph, recompute the trace with recorded ops (see above).
         let fresh;
         let recording = crate::tape::is_grad_enabled();
         let tr = if recording {
-            fresh = lstm_steps(&xp_s, &w_s, &h0_s, &c0_s, reverse, false)?;
+            let w_t = recurrent_weight_t(&w_s)?;
+            fresh = lstm_steps(&xp_s, &w_t, &h0_s, &c0_s, reverse, false)?.0;
             &fresh
         } else {
             &*saved
         };
+        let (b, hsz) = (h0_s.dims()[0], h0_s.dims()[1]);
+        let be = gp.device().backend();
+        if let (false, Some(seq)) = (recording, &tr.seq) {
+            let grads = be.lstm_sequence_backward(
+                w_s.view(),
+                seq.act.view(),
+                seq.c_prev.view(),
+                seq.tanh_c.view(),
+                gp.view(),
+                reverse,
+                needs[2],
+            )?;
+            if let Some((dz, dh0, dc0)) = grads {
+                let dxp = gp.output(dz, &[t_len, b, 4 * hsz]);
+                let dw = recurrent_weight_grad(&dxp, &seq.h_prev)?;
+                let state = |buf| gp.output(buf, &[b, hsz]);
+                return Ok(vec![Some(dxp), Some(dw), dh0.map(state), Some(state(dc0))]);
+            }
+        }
+        let expanded;
+        let tr = match &tr.seq {
+            Some(seq) => {
+                expanded = seq.per_step()?;
+                &expanded
+            }
+            None => tr,
+        };
         let mut dh_next: Option<Tensor> = None;
         let mut dc_next = gp.narrow(0, t_len, 1)?.squeeze(0)?;
         let mut dz_all: Vec<Option<Tensor>> = vec![None; t_len];
-        let be = gp.device().backend();
         // `dz · W_hh` with `W_hh` row-major as stored, the layout of the forward's products.
         let w_back = &w_s;
         let one_minus_sq = |a: &Tensor| a.square()?.neg()?.add_scalar(1.0);
@@ -280,12 +389,8 @@ fn lstm_sequence(
         }
         let dz: Vec<Tensor> = dz_all.into_iter().flatten().collect();
         let dxp = Tensor::stack(&dz.iter().collect::<Vec<_>>(), 0)?;
-        let (b, hsz) = (h0_s.dims()[0], h0_s.dims()[1]);
         let hp = Tensor::stack(&tr.h_prev.iter().collect::<Vec<_>>(), 0)?;
-        let dw = dxp
-            .reshape_usize(&[t_len * b, 4 * hsz])?
-            .t()?
-            .matmul(&hp.reshape_usize(&[t_len * b, hsz])?)?;
+        let dw = recurrent_weight_grad(&dxp, &hp)?;
         Ok(vec![Some(dxp), Some(dw), dh_next, Some(dc_next)])
     });
     let last = if reverse { 0 } else { t_len - 1 };
