@@ -329,6 +329,7 @@ fn rows() -> Vec<Row> {
         row!("add", b, false, |x, _| x[0].add(&x[1])),
         row!("sub", b, false, |x, _| x[0].sub(&x[1])),
         row!("add_scaled", b, false, |x, _| x[0].add_scaled(&x[1], -0.7)),
+        row!("add_relu", b, false, |x, _| x[0].add_relu(&x[1])),
         row!("mul", b, true, |x, _| x[0].mul(&x[1])),
         row!(
             "div",
@@ -383,6 +384,8 @@ fn rows() -> Vec<Row> {
             .matmul(&x[1])),
         row!("linear", Custom(linear_inputs), true, |x, _| x[0]
             .linear(&x[1], Some(&x[2]))),
+        row!("linear_relu", Custom(linear_inputs), false, |x, _| x[0]
+            .linear_relu(&x[1], Some(&x[2]))),
         // shape
         row!("reshape", u, false, |x, _| x[0].reshape(&[-1])),
         row!("permute", u, false, |x, k| {
@@ -742,6 +745,7 @@ fn elementwise_ops_match_finite_differences() {
         "add",
         "sub",
         "add_scaled",
+        "add_relu",
         "mul",
         "div",
         "pow",
@@ -767,7 +771,7 @@ fn reduce_ops_match_finite_differences() {
 
 #[test]
 fn matmul_ops_match_finite_differences() {
-    check_family(&["matmul", "linear"]);
+    check_family(&["matmul", "linear", "linear_relu"]);
 }
 
 #[test]
@@ -816,6 +820,6 @@ fn nn_ops_match_finite_differences() {
 #[test]
 fn every_row_belongs_to_a_family_test() {
     // Keeps the table and the family lists above in step.
-    let listed = 28 + 8 + 2 + 13 + 18;
+    let listed = 29 + 8 + 3 + 13 + 18;
     assert_eq!(rows().len(), listed);
 }

@@ -553,6 +553,55 @@ fn batch_norm_composes_from_primitives_where_the_backend_has_no_fused_kernel() -
 }
 
 #[test]
+fn bias_and_relu_compose_from_primitives_where_the_backend_has_no_fused_kernel() -> Result<()> {
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    let mut gen = Generator::new(6);
+    let x = Tensor::randn(&[4, 7], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
+    let w = Tensor::randn(&[5, 7], 0.0, 0.5, DType::F64, &mut gen, &toy)?;
+    let b = Tensor::randn(&[5], 0.0, 0.5, DType::F64, &mut gen, &toy)?;
+    let r = Tensor::randn(&[4, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
+    // The toy backend composes add + relu and gt + mul; the CPU runs one pass each. Both
+    // must agree with the unfused ops, in values and gradients, for a weighted loss and for a
+    // plain sum (whose gradient reaches the ReLU as a broadcast).
+    for weighted in [true, false] {
+        let run = |dev: &Device, fused: bool| -> Result<Vec<Vec<f64>>> {
+            let on = |t: &Tensor| t.detach().to_device(dev)?.requires_grad_();
+            let (x, w, b) = (on(&x)?, on(&w)?, on(&b)?);
+            let y = if fused {
+                x.linear_relu(&w, Some(&b))?
+            } else {
+                x.linear(&w, Some(&b))?.relu()?
+            };
+            let z = y.add_relu(&b.neg()?)?;
+            let loss = if weighted {
+                z.mul(&r.to_device(dev)?)?.sum_all()?
+            } else {
+                z.sum_all()?
+            };
+            let g = loss.backward()?;
+            let mut out = vec![z.to_vec::<f64>()?];
+            for t in [&x, &w, &b] {
+                let grad = g.get(t).cloned();
+                let grad = grad.ok_or_else(|| Error::invalid("test", "no gradient"))?;
+                out.push(grad.to_vec::<f64>()?);
+            }
+            Ok(out)
+        };
+        let want = run(&toy, false)?;
+        for (dev, fused) in [(&toy, true), (&cpu, true), (&cpu, false)] {
+            let got = run(dev, fused)?;
+            for (k, (a, c)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    a.iter().zip(c).all(|(p, q)| (p - q).abs() < 1e-12),
+                    "{dev:?} fused {fused} weighted {weighted}, output {k}: {a:?} vs {c:?}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn lstm_runs_step_by_step_where_the_backend_has_no_sequence_kernel() -> Result<()> {
     use tessera::ops::rnn::{rnn, Cell, RnnOptions, RnnWeights};
     let (toy, cpu) = (toy(), Device::parse("cpu")?);
@@ -574,7 +623,11 @@ fn lstm_runs_step_by_step_where_the_backend_has_no_sequence_kernel() -> Result<(
         })
         .map(|shape| randn(&shape))
         .collect::<Result<_>>()?;
-    let (h0, c0, r) = (randn(&[4, b, h])?, randn(&[4, b, h])?, randn(&[t_len, b, 2 * h])?);
+    let (h0, c0, r) = (
+        randn(&[4, b, h])?,
+        randn(&[4, b, h])?,
+        randn(&[t_len, b, 2 * h])?,
+    );
     // The toy backend walks the steps (core's default); the CPU backend runs each direction
     // with its sequence kernels. Values and every gradient must agree, with the initial states
     // differentiated or not (then the CPU skips the last product of each backward).

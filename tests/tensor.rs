@@ -136,6 +136,16 @@ fn bad_input_is_an_error_naming_the_op_and_shapes() -> Result<()> {
         e.contains("matmul") && e.contains("[2, 3]") && e.contains("[2, 4]"),
         "{e}"
     );
+    let e = err(a.add_relu(&b));
+    assert!(
+        e.contains("add_relu") && e.contains("[2, 3]") && e.contains("[2, 4]"),
+        "{e}"
+    );
+    let e = err(a.linear_relu(&b, None));
+    assert!(
+        e.contains("linear_relu") && e.contains("[2, 3]") && e.contains("[2, 4]"),
+        "{e}"
+    );
     let e = err(a.reshape(&[4, 2]));
     assert!(e.contains("reshape") && e.contains("[4, 2]"), "{e}");
     let e = err(a.reshape(&[-1, -1]));

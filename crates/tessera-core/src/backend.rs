@@ -276,6 +276,18 @@ pub trait Backend: Send + Sync + Debug + 'static {
         fallback::add_scaled(self, a, alpha, b)
     }
 
+    /// `max(a + b, 0)` (both read through their layouts, of one shape): a layer's bias and
+    /// ReLU in one pass. Default: `binary` add, then `unary` relu.
+    fn add_relu(&self, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        fallback::add_relu(self, a, b)
+    }
+
+    /// ReLU's gradient from its output `y`: `dy` where `y > 0`, else 0 (one shape). Default:
+    /// the mask with `binary` gt, then a `binary` mul.
+    fn relu_backward(&self, dy: View<'_>, y: View<'_>) -> Result<Arc<dyn Buffer>> {
+        fallback::relu_backward(self, dy, y)
+    }
+
     /// Training-mode batch normalisation of `x` `[N, C, ...]` over every axis but 1, in one
     /// pass of statistics and one of output: `y = (x - mean)·(var + eps)^-½·weight + bias`
     /// with the batch mean and biased variance, which it returns too (`[C]` each; the output

@@ -199,7 +199,39 @@ fn int_pow(a: i64, b: i64) -> i64 {
     }
 }
 
+/// `max(x, 0)` as the `relu` kernel computes it.
+#[inline(always)]
+fn relu<T: kernels::Num>(x: T) -> T {
+    if x > T::zero() {
+        x
+    } else {
+        T::zero()
+    }
+}
+
+/// ReLU's gradient from its output: `g` where `y > 0`.
+#[inline(always)]
+fn relu_grad<T: kernels::Num>(g: T, y: T) -> T {
+    if y > T::zero() {
+        g
+    } else {
+        T::zero()
+    }
+}
+
 impl CpuBackend {
+    /// `f` over two operands of one shape (any layouts) into a new contiguous buffer.
+    fn map2_typed<T: kernels::Num>(
+        &self,
+        op: &'static str,
+        a: View<'_>,
+        b: View<'_>,
+        f: impl Fn(T, T) -> T + Sync + Send + Copy,
+    ) -> Result<Arc<dyn Buffer>> {
+        let (x, y) = (typed::<T>(op, a)?, typed::<T>(op, b)?);
+        out(kernels::map2(x, a.layout, y, b.layout, f))
+    }
+
     /// Runs `f` on `x` converted to f32 and converts the result back to `x`'s dtype: half types
     /// accumulate (sums, GEMM, softmax, col2im) in f32, as PyTorch's CPU kernels do.
     fn via_f32(
@@ -682,6 +714,22 @@ impl Backend for CpuBackend {
                 move |x, y| x + alpha * y,
             )),
             _ => fallback::add_scaled(self, a, alpha, b),
+        }
+    }
+
+    fn add_relu(&self, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        match a.buf.dtype() {
+            DType::F32 => self.map2_typed::<f32>("add_relu", a, b, |x, y| relu(x + y)),
+            DType::F64 => self.map2_typed::<f64>("add_relu", a, b, |x, y| relu(x + y)),
+            _ => fallback::add_relu(self, a, b),
+        }
+    }
+
+    fn relu_backward(&self, dy: View<'_>, y: View<'_>) -> Result<Arc<dyn Buffer>> {
+        match dy.buf.dtype() {
+            DType::F32 => self.map2_typed::<f32>("relu_backward", dy, y, relu_grad),
+            DType::F64 => self.map2_typed::<f64>("relu_backward", dy, y, relu_grad),
+            _ => fallback::relu_backward(self, dy, y),
         }
     }
 

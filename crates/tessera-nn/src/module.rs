@@ -144,6 +144,12 @@ pub trait Module {
     /// The output for input `x`.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
+    /// `relu(forward(x))`; a layer whose last step can take the ReLU in the same pass (a
+    /// `Linear`'s bias) overrides it.
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x)?.relu()
+    }
+
     /// Parameters and buffers with PyTorch's `state_dict` names, in a stable order.
     fn named_parameters(&self) -> Named;
 

@@ -59,10 +59,12 @@ impl Module for Mlp {
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let mut h = x.flatten(1, -1)?;
         for (i, l) in self.layers.iter().enumerate() {
-            h = t.call(&format!("layers.{i}"), l, &h)?;
-            if i + 1 < self.layers.len() {
-                h = h.relu()?;
-            }
+            let name = format!("layers.{i}");
+            h = if i + 1 < self.layers.len() {
+                t.call_relu(&name, l, &h)?
+            } else {
+                t.call(&name, l, &h)?
+            };
         }
         Ok(h)
     }
@@ -107,8 +109,8 @@ impl Module for LeNet5 {
         let h = t.call("pool1", &pool, &h)?;
         let h = t.call("conv2", &self.conv2, &h)?.relu()?;
         let h = t.call("pool2", &pool, &h)?.flatten(1, -1)?;
-        let h = t.call("fc1", &self.fc1, &h)?.relu()?;
-        let h = t.call("fc2", &self.fc2, &h)?.relu()?;
+        let h = t.call_relu("fc1", &self.fc1, &h)?;
+        let h = t.call_relu("fc2", &self.fc2, &h)?;
         t.call("fc3", &self.fc3, &h)
     }
     fn named_parameters(&self) -> Named {
@@ -250,8 +252,8 @@ impl Module for AlexNet {
         let h = t.call("conv4", &self.conv4, &h)?.relu()?;
         let h = t.call("conv5", &self.conv5, &h)?.relu()?;
         let h = t.call("pool5", &pool, &h)?.flatten(1, -1)?;
-        let h = t.call("fc6", &self.fc6, &self.drop6.forward(&h)?)?.relu()?;
-        let h = t.call("fc7", &self.fc7, &self.drop7.forward(&h)?)?.relu()?;
+        let h = t.call_relu("fc6", &self.fc6, &self.drop6.forward(&h)?)?;
+        let h = t.call_relu("fc7", &self.fc7, &self.drop7.forward(&h)?)?;
         t.call("fc8", &self.fc8, &h)
     }
     fn named_parameters(&self) -> Named {

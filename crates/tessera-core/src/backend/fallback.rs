@@ -509,6 +509,27 @@ pub fn lstm_cell_backward<B: Backend + ?Sized>(
     Ok([dz, dc_prev])
 }
 
+/// `add_relu` as an add and a relu.
+pub fn add_relu<B: Backend + ?Sized>(be: &B, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+    let sum = be.binary(BinaryOp::Add, a, b)?;
+    let l = Layout::contiguous(a.layout.shape());
+    be.unary(UnaryOp::Relu, view(&sum, &l))
+}
+
+/// `relu_backward` as a mask (`y > 0`, against a broadcast zero) and a product.
+pub fn relu_backward<B: Backend + ?Sized>(
+    be: &B,
+    dy: View<'_>,
+    y: View<'_>,
+) -> Result<Arc<dyn Buffer>> {
+    let shape = y.layout.shape();
+    let zero = be.fill(1, y.buf.dtype(), 0.0)?;
+    let lz = Layout::new(shape.to_vec(), vec![0; shape.len()], 0);
+    let mask = be.binary(BinaryOp::Gt, y, view(&zero, &lz))?;
+    let lm = Layout::contiguous(shape);
+    be.binary(BinaryOp::Mul, dy, view(&mask, &lm))
+}
+
 /// `add_scaled` as a scaled copy of `b` and an add.
 pub fn add_scaled<B: Backend + ?Sized>(
     be: &B,

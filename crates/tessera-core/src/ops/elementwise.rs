@@ -9,7 +9,8 @@
 //! | sqrt | g / (2y) |
 //! | tanh | g·(1 - y²) |
 //! | sigmoid | g·y·(1 - y) |
-//! | relu | g·\[x > 0\] (0 at 0, as PyTorch) |
+//! | relu | g·\[x > 0\] (0 at 0, as PyTorch), read from the output |
+//! | add_relu (max(a + b, 0)) | relu's, then summed over each operand's broadcast dims |
 //! | leaky_relu(s) | g·(\[x > 0\] + s·\[x ≤ 0\]) |
 //! | erf | g·2/√π·exp(-x²) |
 //! | softplus(β, t) | g where βx > t, else g·sigmoid(βx) |
@@ -143,9 +144,42 @@ impl Tensor {
     /// `max(x, 0)`; the gradient at 0 is 0, as in PyTorch.
     pub fn relu(&self) -> Result<Tensor> {
         let out = self.map("relu", UnaryOp::Relu)?;
-        let x = self.clone();
+        let y = out.detach();
         Ok(out.record_op("relu", &[self], move |g, _| {
-            Ok(vec![Some(g.mul(&x.gt(&x.scalar_like(0.0)?)?)?)])
+            Ok(vec![Some(relu_grad(g, &y)?)])
+        }))
+    }
+
+    /// `max(a + b, 0)`, broadcast: a layer's bias and ReLU in one pass and one tape node
+    /// (PyTorch's fused `LinearReLU`).
+    pub fn add_relu(&self, rhs: &Tensor) -> Result<Tensor> {
+        let op = "add_relu";
+        same_kind(op, self, rhs)?;
+        float_only(op, self)?;
+        let shape = broadcast_shapes(op, self.dims(), rhs.dims())?;
+        let (la, lb) = (
+            self.layout().broadcast_to(&shape),
+            rhs.layout().broadcast_to(&shape),
+        );
+        let buf = self.device().backend().add_relu(
+            crate::backend::View {
+                buf: self.buffer().as_ref(),
+                layout: &la,
+            },
+            crate::backend::View {
+                buf: rhs.buffer().as_ref(),
+                layout: &lb,
+            },
+        )?;
+        let out = self.output(buf, &shape);
+        let y = out.detach();
+        let (sa, sb) = (self.dims().to_vec(), rhs.dims().to_vec());
+        Ok(out.record_op(op, &[self, rhs], move |g, n| {
+            let d = relu_grad(g, &y)?;
+            Ok(vec![
+                when(n[0], || d.sum_to_shape(&sa))?,
+                when(n[1], || d.sum_to_shape(&sb))?,
+            ])
         }))
     }
 
@@ -598,4 +632,24 @@ impl std::ops::Neg for &Tensor {
     fn neg(self) -> Result<Tensor> {
         Tensor::neg(self)
     }
+}
+
+/// ReLU's gradient `g·[y > 0]` from its output `y`: one backend pass, or recorded ops under
+/// `create_graph` (the mask is a constant either way).
+fn relu_grad(g: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if is_grad_enabled() {
+        return g.mul(&y.gt(&y.scalar_like(0.0)?)?);
+    }
+    let lg = g.layout().broadcast_to(y.dims());
+    let buf = y.device().backend().relu_backward(
+        crate::backend::View {
+            buf: g.buffer().as_ref(),
+            layout: &lg,
+        },
+        crate::backend::View {
+            buf: y.buffer().as_ref(),
+            layout: y.layout(),
+        },
+    )?;
+    Ok(y.output(buf, y.dims()))
 }

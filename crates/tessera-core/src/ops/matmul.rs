@@ -132,32 +132,51 @@ impl Tensor {
 
     /// `x·weightᵀ + bias` for `x` `[..., in]`, `weight` `[out, in]`, `bias` `[out]`.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        float_only("linear", self)?;
+        let y = self.linear_product("linear", weight, bias)?;
+        match bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// `relu(x·weightᵀ + bias)`, the bias and ReLU in one pass ([`Tensor::add_relu`]).
+    pub fn linear_relu(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.linear_product("linear_relu", weight, bias)?;
+        match bias {
+            Some(b) => y.add_relu(b),
+            None => y.relu(),
+        }
+    }
+
+    /// `x·weightᵀ` once the shapes of a linear layer `op` are checked.
+    fn linear_product(
+        &self,
+        op: &'static str,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        float_only(op, self)?;
         if weight.rank() != 2
             || self.rank() == 0
             || self.dims()[self.rank() - 1] != weight.dims()[1]
         {
             return Err(Error::shape(
-                "linear",
+                op,
                 "input [..., in] needs weight [out, in]",
                 self.dims(),
                 weight.dims(),
             ));
         }
-        let y = self.matmul(&weight.t()?)?;
-        match bias {
-            Some(b) => {
-                if b.dims() != [weight.dims()[0]] {
-                    return Err(Error::shape(
-                        "linear",
-                        "bias must be [out]",
-                        b.dims(),
-                        weight.dims(),
-                    ));
-                }
-                y.add(b)
+        if let Some(b) = bias {
+            if b.dims() != [weight.dims()[0]] {
+                return Err(Error::shape(
+                    op,
+                    "bias must be [out]",
+                    b.dims(),
+                    weight.dims(),
+                ));
             }
-            None => Ok(y),
         }
+        self.matmul(&weight.t()?)
     }
 }

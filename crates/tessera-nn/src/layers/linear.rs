@@ -43,6 +43,10 @@ impl Module for Linear {
         let b = self.bias.as_ref().map(|b| b.tensor());
         x.linear(&self.weight.tensor(), b.as_ref())
     }
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        let b = self.bias.as_ref().map(|b| b.tensor());
+        x.linear_relu(&self.weight.tensor(), b.as_ref())
+    }
 
     fn kind(&self) -> String {
         "Linear".into()
