@@ -309,19 +309,33 @@ fn unit_ranges(h: usize, threads: usize) -> Vec<Range<usize>> {
 
 /// Runs `body(units, barrier)` for each range on its own thread (the first on the caller's),
 /// all at once: the bodies wait for each other at every step, so they cannot queue on a pool.
+/// Where the OS refuses a thread, the started ones stop at their next wait and the caller runs
+/// the whole range alone (each body writes every element of its range, so nothing stale stays).
 fn run_parts(parts: &[Range<usize>], body: impl Fn(Range<usize>, &StepBarrier) + Sync) {
-    let barrier = StepBarrier::new(parts.len());
-    let run = |units: Range<usize>| {
-        let _guard = PoisonOnPanic(&barrier);
-        body(units, &barrier)
-    };
-    std::thread::scope(|s| {
-        for units in &parts[1..] {
-            let units = units.clone();
-            s.spawn(|| run(units));
+    if parts.len() > 1 {
+        let barrier = StepBarrier::new(parts.len());
+        let run = |units: Range<usize>| {
+            let _guard = PoisonOnPanic(&barrier);
+            body(units, &barrier)
+        };
+        let started = std::thread::scope(|s| {
+            for units in &parts[1..] {
+                let units = units.clone();
+                let spawned = std::thread::Builder::new().spawn_scoped(s, || run(units));
+                if spawned.is_err() {
+                    barrier.poisoned.store(true, Ordering::Relaxed);
+                    return false;
+                }
+            }
+            run(parts[0].clone());
+            true
+        });
+        if started {
+            return;
         }
-        run(parts[0].clone())
-    });
+    }
+    let all = parts[0].start..parts[parts.len() - 1].end;
+    body(all, &StepBarrier::new(1))
 }
 
 /// What [`lstm_sequence`] computes, in time order: `out` `[T + 1, B, H]` (each `h_t`, then
