@@ -365,16 +365,6 @@ impl CpuBackend {
         Ok((out(dz)?, dh0.map(out).transpose()?, out(dc0)?))
     }
 
-    /// Channel-major columns `[C·taps, N·positions]` of `x` `[N, C, H, W]` (f32 or f64).
-    fn unfold_channel_major(&self, x: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
-        let s = x.layout.shape();
-        let mut hold = None;
-        with_dtype!(float x.buf.dtype(), "conv2d", |T| {
-            let xs = self.rows::<T>("conv2d", x, &mut hold)?;
-            out(cv::unfold_channel_major(xs, [s[0], s[1]], [s[2], s[3]], w))
-        })
-    }
-
     /// `dy` `[N, O, OH, OW]` as a contiguous `[O, N·positions]`.
     fn channel_major(&self, dy: View<'_>) -> Result<Arc<dyn Buffer>> {
         let d = dy.layout.shape();
@@ -400,22 +390,6 @@ impl CpuBackend {
                 )
             }
         }
-    }
-
-    /// `weight` `[O, C, KH, KW]` as `[O, C·taps]`: its own buffer when the dims merge, else a
-    /// contiguous copy kept in `hold`.
-    fn weight_matrix<'a>(
-        &self,
-        weight: View<'a>,
-        hold: &'a mut Option<Arc<dyn Buffer>>,
-    ) -> Result<(&'a dyn Buffer, Layout)> {
-        let s = weight.layout.shape();
-        let (o, ct) = (s[0], s[1] * s[2] * s[3]);
-        if let Some(l) = weight.layout.reshape(&[o, ct]) {
-            return Ok((weight.buf, l));
-        }
-        let copy: &'a Arc<dyn Buffer> = hold.insert(self.cast(weight, weight.buf.dtype())?);
-        Ok((copy.as_ref(), Layout::contiguous(&[o, ct])))
     }
 
     /// Whether the one-GEMM (channel-major im2col) convolution applies: f32 or f64, and no
@@ -955,31 +929,9 @@ impl Backend for CpuBackend {
         if !Self::gemm_conv(x.buf.dtype(), [xs[0], xs[1], ws[0]]) {
             return fallback::conv2d(self, x, weight, bias, w);
         }
-        // One GEMM for the batch: weight [O, C·taps] · columns [C·taps, N·L] = [O, N·L], then
-        // permuted to [N, O, L] in the same pass that adds the bias.
-        let (n, o, l) = (xs[0], ws[0], w.positions());
-        let ct = xs[1] * w.taps();
-        let cols = self.unfold_channel_major(x, w)?;
-        let mut hold = None;
-        let (wb, wl) = self.weight_matrix(weight, &mut hold)?;
-        let ycm = self.matmul(
-            View {
-                buf: wb,
-                layout: &wl,
-            },
-            View {
-                buf: cols.as_ref(),
-                layout: &Layout::contiguous(&[ct, n * l]),
-            },
-        )?;
-        let perm = Layout::new(vec![n, o, l], vec![l, n * l, 1], 0);
-        let y = View {
-            buf: ycm.as_ref(),
-            layout: &perm,
-        };
-        match bias {
-            None => self.cast(y, x.buf.dtype()),
-            Some(b) => fallback::add_channel_bias(self, y, b),
+        match x.buf.dtype() {
+            DType::F32 => self.conv2d_gemm::<f32>(x, weight, bias, w),
+            _ => self.conv2d_gemm::<f64>(x, weight, bias, w),
         }
     }
 
@@ -1004,26 +956,10 @@ impl Backend for CpuBackend {
         if !Self::gemm_conv(dy.buf.dtype(), [ds[0], ws[1], ws[0]]) {
             return fallback::conv2d_input_grad(self, dy, weight, w, hw);
         }
-        // weightᵀ [C·taps, O] · dy [O, N·L], then col2im from the channel-major columns.
-        let (n, c, o, l) = (ds[0], ws[1], ws[0], w.positions());
-        let dycm = self.channel_major(dy)?;
-        let mut hold = None;
-        let (wb, wl) = self.weight_matrix(weight, &mut hold)?;
-        let cols = self.matmul(
-            View {
-                buf: wb,
-                layout: &wl.permute(&[1, 0]),
-            },
-            View {
-                buf: dycm.as_ref(),
-                layout: &Layout::contiguous(&[o, n * l]),
-            },
-        )?;
-        let flat = Layout::contiguous(&[cols.len()]);
-        with_dtype!(float dy.buf.dtype(), "conv2d_input_grad", |T| {
-            let cs = typed::<T>("conv2d_input_grad", View { buf: cols.as_ref(), layout: &flat })?;
-            out(cv::fold_channel_major(cs, [n, c], hw, w))
-        })
+        match dy.buf.dtype() {
+            DType::F32 => self.conv2d_input_grad_gemm::<f32>(dy, weight, w, hw),
+            _ => self.conv2d_input_grad_gemm::<f64>(dy, weight, w, hw),
+        }
     }
 
     fn conv2d_weight_grad(&self, x: View<'_>, dy: View<'_>, w: &Window) -> Result<Arc<dyn Buffer>> {
@@ -1038,20 +974,10 @@ impl Backend for CpuBackend {
         if !Self::gemm_conv(x.buf.dtype(), [xs[0], xs[1], ds[1]]) {
             return fallback::conv2d_weight_grad(self, x, dy, w);
         }
-        // dy [O, N·L] · columnsᵀ [N·L, C·taps]: the batch sum happens inside the one GEMM.
-        let (n, l, ct, o) = (xs[0], w.positions(), xs[1] * w.taps(), ds[1]);
-        let cols = self.unfold_channel_major(x, w)?;
-        let dycm = self.channel_major(dy)?;
-        self.matmul(
-            View {
-                buf: dycm.as_ref(),
-                layout: &Layout::contiguous(&[o, n * l]),
-            },
-            View {
-                buf: cols.as_ref(),
-                layout: &Layout::contiguous(&[ct, n * l]).permute(&[1, 0]),
-            },
-        )
+        match x.buf.dtype() {
+            DType::F32 => self.conv2d_weight_grad_gemm::<f32>(x, dy, w),
+            _ => self.conv2d_weight_grad_gemm::<f64>(x, dy, w),
+        }
     }
 
     fn softmax(&self, x: View<'_>, dim: usize, log: bool) -> Result<Arc<dyn Buffer>> {
@@ -1065,6 +991,156 @@ impl Backend for CpuBackend {
         let n = l.shape()[dim];
         let r = l.offset()..l.offset() + l.numel();
         with_dtype!(float x.buf.dtype(), "softmax", |T| out(rd::softmax_rows(&typed::<T>("softmax", x)?[r], n, log)))
+    }
+}
+
+/// Bytes of im2col columns one GEMM convolution materialises at most (unless one image needs
+/// more): the batch runs in chunks of whole images under it, so memory stays bounded for any
+/// batch. Chunks of 4-6 W2b images (676-1014 GEMM columns) kept the GEMM's rate (190 GFLOP/s
+/// on 2 threads, as the whole batch); 2 images (338 columns) fell to 166.
+const COLS_BUDGET: usize = 8 << 20;
+
+/// Image ranges of equal size (the last may be shorter) whose columns (`per_image` bytes
+/// each) fit [`COLS_BUDGET`].
+fn conv_chunks(n: usize, per_image: usize) -> Vec<std::ops::Range<usize>> {
+    let most = (COLS_BUDGET / per_image.max(1)).max(1);
+    let size = n.div_ceil(n.div_ceil(most).max(1)).max(1);
+    (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()
+}
+
+/// All of `buf`'s elements as `T`.
+fn whole<'a, T: CpuElem>(op: &'static str, buf: &'a Arc<dyn Buffer>) -> Result<&'a [T]> {
+    T::slice(cpu_buf(op, buf.as_ref())?).ok_or_else(|| Error::DType {
+        op,
+        msg: format!("expected {}, got {}", T::DTYPE, buf.dtype()),
+    })
+}
+
+/// The products of the im2col convolutions, per dtype.
+trait ConvFloat: kernels::Num {
+    fn mm(a: &[Self], la: &Layout, b: &[Self], lb: &Layout) -> Vec<Self>;
+    fn mm_into(a: &[Self], la: &Layout, b: &[Self], lb: &Layout, out: &mut [Self], beta: Self);
+}
+
+impl ConvFloat for f32 {
+    fn mm(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Vec<f32> {
+        mm::matmul_f32(a, la, b, lb)
+    }
+    fn mm_into(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, out: &mut [f32], beta: f32) {
+        mm::matmul_f32_into(a, la, b, lb, out, beta)
+    }
+}
+
+impl ConvFloat for f64 {
+    fn mm(a: &[f64], la: &Layout, b: &[f64], lb: &Layout) -> Vec<f64> {
+        mm::matmul_f64(a, la, b, lb)
+    }
+    fn mm_into(a: &[f64], la: &Layout, b: &[f64], lb: &Layout, out: &mut [f64], beta: f64) {
+        mm::matmul_f64_into(a, la, b, lb, out, beta)
+    }
+}
+
+impl CpuBackend {
+    /// [`Backend::conv2d`] on the im2col path, per chunk of images ([`conv_chunks`]): weight
+    /// `[O, C·taps]` · columns `[C·taps, n·L]` (channel-major, so one GEMM covers the chunk and
+    /// the weight is packed once per chunk, not per image), permuted into `[N, O, L]` in the
+    /// pass that adds the bias.
+    fn conv2d_gemm<T: ConvFloat>(
+        &self,
+        x: View<'_>,
+        weight: View<'_>,
+        bias: Option<View<'_>>,
+        w: &Window,
+    ) -> Result<Arc<dyn Buffer>> {
+        let op = "conv2d";
+        let (xs, ws) = (x.layout.shape(), weight.layout.shape());
+        let (n, c, o, l, ct) = (xs[0], xs[1], ws[0], w.positions(), xs[1] * w.taps());
+        let image = c * xs[2] * xs[3];
+        let mut hold: [Option<Arc<dyn Buffer>>; 3] = Default::default();
+        let [h0, h1, h2] = &mut hold;
+        let xd = self.rows::<T>(op, x, h0)?;
+        let wd = self.rows::<T>(op, weight, h1)?;
+        let bd = bias.map(|b| self.rows::<T>(op, b, h2)).transpose()?;
+        let wl = Layout::contiguous(&[o, ct]);
+        let mut y = buffer::alloc::<T>(n * o * l);
+        for r in conv_chunks(n, ct * l * T::DTYPE.size_in_bytes()) {
+            let nc = r.len();
+            let xc = &xd[r.start * image..r.end * image];
+            let cols = cv::unfold_channel_major(xc, [nc, c], [xs[2], xs[3]], w);
+            let ycm = T::mm(wd, &wl, &cols, &Layout::contiguous(&[ct, nc * l]));
+            let yc = &mut y[r.start * o * l..r.end * o * l];
+            cv::from_channel_major(&ycm, [nc, o, l], bd, yc);
+        }
+        out(y)
+    }
+
+    /// [`Backend::conv2d_input_grad`] on the im2col path, per chunk of images: weightᵀ
+    /// `[C·taps, O]` · dy `[O, n·L]`, then col2im into the chunk's images.
+    fn conv2d_input_grad_gemm<T: ConvFloat>(
+        &self,
+        dy: View<'_>,
+        weight: View<'_>,
+        w: &Window,
+        hw: [usize; 2],
+    ) -> Result<Arc<dyn Buffer>> {
+        let op = "conv2d_input_grad";
+        let (ds, ws) = (dy.layout.shape(), weight.layout.shape());
+        let (n, o, c, l, ct) = (ds[0], ds[1], ws[1], w.positions(), ws[1] * w.taps());
+        let image = c * hw[0] * hw[1];
+        let mut hold = None;
+        let wd = self.rows::<T>(op, weight, &mut hold)?;
+        let wt = Layout::contiguous(&[o, ct]).permute(&[1, 0]);
+        let mut dx = buffer::alloc::<T>(n * image);
+        for r in conv_chunks(n, ct * l * T::DTYPE.size_in_bytes()) {
+            let nc = r.len();
+            let ld = dy.layout.slice(0, r.start, nc, 1);
+            let dycm = self.channel_major(View {
+                buf: dy.buf,
+                layout: &ld,
+            })?;
+            let dycm = whole::<T>(op, &dycm)?;
+            let cols = T::mm(wd, &wt, dycm, &Layout::contiguous(&[o, nc * l]));
+            let dxc = &mut dx[r.start * image..r.end * image];
+            cv::fold_channel_major_into(&cols, [nc, c], hw, w, dxc);
+        }
+        out(dx)
+    }
+
+    /// [`Backend::conv2d_weight_grad`] on the im2col path: dy `[O, n·L]` · columnsᵀ
+    /// `[n·L, C·taps]` per chunk of images, accumulated in place (the batch sum inside the
+    /// GEMMs).
+    fn conv2d_weight_grad_gemm<T: ConvFloat>(
+        &self,
+        x: View<'_>,
+        dy: View<'_>,
+        w: &Window,
+    ) -> Result<Arc<dyn Buffer>> {
+        let op = "conv2d_weight_grad";
+        let (xs, ds) = (x.layout.shape(), dy.layout.shape());
+        let (n, c, o, l, ct) = (xs[0], xs[1], ds[1], w.positions(), xs[1] * w.taps());
+        let image = c * xs[2] * xs[3];
+        let mut hold = None;
+        let xd = self.rows::<T>(op, x, &mut hold)?;
+        let mut dw = buffer::alloc::<T>(o * ct);
+        let chunks = conv_chunks(n, ct * l * T::DTYPE.size_in_bytes());
+        for (k, r) in chunks.into_iter().enumerate() {
+            let nc = r.len();
+            let xc = &xd[r.start * image..r.end * image];
+            let cols = cv::unfold_channel_major(xc, [nc, c], [xs[2], xs[3]], w);
+            let ld = dy.layout.slice(0, r.start, nc, 1);
+            let dycm = self.channel_major(View {
+                buf: dy.buf,
+                layout: &ld,
+            })?;
+            let dycm = whole::<T>(op, &dycm)?;
+            let (ld, lc) = (
+                Layout::contiguous(&[o, nc * l]),
+                Layout::contiguous(&[ct, nc * l]).permute(&[1, 0]),
+            );
+            let beta = if k == 0 { T::zero() } else { T::one() };
+            T::mm_into(dycm, &ld, &cols, &lc, &mut dw, beta);
+        }
+        out(dw)
     }
 }
 
@@ -1139,6 +1215,87 @@ mod tests {
                 .map(|(x, q)| x - d * q.floor() - 3.0)
                 .collect();
             Tensor::from_vec(v, self.dims(), &cpu()).unwrap()
+        }
+    }
+
+    /// The GEMM convolutions run a batch whose columns exceed `COLS_BUDGET` in image chunks
+    /// (concatenated forward and input gradients, summed weight gradients): against core's
+    /// primitive default (one unfold of the whole batch), f64 at stride 1 (one image per
+    /// chunk) and f32 at stride 2 (chunks of 2, 2 and 1).
+    #[test]
+    fn gemm_convolutions_in_image_chunks_match_the_primitive_default() {
+        let b = CpuBackend;
+        let (n, c, o) = (5, 64, 7);
+        for (dtype, hw, s) in [(DType::F64, 40, 1), (DType::F32, 80, 2)] {
+            let out_hw = (hw + 2 - 3) / s + 1;
+            let win = Window {
+                k: [3, 3],
+                s: [s, s],
+                d: [1, 1],
+                p: [1, 1],
+                out: [out_hw, out_hw],
+            };
+            let per_image = c * win.taps() * win.positions() * dtype.size_in_bytes();
+            assert!(conv_chunks(n, per_image).len() > 1, "{dtype}: one chunk");
+            assert!(direct_plan(dtype, &[n, c, hw, hw], o, &win).is_none());
+            let data = |len: usize, seed: usize| -> Vec<f64> {
+                (0..len)
+                    .map(|i| (((i + seed) * 7919 + seed * 31) % 2001) as f64 / 1000.0 - 1.0)
+                    .collect()
+            };
+            let up =
+                |len: usize, seed: usize| b.upload(HostData::from_f64(dtype, &data(len, seed)));
+            let (xb, wb, bb) = (
+                up(n * c * hw * hw, 1).unwrap(),
+                up(o * c * 9, 2).unwrap(),
+                up(o, 3).unwrap(),
+            );
+            let db = up(n * o * win.positions(), 4).unwrap();
+            let (xl, wl, bl) = (
+                Layout::contiguous(&[n, c, hw, hw]),
+                Layout::contiguous(&[o, c, 3, 3]),
+                Layout::contiguous(&[o]),
+            );
+            let dl = Layout::contiguous(&[n, o, out_hw, out_hw]);
+            fn v<'a>(buf: &'a Arc<dyn Buffer>, l: &'a Layout) -> View<'a> {
+                View {
+                    buf: buf.as_ref(),
+                    layout: l,
+                }
+            }
+            let (xv, wv, bv, dv) = (v(&xb, &xl), v(&wb, &wl), v(&bb, &bl), v(&db, &dl));
+            let read = |buf: Arc<dyn Buffer>| -> Vec<f64> {
+                let l = Layout::contiguous(&[buf.len()]);
+                b.download(v(&buf, &l)).unwrap().to_f64()
+            };
+            let pairs = [
+                (
+                    "forward",
+                    b.conv2d(xv, wv, Some(bv), &win).unwrap(),
+                    fallback::conv2d(&b, xv, wv, Some(bv), &win).unwrap(),
+                ),
+                (
+                    "input grad",
+                    b.conv2d_input_grad(dv, wv, &win, [hw, hw]).unwrap(),
+                    fallback::conv2d_input_grad(&b, dv, wv, &win, [hw, hw]).unwrap(),
+                ),
+                (
+                    "weight grad",
+                    b.conv2d_weight_grad(xv, dv, &win).unwrap(),
+                    fallback::conv2d_weight_grad(&b, xv, dv, &win).unwrap(),
+                ),
+            ];
+            let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
+            for (what, got, want) in pairs {
+                let (got, want) = (read(got), read(want));
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - e).abs() <= tol * (1.0 + e.abs()),
+                        "{dtype} {what} at {i}: {a} vs {e}"
+                    );
+                }
+            }
         }
     }
 

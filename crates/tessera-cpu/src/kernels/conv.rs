@@ -148,17 +148,17 @@ pub fn fold<T: Num>(cols: &[T], planes: usize, hw: [usize; 2], w: &Window) -> Ve
     out
 }
 
-/// The adjoint of [`unfold_channel_major`]: `[C·taps, N·positions]` columns summed into a new
-/// contiguous `[N, C, H, W]`.
-pub fn fold_channel_major<T: Num>(
+/// The adjoint of [`unfold_channel_major`]: `[C·taps, N·positions]` columns summed into `out`,
+/// a contiguous `[N, C, H, W]` (overwritten).
+pub fn fold_channel_major_into<T: Num>(
     cols: &[T],
     nc: [usize; 2],
     hw: [usize; 2],
     w: &Window,
-) -> Vec<T> {
+    out: &mut [T],
+) {
     let [n, c] = nc;
     let (taps, pos) = (w.taps(), w.positions());
-    let mut out = alloc::<T>(n * c * hw[0] * hw[1]);
     out.par_chunks_mut(hw[0] * hw[1])
         .enumerate()
         .for_each(|(p, o)| {
@@ -166,6 +166,32 @@ pub fn fold_channel_major<T: Num>(
             o.fill(T::zero());
             fold_plane(&cols[ci * taps * n * pos + ni * pos..], n * pos, hw, w, o);
         });
+}
+
+/// `[O, N·L]` (channel-major GEMM output) as `[N, O, L]` into `y`, plus `bias[o]` when given.
+pub fn from_channel_major<T: Num>(
+    ycm: &[T],
+    [n, o, l]: [usize; 3],
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    y.par_chunks_mut(l).enumerate().for_each(|(row, dst)| {
+        let (ni, oi) = (row / o, row % o);
+        let src = &ycm[oi * n * l + ni * l..][..l];
+        match bias {
+            Some(b) => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b[oi]),
+            None => dst.copy_from_slice(src),
+        }
+    });
+}
+
+/// `[N, O, L]` as channel-major `[O, N·L]` (the GEMM operand of a convolution's gradients).
+pub fn to_channel_major<T: Num>(dy: &[T], [n, o, l]: [usize; 3]) -> Vec<T> {
+    let mut out = alloc::<T>(o * n * l);
+    out.par_chunks_mut(l).enumerate().for_each(|(row, dst)| {
+        let (oi, ni) = (row / n, row % n);
+        dst.copy_from_slice(&dy[(ni * o + oi) * l..][..l]);
+    });
     out
 }
 

@@ -44,19 +44,33 @@ fn batch_offsets(d: &Dims<'_>, la: &Layout, lb: &Layout, i: usize) -> (usize, us
 }
 
 macro_rules! gemm_impl {
-    ($name:ident, $t:ty, $gemm:path) => {
+    ($name:ident, $into:ident, $t:ty, $gemm:path) => {
         /// Batched matrix product into a new contiguous `[..., m, n]` vector.
         pub fn $name(a: &[$t], la: &Layout, b: &[$t], lb: &Layout) -> Vec<$t> {
             let d = dims(la, lb);
             let nb: usize = d.batch.iter().product();
+            let mut out = alloc::<$t>(nb * d.m * d.n);
+            $into(a, la, b, lb, &mut out, 0.0);
+            out
+        }
+
+        /// `out ← A·B + beta·out` for a contiguous `[..., m, n]` `out` (`beta = 0` overwrites
+        /// it, whatever it held; `beta = 1` accumulates a sum of products in place).
+        pub fn $into(a: &[$t], la: &Layout, b: &[$t], lb: &Layout, out: &mut [$t], beta: $t) {
+            let d = dims(la, lb);
+            let nb: usize = d.batch.iter().product();
             let mn = d.m * d.n;
-            let mut out = alloc::<$t>(nb * mn);
+            debug_assert_eq!(out.len(), nb * mn, "matmul output of the wrong length");
             if mn == 0 {
-                return out;
+                return;
             }
             if d.k == 0 {
-                out.fill(0.0);
-                return out;
+                if beta == 0.0 {
+                    out.fill(0.0);
+                } else {
+                    out.iter_mut().for_each(|v| *v *= beta);
+                }
+                return;
             }
             let r = la.rank();
             let (rsa, csa) = (la.strides()[r - 2] as isize, la.strides()[r - 1] as isize);
@@ -69,9 +83,8 @@ macro_rules! gemm_impl {
                 let ob = ob as isize + cols.0 as isize * csb;
                 // SAFETY: the layouts were checked by core to stay inside `a` and `b`
                 // (offset + Σ (dim-1)·stride < len); `c` addresses this item's m·n output
-                // elements (row-major, strides n and 1), of which this call writes only the
-                // block rows × cols, disjoint from every other call's; beta = 0 means `c` is
-                // only written.
+                // elements (row-major, strides n and 1), of which this call reads (beta ≠ 0)
+                // and writes only the block rows × cols, disjoint from every other call's.
                 unsafe {
                     $gemm(
                         rows.1,
@@ -84,7 +97,7 @@ macro_rules! gemm_impl {
                         b.as_ptr().offset(ob),
                         rsb,
                         csb,
-                        0.0,
+                        beta,
                         (c as *mut $t).add(rows.0 * d.n + cols.0),
                         d.n as isize,
                         1,
@@ -118,11 +131,15 @@ macro_rules! gemm_impl {
             } else {
                 (0..nb).for_each(|i| part(i, (0, d.m), (0, d.n), item(i)));
             }
-            out
         }
     };
 }
-gemm_impl!(matmul_f32_packed, f32, matrixmultiply::sgemm);
+gemm_impl!(
+    matmul_f32_packed,
+    matmul_f32_into,
+    f32,
+    matrixmultiply::sgemm
+);
 
 /// Batched f32 product: products with few rows read their operands in place when `A`'s rows
 /// run along `k` and `B` is either column-major (`x · Wᵀ`: [`super::gemm_nt`]) or row-major
@@ -203,7 +220,7 @@ fn small_rows_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<
     }
     Some(out)
 }
-gemm_impl!(matmul_f64, f64, matrixmultiply::dgemm);
+gemm_impl!(matmul_f64, matmul_f64_into, f64, matrixmultiply::dgemm);
 
 /// Integer product (rare: index arithmetic), a plain triple loop.
 pub fn matmul_i64(a: &[i64], la: &Layout, b: &[i64], lb: &Layout) -> Vec<i64> {
