@@ -365,6 +365,19 @@ impl CpuBackend {
         Ok((out(dz)?, dh0.map(out).transpose()?, out(dc0)?))
     }
 
+    /// Images `r` of `dy` `[N, O, OH, OW]` as a contiguous `[O, n·positions]`.
+    fn channel_major_chunk(
+        &self,
+        dy: View<'_>,
+        r: &std::ops::Range<usize>,
+    ) -> Result<Arc<dyn Buffer>> {
+        let ld = dy.layout.slice(0, r.start, r.len(), 1);
+        self.channel_major(View {
+            buf: dy.buf,
+            layout: &ld,
+        })
+    }
+
     /// `dy` `[N, O, OH, OW]` as a contiguous `[O, N·positions]`.
     fn channel_major(&self, dy: View<'_>) -> Result<Arc<dyn Buffer>> {
         let d = dy.layout.shape();
@@ -1093,11 +1106,7 @@ impl CpuBackend {
         let mut dx = buffer::alloc::<T>(n * image);
         for r in conv_chunks(n, ct * l * T::DTYPE.size_in_bytes()) {
             let nc = r.len();
-            let ld = dy.layout.slice(0, r.start, nc, 1);
-            let dycm = self.channel_major(View {
-                buf: dy.buf,
-                layout: &ld,
-            })?;
+            let dycm = self.channel_major_chunk(dy, &r)?;
             let dycm = whole::<T>(op, &dycm)?;
             let cols = T::mm(wd, &wt, dycm, &Layout::contiguous(&[o, nc * l]));
             let dxc = &mut dx[r.start * image..r.end * image];
@@ -1127,11 +1136,7 @@ impl CpuBackend {
             let nc = r.len();
             let xc = &xd[r.start * image..r.end * image];
             let cols = cv::unfold_channel_major(xc, [nc, c], [xs[2], xs[3]], w);
-            let ld = dy.layout.slice(0, r.start, nc, 1);
-            let dycm = self.channel_major(View {
-                buf: dy.buf,
-                layout: &ld,
-            })?;
+            let dycm = self.channel_major_chunk(dy, &r)?;
             let dycm = whole::<T>(op, &dycm)?;
             let (ld, lc) = (
                 Layout::contiguous(&[o, nc * l]),

@@ -154,24 +154,8 @@ impl Tensor {
     /// (PyTorch's fused `LinearReLU`).
     pub fn add_relu(&self, rhs: &Tensor) -> Result<Tensor> {
         let op = "add_relu";
-        same_kind(op, self, rhs)?;
         float_only(op, self)?;
-        let shape = broadcast_shapes(op, self.dims(), rhs.dims())?;
-        let (la, lb) = (
-            self.layout().broadcast_to(&shape),
-            rhs.layout().broadcast_to(&shape),
-        );
-        let buf = self.device().backend().add_relu(
-            crate::backend::View {
-                buf: self.buffer().as_ref(),
-                layout: &la,
-            },
-            crate::backend::View {
-                buf: rhs.buffer().as_ref(),
-                layout: &lb,
-            },
-        )?;
-        let out = self.output(buf, &shape);
+        let out = self.zip_with(op, rhs, |be, x, y| be.add_relu(x, y))?;
         let y = out.detach();
         let (sa, sb) = (self.dims().to_vec(), rhs.dims().to_vec());
         Ok(out.record_op(op, &[self, rhs], move |g, n| {
@@ -313,12 +297,26 @@ impl Tensor {
 
     /// `op` on broadcast operands, not recorded (the callers record).
     fn zip(&self, op: &'static str, b: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        self.zip_with(op, rhs, |be, x, y| be.binary(b, x, y))
+    }
+
+    /// The backend call `f` on both operands broadcast to their common shape, not recorded.
+    fn zip_with(
+        &self,
+        op: &'static str,
+        rhs: &Tensor,
+        f: impl FnOnce(
+            &dyn crate::Backend,
+            crate::backend::View<'_>,
+            crate::backend::View<'_>,
+        ) -> Result<std::sync::Arc<dyn crate::backend::Buffer>>,
+    ) -> Result<Tensor> {
         same_kind(op, self, rhs)?;
         let shape = broadcast_shapes(op, self.dims(), rhs.dims())?;
         let la = self.layout().broadcast_to(&shape);
         let lb = rhs.layout().broadcast_to(&shape);
-        let buf = self.device().backend().binary(
-            b,
+        let buf = f(
+            self.device().backend(),
             crate::backend::View {
                 buf: self.buffer().as_ref(),
                 layout: &la,
@@ -388,24 +386,7 @@ impl Tensor {
     /// updates: `p - lr·d` and `d + momentum·buf`).
     pub fn add_scaled(&self, rhs: &Tensor, alpha: f64) -> Result<Tensor> {
         let op = "add_scaled";
-        same_kind(op, self, rhs)?;
-        let shape = broadcast_shapes(op, self.dims(), rhs.dims())?;
-        let (la, lb) = (
-            self.layout().broadcast_to(&shape),
-            rhs.layout().broadcast_to(&shape),
-        );
-        let buf = self.device().backend().add_scaled(
-            crate::backend::View {
-                buf: self.buffer().as_ref(),
-                layout: &la,
-            },
-            alpha,
-            crate::backend::View {
-                buf: rhs.buffer().as_ref(),
-                layout: &lb,
-            },
-        )?;
-        let out = self.output(buf, &shape);
+        let out = self.zip_with(op, rhs, |be, x, y| be.add_scaled(x, alpha, y))?;
         let (sa, sb) = (self.dims().to_vec(), rhs.dims().to_vec());
         Ok(out.record_op(op, &[self, rhs], move |g, n| {
             Ok(vec![

@@ -241,9 +241,7 @@ pub fn max_pool<T: Num + PartialOrd>(
             for kh in 0..w.k[0] {
                 for kw in 0..w.k[1] {
                     let off = kh * w.d[0] * wd + kw * w.d[1];
-                    for (t, &c) in tmp.iter_mut().zip(&corners) {
-                        *t = src[c as usize + off];
-                    }
+                    gather_tap(src, off, wd, w, tmp);
                     let idx = io.is_some().then_some(&mut at32[..]);
                     pool_taps(vo, idx, tmp, &corners, off as i32);
                 }
@@ -305,6 +303,31 @@ pub fn max_pool<T: Num + PartialOrd>(
 /// `corners[j] + off`): `v > best || v is NaN` takes the tap, as in PyTorch. Compiled for AVX2
 /// where the CPU has it: the baseline build (SSE2) leaves the select of values and indices as
 /// one unpredictable branch per element.
+/// The tap at plane offset `off` of every window, row by row (`tmp[oh·OW + ow]` =
+/// `src[oh·s₀·W + ow·s₁ + off]`): strided row copies instead of a gather through the window
+/// corners, with the common strides 1 and 2 as plain copies the compiler vectorises.
+fn gather_tap<T: Num>(src: &[T], off: usize, wd: usize, w: &Window, tmp: &mut [T]) {
+    let (ow_n, s1) = (w.out[1], w.s[1]);
+    if ow_n == 0 {
+        return;
+    }
+    for (oh, dst) in tmp.chunks_exact_mut(ow_n).enumerate() {
+        let start = oh * w.s[0] * wd + off;
+        let row = &src[start..start + (ow_n - 1) * s1 + 1];
+        match s1 {
+            1 => dst.copy_from_slice(row),
+            2 => dst
+                .iter_mut()
+                .zip(row.chunks(2))
+                .for_each(|(d, pair)| *d = pair[0]),
+            _ => dst
+                .iter_mut()
+                .zip(row.iter().step_by(s1))
+                .for_each(|(d, &v)| *d = v),
+        }
+    }
+}
+
 fn pool_taps<T: Num + PartialOrd>(
     best: &mut [T],
     at: Option<&mut [i32]>,
@@ -356,6 +379,64 @@ fn pool_taps_body<T: Num + PartialOrd>(
             for j in 0..n {
                 let (old, v) = (best[j], taps[j]);
                 best[j] = if (v > old) | v.is_nan() { v } else { old };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The windows-inside path (taps gathered row by row) against a direct scan of each
+    /// window, for strides 1, 2 and 3, a dilation, a non-square kernel, ties, and a NaN (which
+    /// wins, as in PyTorch), with and without indices.
+    #[test]
+    fn max_pool_inside_windows_match_a_direct_scan() {
+        let (planes, h, wd) = (3, 9, 11);
+        let mut x: Vec<f32> = (0..planes * h * wd)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.5)
+            .collect();
+        x[40] = f32::NAN;
+        for (k, s, d) in [
+            ([2, 2], [2, 2], [1, 1]),
+            ([3, 3], [1, 1], [1, 1]),
+            ([2, 3], [3, 3], [1, 1]),
+            ([2, 2], [1, 2], [2, 2]),
+        ] {
+            let out = [0, 1].map(|i| ([h, wd][i] - d[i] * (k[i] - 1) - 1) / s[i] + 1);
+            let w = Window {
+                k,
+                s,
+                d,
+                p: [0, 0],
+                out,
+            };
+            let (vals, idx) = max_pool(&x, planes, [h, wd], &w, true);
+            let (vals_only, _) = max_pool(&x, planes, [h, wd], &w, false);
+            let idx = idx.expect("indices were asked for");
+            for p in 0..planes {
+                for oh in 0..out[0] {
+                    for ow in 0..out[1] {
+                        let (mut m, mut arg) = (f32::NEG_INFINITY, None);
+                        for kh in 0..k[0] {
+                            for kw in 0..k[1] {
+                                let at = (oh * s[0] + kh * d[0]) * wd + ow * s[1] + kw * d[1];
+                                let v = x[p * h * wd + at];
+                                if arg.is_none() || v > m || v.is_nan() {
+                                    (m, arg) = (v, Some(at));
+                                }
+                            }
+                        }
+                        let j = p * out[0] * out[1] + oh * out[1] + ow;
+                        let same = |a: f32| a == m || (a.is_nan() && m.is_nan());
+                        assert!(
+                            same(vals[j]) && same(vals_only[j]),
+                            "{k:?} {s:?} {d:?} at {j}"
+                        );
+                        assert_eq!(idx[j], arg.unwrap_or(0) as i64, "{k:?} {s:?} {d:?} at {j}");
+                    }
+                }
             }
         }
     }
