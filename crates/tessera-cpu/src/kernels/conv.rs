@@ -241,7 +241,9 @@ pub fn max_pool<T: Num + PartialOrd>(
             for kh in 0..w.k[0] {
                 for kw in 0..w.k[1] {
                     let off = kh * w.d[0] * wd + kw * w.d[1];
-                    gather_tap(src, off, wd, w, tmp);
+                    for (t, &c) in tmp.iter_mut().zip(&corners) {
+                        *t = src[c as usize + off];
+                    }
                     let idx = io.is_some().then_some(&mut at32[..]);
                     pool_taps(vo, idx, tmp, &corners, off as i32);
                 }
@@ -303,31 +305,6 @@ pub fn max_pool<T: Num + PartialOrd>(
 /// `corners[j] + off`): `v > best || v is NaN` takes the tap, as in PyTorch. Compiled for AVX2
 /// where the CPU has it: the baseline build (SSE2) leaves the select of values and indices as
 /// one unpredictable branch per element.
-/// The tap at plane offset `off` of every window, row by row (`tmp[oh·OW + ow]` =
-/// `src[oh·s₀·W + ow·s₁ + off]`): strided row copies instead of a gather through the window
-/// corners, with the common strides 1 and 2 as plain copies the compiler vectorises.
-fn gather_tap<T: Num>(src: &[T], off: usize, wd: usize, w: &Window, tmp: &mut [T]) {
-    let (ow_n, s1) = (w.out[1], w.s[1]);
-    if ow_n == 0 {
-        return;
-    }
-    for (oh, dst) in tmp.chunks_exact_mut(ow_n).enumerate() {
-        let start = oh * w.s[0] * wd + off;
-        let row = &src[start..start + (ow_n - 1) * s1 + 1];
-        match s1 {
-            1 => dst.copy_from_slice(row),
-            2 => dst
-                .iter_mut()
-                .zip(row.chunks(2))
-                .for_each(|(d, pair)| *d = pair[0]),
-            _ => dst
-                .iter_mut()
-                .zip(row.iter().step_by(s1))
-                .for_each(|(d, &v)| *d = v),
-        }
-    }
-}
-
 fn pool_taps<T: Num + PartialOrd>(
     best: &mut [T],
     at: Option<&mut [i32]>,
@@ -388,7 +365,7 @@ fn pool_taps_body<T: Num + PartialOrd>(
 mod tests {
     use super::*;
 
-    /// The windows-inside path (taps gathered row by row) against a direct scan of each
+    /// The windows-inside path (taps gathered through the window corners) against a direct scan of each
     /// window, for strides 1, 2 and 3, a dilation, a non-square kernel, ties, and a NaN (which
     /// wins, as in PyTorch), with and without indices.
     #[test]
