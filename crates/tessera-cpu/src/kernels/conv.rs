@@ -229,6 +229,10 @@ pub fn max_pool<T: Num + PartialOrd>(
                  mut io: Option<&mut [i64]>| {
         let src = &x[p * h * wd..(p + 1) * h * wd];
         let ow_n = w.out[1];
+        if inside && w.k == [2, 2] && w.s == [2, 2] && w.d == [1, 1] {
+            pool2x2(src, wd, w.out, vo, io);
+            return;
+        }
         if inside {
             // Taps outer, windows inner: the whole plane of maxima is updated tap by tap
             // (PyTorch's tap order, so ties and NaNs resolve the same), with the tap's values
@@ -305,6 +309,78 @@ pub fn max_pool<T: Num + PartialOrd>(
 /// `corners[j] + off`): `v > best || v is NaN` takes the tap, as in PyTorch. Compiled for AVX2
 /// where the CPU has it: the baseline build (SSE2) leaves the select of values and indices as
 /// one unpredictable branch per element.
+/// The 2×2, stride-2 pool of one plane (windows inside it): per output row, the two input
+/// rows read as pairs, so the taps need no gather and the loop vectorises (AVX2 where present).
+/// Taps in PyTorch's order, a NaN winning as in [`max_pool`].
+fn pool2x2<T: Num + PartialOrd>(
+    src: &[T],
+    wd: usize,
+    out: [usize; 2],
+    vo: &mut [T],
+    io: Option<&mut [i64]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked above).
+        return unsafe { pool2x2_avx2(src, wd, out, vo, io) };
+    }
+    pool2x2_body(src, wd, out, vo, io)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool2x2_avx2<T: Num + PartialOrd>(
+    src: &[T],
+    wd: usize,
+    out: [usize; 2],
+    vo: &mut [T],
+    io: Option<&mut [i64]>,
+) {
+    pool2x2_body(src, wd, out, vo, io)
+}
+
+#[inline(always)]
+fn pool2x2_body<T: Num + PartialOrd>(
+    src: &[T],
+    wd: usize,
+    [oh_n, ow_n]: [usize; 2],
+    vo: &mut [T],
+    mut io: Option<&mut [i64]>,
+) {
+    let take = |v: T, m: T| (v > m) | v.is_nan();
+    for oh in 0..oh_n {
+        let r0 = &src[2 * oh * wd..][..2 * ow_n];
+        let r1 = &src[(2 * oh + 1) * wd..][..2 * ow_n];
+        let best = &mut vo[oh * ow_n..(oh + 1) * ow_n];
+        let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+        match io.as_deref_mut() {
+            None => {
+                for (o, (p, q)) in best.iter_mut().zip(pairs) {
+                    let mut m = p[0];
+                    for v in [p[1], q[0], q[1]] {
+                        m = if take(v, m) { v } else { m };
+                    }
+                    *o = m;
+                }
+            }
+            Some(io) => {
+                let at = &mut io[oh * ow_n..(oh + 1) * ow_n];
+                let base = (2 * oh * wd) as i64;
+                for (ow, ((o, a), (p, q))) in best.iter_mut().zip(at).zip(pairs).enumerate() {
+                    let (mut m, mut k) = (p[0], 0);
+                    for (v, t) in [(p[1], 1), (q[0], wd as i64), (q[1], wd as i64 + 1)] {
+                        if take(v, m) {
+                            (m, k) = (v, t);
+                        }
+                    }
+                    *o = m;
+                    *a = base + 2 * ow as i64 + k;
+                }
+            }
+        }
+    }
+}
+
 fn pool_taps<T: Num + PartialOrd>(
     best: &mut [T],
     at: Option<&mut [i32]>,
