@@ -26,8 +26,12 @@ impl tessera::backend::Buffer for ToyBuffer {
     }
 }
 
+/// `seq`: also run whole LSTM sequences forward (and decline their backward), so core's
+/// step-by-step backward reads views of the sequence's tensors.
 #[derive(Debug)]
-struct ToyBackend;
+struct ToyBackend {
+    seq: bool,
+}
 
 fn data<'a>(v: &View<'a>) -> Result<&'a [f64]> {
     v.buf
@@ -75,7 +79,62 @@ fn buf(dtype: DType, data: Vec<f64>) -> Result<Arc<dyn tessera::backend::Buffer>
 
 impl Backend for ToyBackend {
     fn name(&self) -> String {
-        "toy".into()
+        if self.seq { "toy-seq" } else { "toy" }.into()
+    }
+    fn lstm_sequence(
+        &self,
+        xp: View<'_>,
+        w_t: View<'_>,
+        h0: View<'_>,
+        c0: View<'_>,
+        reverse: bool,
+    ) -> Result<Option<tessera::backend::LstmSequence>> {
+        if !self.seq {
+            return Ok(None);
+        }
+        let (x, wt) = (read(&xp)?, read(&w_t)?);
+        let s = xp.layout.shape();
+        let (t_len, b, g4) = (s[0], s[1], s[2]);
+        let h = g4 / 4;
+        let (mut hs, mut cs) = (read(&h0)?, read(&c0)?);
+        let state = || vec![0.0; t_len * b * h];
+        let (mut out, mut hp, mut cp, mut tc) =
+            (vec![0.0; (t_len + 1) * b * h], state(), state(), state());
+        let mut act = vec![0.0; t_len * b * g4];
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        for step in 0..t_len {
+            let t = if reverse { t_len - 1 - step } else { step };
+            let (mut h_new, mut c_new) = (vec![0.0; b * h], vec![0.0; b * h]);
+            for j in 0..b {
+                for u in 0..h {
+                    let z = |gate: usize| {
+                        let q = gate * h + u;
+                        x[(t * b + j) * g4 + q]
+                            + (0..h).map(|p| hs[j * h + p] * wt[p * g4 + q]).sum::<f64>()
+                    };
+                    let a = [sig(z(0)), sig(z(1)), z(2).tanh(), sig(z(3))];
+                    for (gate, v) in a.iter().enumerate() {
+                        act[(t * b + j) * g4 + gate * h + u] = *v;
+                    }
+                    let k = (t * b + j) * h + u;
+                    (hp[k], cp[k]) = (hs[j * h + u], cs[j * h + u]);
+                    c_new[j * h + u] = a[1] * cs[j * h + u] + a[0] * a[2];
+                    tc[k] = c_new[j * h + u].tanh();
+                    h_new[j * h + u] = a[3] * tc[k];
+                    out[k] = h_new[j * h + u];
+                }
+            }
+            (hs, cs) = (h_new, c_new);
+        }
+        out[t_len * b * h..].copy_from_slice(&cs);
+        let d = xp.buf.dtype();
+        Ok(Some(tessera::backend::LstmSequence {
+            out: buf(d, out)?,
+            h_prev: buf(d, hp)?,
+            c_prev: buf(d, cp)?,
+            act: buf(d, act)?,
+            tanh_c: buf(d, tc)?,
+        }))
     }
     fn upload(&self, h: HostData) -> Result<Arc<dyn tessera::backend::Buffer>> {
         buf(h.dtype(), h.to_f64())
@@ -368,7 +427,7 @@ fn libm_free_erf(x: f64) -> f64 {
 }
 
 fn toy() -> Device {
-    Device::new(Arc::new(ToyBackend))
+    Device::new(Arc::new(ToyBackend { seq: false }))
 }
 
 /// A small model: softmax cross-entropy of a two-layer net, written with composite ops.
@@ -680,15 +739,20 @@ fn lstm_runs_step_by_step_where_the_backend_has_no_sequence_kernel() -> Result<(
             }
             Ok(out)
         };
-        let (toy_out, cpu_out) = (run(&toy)?, run(&cpu)?);
-        assert_eq!(toy_out.len(), cpu_out.len());
-        for (k, (a, c)) in toy_out.iter().zip(&cpu_out).enumerate() {
-            let (a, c) = (a.to_vec::<f64>()?, c.to_vec::<f64>()?);
-            assert_eq!(a.len(), c.len());
-            assert!(
-                a.iter().zip(&c).all(|(p, q)| (p - q).abs() < 1e-10),
-                "states need grad {states_need_grad}, output {k}: {a:?} vs {c:?}"
-            );
+        // A backend that runs the sequence forward but not its backward: core walks the
+        // steps backward over views of the sequence's tensors.
+        let toy_seq = Device::new(Arc::new(ToyBackend { seq: true }));
+        let toy_out = run(&toy)?;
+        for (dev, other) in [(&cpu, run(&cpu)?), (&toy_seq, run(&toy_seq)?)] {
+            assert_eq!(toy_out.len(), other.len());
+            for (k, (a, c)) in toy_out.iter().zip(&other).enumerate() {
+                let (a, c) = (a.to_vec::<f64>()?, c.to_vec::<f64>()?);
+                assert_eq!(a.len(), c.len());
+                assert!(
+                    a.iter().zip(&c).all(|(p, q)| (p - q).abs() < 1e-10),
+                    "{dev:?}, states need grad {states_need_grad}, output {k}: {a:?} vs {c:?}"
+                );
+            }
         }
     }
     Ok(())
