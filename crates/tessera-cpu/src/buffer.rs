@@ -184,6 +184,12 @@ elem!(i64, I64);
 elem!(half::f16, F16);
 elem!(half::bf16, BF16);
 
+/// Hands a kernel's scratch vector back to the pool (a plain drop would free it, and the next
+/// call would page-fault in fresh memory).
+pub fn recycle<T: CpuElem>(v: Vec<T>) {
+    pool_put(T::wrap(v));
+}
+
 /// A vector of `len` elements whose contents the caller overwrites: a pooled one when
 /// available, else a zeroed one (calloc'd, so the zeroing is the OS's lazy zero pages).
 pub fn alloc<T: CpuElem>(len: usize) -> Vec<T> {

@@ -17,7 +17,8 @@ use buffer::CpuElem;
 #[cfg(target_arch = "x86_64")]
 use kernels::conv_direct as cd;
 use kernels::{
-    conv as cv, elementwise as ew, matmul as mm, reduce as rd, rnn, shape as sh, Float, Num,
+    conv as cv, elementwise as ew, matmul as mm, reduce as rd, rnn, shape as sh, winograd as wg,
+    Float, Num,
 };
 use std::sync::{Arc, OnceLock};
 use tessera_core::backend::fallback;
@@ -448,6 +449,28 @@ fn direct_plan(dtype: DType, x: &[usize], o: usize, w: &Window) -> Option<cd::Pl
         k: w.k,
         pad: w.p,
         out: w.out,
+    })
+}
+
+/// The Winograd plan ([`wg`]) of a convolution over input `[n, c, h, w]` into `o` channels,
+/// when it qualifies: f32 or f64, 3×3 kernels, stride 1, dilation 1, and channel counts at
+/// which the GEMMs dominate the transforms ([`wg::worthwhile`]).
+fn winograd_plan(dtype: DType, x: &[usize], o: usize, w: &Window) -> Option<wg::Plan> {
+    let ok = matches!(dtype, DType::F32 | DType::F64)
+        && w.k == [3, 3]
+        && w.s == [1, 1]
+        && w.d == [1, 1]
+        && !x.contains(&0)
+        && o > 0
+        && w.positions() > 0
+        && wg::worthwhile(x[1], o);
+    ok.then_some(wg::Plan {
+        n: x[0],
+        c: x[1],
+        o,
+        hw: [x[2], x[3]],
+        out: w.out,
+        pad: w.p.map(|p| p as isize),
     })
 }
 
@@ -939,6 +962,12 @@ impl Backend for CpuBackend {
             return out(cd::forward(xs, ws, bs, &p));
         }
         let (xs, ws) = (x.layout.shape(), weight.layout.shape());
+        if let Some(p) = winograd_plan(x.buf.dtype(), xs, ws[0], w) {
+            return match x.buf.dtype() {
+                DType::F32 => self.conv2d_winograd::<f32>("conv2d", x, weight, bias, &p, false),
+                _ => self.conv2d_winograd::<f64>("conv2d", x, weight, bias, &p, false),
+            };
+        }
         if !Self::gemm_conv(x.buf.dtype(), [xs[0], xs[1], ws[0]]) {
             return fallback::conv2d(self, x, weight, bias, w);
         }
@@ -966,6 +995,16 @@ impl Backend for CpuBackend {
             }
         }
         let (ds, ws) = (dy.layout.shape(), weight.layout.shape());
+        // The input gradient is the convolution of `dy` with the flipped kernels.
+        let (pad, out) = (w.p.map(|p| 2 - p as isize), Window { out: hw, ..*w });
+        if let Some(mut p) = winograd_plan(dy.buf.dtype(), ds, ws[1], &out) {
+            p.pad = pad;
+            let op = "conv2d_input_grad";
+            return match dy.buf.dtype() {
+                DType::F32 => self.conv2d_winograd::<f32>(op, dy, weight, None, &p, true),
+                _ => self.conv2d_winograd::<f64>(op, dy, weight, None, &p, true),
+            };
+        }
         if !Self::gemm_conv(dy.buf.dtype(), [ds[0], ws[1], ws[0]]) {
             return fallback::conv2d_input_grad(self, dy, weight, w, hw);
         }
@@ -1084,6 +1123,29 @@ impl CpuBackend {
             let yc = &mut y[r.start * o * l..r.end * o * l];
             cv::from_channel_major(&ycm, [nc, o, l], bd, yc);
         }
+        out(y)
+    }
+
+    /// A Winograd convolution of `src` by `weight` `[O, C, 3, 3]` (`flipped`: the input
+    /// gradient, `src` being `dy`).
+    fn conv2d_winograd<T: ConvFloat>(
+        &self,
+        op: &'static str,
+        src: View<'_>,
+        weight: View<'_>,
+        bias: Option<View<'_>>,
+        p: &wg::Plan,
+        flipped: bool,
+    ) -> Result<Arc<dyn Buffer>> {
+        let mut hold: [Option<Arc<dyn Buffer>>; 3] = Default::default();
+        let [h0, h1, h2] = &mut hold;
+        let sd = self.rows::<T>(op, src, h0)?;
+        let wd = self.rows::<T>(op, weight, h1)?;
+        let bd = bias.map(|b| self.rows::<T>(op, b, h2)).transpose()?;
+        let ws = weight.layout.shape();
+        let u = wg::kernels(wd, [ws[0], ws[1]], flipped);
+        let y = wg::conv(sd, &u, bd, p, T::mm);
+        buffer::recycle(u);
         out(y)
     }
 
@@ -1229,7 +1291,6 @@ mod tests {
     /// chunk) and f32 at stride 2 (chunks of 2, 2 and 1).
     #[test]
     fn gemm_convolutions_in_image_chunks_match_the_primitive_default() {
-        let b = CpuBackend;
         let (n, c, o) = (5, 64, 7);
         for (dtype, hw, s) in [(DType::F64, 40, 1), (DType::F32, 80, 2)] {
             let out_hw = (hw + 2 - 3) / s + 1;
@@ -1243,194 +1304,108 @@ mod tests {
             let per_image = c * win.taps() * win.positions() * dtype.size_in_bytes();
             assert!(conv_chunks(n, per_image).len() > 1, "{dtype}: one chunk");
             assert!(direct_plan(dtype, &[n, c, hw, hw], o, &win).is_none());
-            let data = |len: usize, seed: usize| -> Vec<f64> {
-                (0..len)
-                    .map(|i| (((i + seed) * 7919 + seed * 31) % 2001) as f64 / 1000.0 - 1.0)
-                    .collect()
-            };
-            let up =
-                |len: usize, seed: usize| b.upload(HostData::from_f64(dtype, &data(len, seed)));
-            let (xb, wb, bb) = (
-                up(n * c * hw * hw, 1).unwrap(),
-                up(o * c * 9, 2).unwrap(),
-                up(o, 3).unwrap(),
-            );
-            let db = up(n * o * win.positions(), 4).unwrap();
-            let (xl, wl, bl) = (
-                Layout::contiguous(&[n, c, hw, hw]),
-                Layout::contiguous(&[o, c, 3, 3]),
-                Layout::contiguous(&[o]),
-            );
-            let dl = Layout::contiguous(&[n, o, out_hw, out_hw]);
-            fn v<'a>(buf: &'a Arc<dyn Buffer>, l: &'a Layout) -> View<'a> {
-                View {
-                    buf: buf.as_ref(),
-                    layout: l,
-                }
-            }
-            let (xv, wv, bv, dv) = (v(&xb, &xl), v(&wb, &wl), v(&bb, &bl), v(&db, &dl));
-            let read = |buf: Arc<dyn Buffer>| -> Vec<f64> {
-                let l = Layout::contiguous(&[buf.len()]);
-                b.download(v(&buf, &l)).unwrap().to_f64()
-            };
-            let pairs = [
-                (
-                    "forward",
-                    b.conv2d(xv, wv, Some(bv), &win).unwrap(),
-                    fallback::conv2d(&b, xv, wv, Some(bv), &win).unwrap(),
-                ),
-                (
-                    "input grad",
-                    b.conv2d_input_grad(dv, wv, &win, [hw, hw]).unwrap(),
-                    fallback::conv2d_input_grad(&b, dv, wv, &win, [hw, hw]).unwrap(),
-                ),
-                (
-                    "weight grad",
-                    b.conv2d_weight_grad(xv, dv, &win).unwrap(),
-                    fallback::conv2d_weight_grad(&b, xv, dv, &win).unwrap(),
-                ),
-            ];
-            let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
-            for (what, got, want) in pairs {
-                let (got, want) = (read(got), read(want));
-                assert_eq!(got.len(), want.len(), "{what}");
-                for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (a - e).abs() <= tol * (1.0 + e.abs()),
-                        "{dtype} {what} at {i}: {a} vs {e}"
-                    );
-                }
-            }
+            assert!(winograd_plan(dtype, &[n, c, hw, hw], o, &win).is_none());
+            conv_hooks_match_the_default(dtype, [n, c, o], [hw, hw], &win);
         }
     }
 
-    /// The direct f32 kernels against the f64 im2col path (itself checked against PyTorch and
-    /// finite differences): forward, input gradient and weight gradient, over block remainders
-    /// (o = 1, 5, 6, 16), asymmetric kernels and paddings, a strided (transposed) input, and
-    /// batches that do not split evenly across threads.
+    /// The Winograd path (forward and input gradient; the weight gradient stays on im2col)
+    /// against core's primitive default: same and valid padding, padding beyond the kernel
+    /// (the input gradient's window then starts inside `dy`), uneven padding after, odd and
+    /// even planes, and a batch in several chunks.
     #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn direct_convolutions_match_the_im2col_path() {
-        if !cd::available() {
-            eprintln!("skipped: direct_convolutions_match_the_im2col_path: no AVX2/FMA");
-            return;
-        }
-        let b = CpuBackend;
-        let data = |len: usize, seed: usize| -> Vec<f64> {
-            (0..len)
-                .map(|i| (((i + seed) * 7919 + seed * 31) % 2001) as f64 / 1000.0 - 1.0)
-                .collect()
-        };
-        // (n, c, h, w, o, [kh, kw], [top, left], [bottom, right], transposed input)
+    fn winograd_convolutions_match_the_primitive_default() {
         let cases = [
-            (3, 1, 28, 28, 6, [5, 5], [2, 2], [2, 2], false),
-            (5, 6, 14, 14, 16, [5, 5], [0, 0], [0, 0], false),
-            (2, 3, 7, 9, 5, [3, 2], [1, 0], [2, 1], true),
-            (1, 2, 4, 4, 1, [3, 3], [2, 2], [2, 2], false),
-            (4, 16, 10, 10, 6, [5, 5], [4, 4], [4, 4], false),
-            (3, 4, 1, 20, 8, [1, 5], [0, 2], [0, 2], false),
+            (DType::F64, [3, 40, 36], [9, 7], [1, 1], [9, 7]),
+            (DType::F64, [2, 33, 40], [8, 6], [0, 2], [6, 8]),
+            (DType::F64, [2, 36, 34], [5, 6], [3, 1], [9, 5]),
+            (DType::F32, [3, 48, 48], [64, 63], [1, 1], [64, 63]),
+            (DType::F32, [4, 40, 64], [13, 13], [1, 1], [13, 13]),
         ];
-        for (n, c, h, wd, o, k, p, after, transposed) in cases {
-            let out = [
-                h + p[0] + after[0] + 1 - k[0],
-                wd + p[1] + after[1] + 1 - k[1],
-            ];
+        for (dtype, [n, c, o], hw, p, out) in cases {
             let win = Window {
-                k,
+                k: [3, 3],
                 s: [1, 1],
                 d: [1, 1],
                 p,
                 out,
             };
-            assert!(direct_plan(DType::F32, &[n, c, h, wd], o, &win).is_some());
-            let (xd, wdat, dyd) = (
-                data(n * c * h * wd, 1),
-                data(o * c * k[0] * k[1], 2),
-                data(n * o * out[0] * out[1], 3),
-            );
-            let bdat = data(o, 4);
-            let bl = Layout::contiguous(&[o]);
-            let x_layout = if transposed {
-                // The same logical [n, c, h, w] read through strides of a [n, c, w, h] buffer.
-                Layout::contiguous(&[n, c, wd, h]).permute(&[0, 1, 3, 2])
-            } else {
-                Layout::contiguous(&[n, c, h, wd])
-            };
-            let (wl, dl) = (
-                Layout::contiguous(&[o, c, k[0], k[1]]),
-                Layout::contiguous(&[n, o, out[0], out[1]]),
-            );
-            let up = |v: &[f64], f32_: bool| -> Arc<dyn Buffer> {
-                if f32_ {
-                    b.upload(HostData::F32(v.iter().map(|&e| e as f32).collect()))
-                        .unwrap()
-                } else {
-                    b.upload(HostData::F64(v.to_vec())).unwrap()
-                }
-            };
-            let read = |buf: Arc<dyn Buffer>, shape: &[usize]| -> Vec<f64> {
-                let l = Layout::contiguous(shape);
-                match b
-                    .download(View {
-                        buf: buf.as_ref(),
-                        layout: &l,
-                    })
-                    .unwrap()
-                {
-                    HostData::F32(v) => v.into_iter().map(f64::from).collect(),
-                    HostData::F64(v) => v,
-                    other => panic!("unexpected {:?}", other.dtype()),
-                }
-            };
-            let mut got = Vec::new();
-            for f32_ in [true, false] {
-                let (xb, wb, db) = (up(&xd, f32_), up(&wdat, f32_), up(&dyd, f32_));
-                let bb = up(&bdat, f32_);
-                let bv = View {
-                    buf: bb.as_ref(),
-                    layout: &bl,
-                };
-                let (xv, wv, dv) = (
-                    View {
-                        buf: xb.as_ref(),
-                        layout: &x_layout,
-                    },
-                    View {
-                        buf: wb.as_ref(),
-                        layout: &wl,
-                    },
-                    View {
-                        buf: db.as_ref(),
-                        layout: &dl,
-                    },
-                );
-                got.push([
-                    read(
-                        b.conv2d(xv, wv, Some(bv), &win).unwrap(),
-                        &[n, o, out[0], out[1]],
-                    ),
-                    read(
-                        b.conv2d_input_grad(dv, wv, &win, [h, wd]).unwrap(),
-                        &[n, c, h, wd],
-                    ),
-                    read(
-                        b.conv2d_weight_grad(xv, dv, &win).unwrap(),
-                        &[o, c, k[0], k[1]],
-                    ),
-                ]);
+            let x = [n, c, hw[0], hw[1]];
+            let plan = winograd_plan(dtype, &x, o, &win).unwrap();
+            if dtype == DType::F32 && c == 48 {
+                assert!(wg::chunk_images::<f32>(&plan) < n, "one chunk");
             }
-            for (what, (f, d)) in ["forward", "input grad", "weight grad"]
-                .iter()
-                .zip(got[0].iter().zip(&got[1]))
-            {
-                assert_eq!(f.len(), d.len());
-                for (i, (a, e)) in f.iter().zip(d).enumerate() {
-                    assert!(
-                        (a - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                        "{what} of case {:?} at {i}: {a} vs {e}",
-                        (n, c, h, wd, o, k, p, after)
-                    );
-                }
+            let dy = [n, o, out[0], out[1]];
+            assert!(winograd_plan(dtype, &dy, c, &Window { out: hw, ..win }).is_some());
+            conv_hooks_match_the_default(dtype, [n, c, o], hw, &win);
+        }
+    }
+
+    /// The CPU's three convolution hooks against core's primitive default (`unfold2d`, one
+    /// `matmul`, `fold2d`) on deterministic data.
+    fn conv_hooks_match_the_default(
+        dtype: DType,
+        [n, c, o]: [usize; 3],
+        [h, wd]: [usize; 2],
+        win: &Window,
+    ) {
+        let b = CpuBackend;
+        let [oh, ow] = win.out;
+        let data = |len: usize, seed: usize| -> Vec<f64> {
+            (0..len)
+                .map(|i| (((i + seed) * 7919 + seed * 31) % 2001) as f64 / 1000.0 - 1.0)
+                .collect()
+        };
+        let up = |len: usize, seed: usize| b.upload(HostData::from_f64(dtype, &data(len, seed)));
+        let (xb, wb, bb) = (
+            up(n * c * h * wd, 1).unwrap(),
+            up(o * c * win.taps(), 2).unwrap(),
+            up(o, 3).unwrap(),
+        );
+        let db = up(n * o * oh * ow, 4).unwrap();
+        let (xl, wl, bl) = (
+            Layout::contiguous(&[n, c, h, wd]),
+            Layout::contiguous(&[o, c, win.k[0], win.k[1]]),
+            Layout::contiguous(&[o]),
+        );
+        let dl = Layout::contiguous(&[n, o, oh, ow]);
+        fn v<'a>(buf: &'a Arc<dyn Buffer>, l: &'a Layout) -> View<'a> {
+            View {
+                buf: buf.as_ref(),
+                layout: l,
+            }
+        }
+        let (xv, wv, bv, dv) = (v(&xb, &xl), v(&wb, &wl), v(&bb, &bl), v(&db, &dl));
+        let read = |buf: Arc<dyn Buffer>| -> Vec<f64> {
+            let l = Layout::contiguous(&[buf.len()]);
+            b.download(v(&buf, &l)).unwrap().to_f64()
+        };
+        let pairs = [
+            (
+                "forward",
+                b.conv2d(xv, wv, Some(bv), win).unwrap(),
+                fallback::conv2d(&b, xv, wv, Some(bv), win).unwrap(),
+            ),
+            (
+                "input grad",
+                b.conv2d_input_grad(dv, wv, win, [h, wd]).unwrap(),
+                fallback::conv2d_input_grad(&b, dv, wv, win, [h, wd]).unwrap(),
+            ),
+            (
+                "weight grad",
+                b.conv2d_weight_grad(xv, dv, win).unwrap(),
+                fallback::conv2d_weight_grad(&b, xv, dv, win).unwrap(),
+            ),
+        ];
+        let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
+        for (what, got, want) in pairs {
+            let (got, want) = (read(got), read(want));
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - e).abs() <= tol * (1.0 + e.abs()),
+                    "{dtype} {what} at {i}: {a} vs {e}"
+                );
             }
         }
     }

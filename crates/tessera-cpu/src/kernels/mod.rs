@@ -16,6 +16,7 @@ pub mod reduce;
 pub mod rnn;
 pub mod shape;
 pub mod vmath;
+pub mod winograd;
 
 use crate::buffer::{alloc, CpuElem};
 use rayon::prelude::*;
