@@ -1023,6 +1023,12 @@ impl Backend for CpuBackend {
             return out(cd::weight_grad(xs, dys, &p));
         }
         let (xs, ds) = (x.layout.shape(), dy.layout.shape());
+        if let Some(p) = winograd_plan(x.buf.dtype(), xs, ds[1], w) {
+            return match x.buf.dtype() {
+                DType::F32 => self.conv2d_weight_grad_winograd::<f32>(x, dy, &p),
+                _ => self.conv2d_weight_grad_winograd::<f64>(x, dy, &p),
+            };
+        }
         if !Self::gemm_conv(x.buf.dtype(), [xs[0], xs[1], ds[1]]) {
             return fallback::conv2d_weight_grad(self, x, dy, w);
         }
@@ -1147,6 +1153,20 @@ impl CpuBackend {
         let y = wg::conv(sd, &u, bd, p, T::mm);
         buffer::recycle(u);
         out(y)
+    }
+
+    /// [`Backend::conv2d_weight_grad`] on the Winograd path ([`wg::weight_grad`]).
+    fn conv2d_weight_grad_winograd<T: ConvFloat>(
+        &self,
+        x: View<'_>,
+        dy: View<'_>,
+        p: &wg::Plan,
+    ) -> Result<Arc<dyn Buffer>> {
+        let op = "conv2d_weight_grad";
+        let (mut hx, mut hd) = (None, None);
+        let xd = self.rows::<T>(op, x, &mut hx)?;
+        let dyd = self.rows::<T>(op, dy, &mut hd)?;
+        out(wg::weight_grad(xd, dyd, p, T::mm_into))
     }
 
     /// [`Backend::conv2d_input_grad`] on the im2col path, per chunk of images: weightᵀ
@@ -1309,8 +1329,7 @@ mod tests {
         }
     }
 
-    /// The Winograd path (forward and input gradient; the weight gradient stays on im2col)
-    /// against core's primitive default: same and valid padding, padding beyond the kernel
+    /// The Winograd path (forward, input and weight gradients) against core's primitive default: same and valid padding, padding beyond the kernel
     /// (the input gradient's window then starts inside `dy`), uneven padding after, odd and
     /// even planes, and a batch in several chunks.
     #[test]
@@ -1341,8 +1360,10 @@ mod tests {
         }
     }
 
-    /// The CPU's three convolution hooks against core's primitive default (`unfold2d`, one
-    /// `matmul`, `fold2d`) on deterministic data.
+    /// The CPU's three convolution hooks in `dtype` against core's primitive default (`unfold2d`,
+    /// one `matmul`, `fold2d`) run in f64 on the same values, within the conformance vectors'
+    /// tolerance: `rtol` 1e-4 (f32) or 1e-8 (f64), `atol` 1e-5 or 1e-10 times the largest
+    /// magnitude of the result (at least 1).
     fn conv_hooks_match_the_default(
         dtype: DType,
         [n, c, o]: [usize; 3],
@@ -1351,60 +1372,81 @@ mod tests {
     ) {
         let b = CpuBackend;
         let [oh, ow] = win.out;
+        // Short decimals, rounded to `dtype` first so both runs see the same values.
         let data = |len: usize, seed: usize| -> Vec<f64> {
             (0..len)
                 .map(|i| (((i + seed) * 7919 + seed * 31) % 2001) as f64 / 1000.0 - 1.0)
+                .map(|v| {
+                    if dtype == DType::F32 {
+                        v as f32 as f64
+                    } else {
+                        v
+                    }
+                })
                 .collect()
         };
-        let up = |len: usize, seed: usize| b.upload(HostData::from_f64(dtype, &data(len, seed)));
-        let (xb, wb, bb) = (
-            up(n * c * h * wd, 1).unwrap(),
-            up(o * c * win.taps(), 2).unwrap(),
-            up(o, 3).unwrap(),
-        );
-        let db = up(n * o * oh * ow, 4).unwrap();
-        let (xl, wl, bl) = (
-            Layout::contiguous(&[n, c, h, wd]),
-            Layout::contiguous(&[o, c, win.k[0], win.k[1]]),
-            Layout::contiguous(&[o]),
-        );
-        let dl = Layout::contiguous(&[n, o, oh, ow]);
+        let dims = [
+            vec![n, c, h, wd],
+            vec![o, c, win.k[0], win.k[1]],
+            vec![o],
+            vec![n, o, oh, ow],
+        ];
+        let layouts = dims.clone().map(|d| Layout::contiguous(&d));
+        let upload = |t: DType| -> Vec<Arc<dyn Buffer>> {
+            let seeds = 1..;
+            dims.iter()
+                .zip(seeds)
+                .map(|(d, seed)| {
+                    let len = d.iter().product();
+                    b.upload(HostData::from_f64(t, &data(len, seed))).unwrap()
+                })
+                .collect()
+        };
         fn v<'a>(buf: &'a Arc<dyn Buffer>, l: &'a Layout) -> View<'a> {
             View {
                 buf: buf.as_ref(),
                 layout: l,
             }
         }
-        let (xv, wv, bv, dv) = (v(&xb, &xl), v(&wb, &wl), v(&bb, &bl), v(&db, &dl));
         let read = |buf: Arc<dyn Buffer>| -> Vec<f64> {
             let l = Layout::contiguous(&[buf.len()]);
             b.download(v(&buf, &l)).unwrap().to_f64()
         };
+        let (got, want) = (upload(dtype), upload(DType::F64));
+        fn views<'a>(bufs: &'a [Arc<dyn Buffer>], layouts: &'a [Layout]) -> Vec<View<'a>> {
+            bufs.iter().zip(layouts).map(|(buf, l)| v(buf, l)).collect()
+        }
+        let (g, e) = (views(&got, &layouts), views(&want, &layouts));
         let pairs = [
             (
                 "forward",
-                b.conv2d(xv, wv, Some(bv), win).unwrap(),
-                fallback::conv2d(&b, xv, wv, Some(bv), win).unwrap(),
+                b.conv2d(g[0], g[1], Some(g[2]), win).unwrap(),
+                fallback::conv2d(&b, e[0], e[1], Some(e[2]), win).unwrap(),
             ),
             (
                 "input grad",
-                b.conv2d_input_grad(dv, wv, win, [h, wd]).unwrap(),
-                fallback::conv2d_input_grad(&b, dv, wv, win, [h, wd]).unwrap(),
+                b.conv2d_input_grad(g[3], g[1], win, [h, wd]).unwrap(),
+                fallback::conv2d_input_grad(&b, e[3], e[1], win, [h, wd]).unwrap(),
             ),
             (
                 "weight grad",
-                b.conv2d_weight_grad(xv, dv, win).unwrap(),
-                fallback::conv2d_weight_grad(&b, xv, dv, win).unwrap(),
+                b.conv2d_weight_grad(g[0], g[3], win).unwrap(),
+                fallback::conv2d_weight_grad(&b, e[0], e[3], win).unwrap(),
             ),
         ];
-        let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
+        let (rtol, atol) = if dtype == DType::F32 {
+            (1e-4, 1e-5)
+        } else {
+            (1e-8, 1e-10)
+        };
         for (what, got, want) in pairs {
             let (got, want) = (read(got), read(want));
             assert_eq!(got.len(), want.len(), "{what}");
+            let scale = want.iter().fold(1f64, |m, w| m.max(w.abs()));
             for (i, (a, e)) in got.iter().zip(&want).enumerate() {
                 assert!(
-                    (a - e).abs() <= tol * (1.0 + e.abs()),
-                    "{dtype} {what} at {i}: {a} vs {e}"
+                    (a - e).abs() <= atol * scale + rtol * e.abs(),
+                    "{dtype} {what} at {i}: {a} vs {e} (scale {scale})"
                 );
             }
         }

@@ -8,6 +8,9 @@
 //! - products: `M_ξ = U_ξ · V_ξ`, `[16][O][P]`;
 //! - outputs: `Y = Aᵀ·M·A` per channel and patch, 2×2 values, plus the bias.
 //!
+//! The weight gradient runs the same products backwards: `dU_ξ = Σ_patches Z_ξ·V_ξᵀ` with
+//! `Z = A·dY·Aᵀ` per patch, then `dg = Gᵀ·dU·G`.
+//!
 //! Every transform matrix holds only 0, ±1 and ±½, so the transforms add little rounding: f32
 //! results stay within a few ulp of the direct sum's error.
 //!
@@ -218,6 +221,106 @@ fn outputs<T: Num>(m: &[T], bias: Option<&[T]>, nc: usize, p: &Plan, y: &mut [T]
     y.par_chunks_mut(p.out[0] * p.out[1])
         .enumerate()
         .for_each(|(io, yp)| output_plane(m, bias, nc, p, io, yp));
+}
+
+/// The weight gradient `[o, c, 3, 3]` of the convolution of `x` `[n, c, h, w]` whose output
+/// gradient is `dy` `[n, o, out0, out1]` (both contiguous): with `Z = A·dY·Aᵀ` per patch
+/// (zero beyond the output), `dU_ξ = Σ_patches Z_ξ · V_ξ`, 16 GEMMs accumulated over the
+/// chunks of images, then `dg = Gᵀ·dU·G` per channel pair.
+pub fn weight_grad<T: Num>(
+    x: &[T],
+    dy: &[T],
+    p: &Plan,
+    mm_into: impl Fn(&[T], &Layout, &[T], &Layout, &mut [T], T),
+) -> Vec<T> {
+    let (size, tl) = (chunk_images::<T>(p), tiles(p.out));
+    let (image, plane) = (p.c * p.hw[0] * p.hw[1], p.o * p.out[0] * p.out[1]);
+    let mut du = alloc::<T>(16 * p.o * p.c);
+    for (k, start) in (0..p.n).step_by(size).enumerate() {
+        let nc = size.min(p.n - start);
+        let patches = nc * tl[0] * tl[1];
+        let v = inputs(&x[start * image..(start + nc) * image], nc, p);
+        let z = output_grads(&dy[start * plane..(start + nc) * plane], nc, p);
+        let lz = Layout::new(vec![16, p.o, patches], vec![patches, 16 * patches, 1], 0);
+        let lv = Layout::new(vec![16, patches, p.c], vec![patches, 1, 16 * patches], 0);
+        let beta = if k == 0 { T::zero() } else { T::one() };
+        mm_into(&z, &lz, &v, &lv, &mut du, beta);
+        recycle(v);
+        recycle(z);
+    }
+    let dw = kernel_grads(&du, [p.o, p.c]);
+    recycle(du);
+    dw
+}
+
+/// `A·dY·Aᵀ` of every 2×2 block of `dy` `[nc, o, out0, out1]`: `[o][16][nc·tiles]`, laid out
+/// as [`inputs`]' patches. `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`.
+fn output_grads<T: Num>(dy: &[T], nc: usize, p: &Plan) -> Vec<T> {
+    let tl = tiles(p.out);
+    let patches = nc * tl[0] * tl[1];
+    let mut z = alloc::<T>(p.o * 16 * patches);
+    z.par_chunks_mut(16 * patches)
+        .enumerate()
+        .for_each(|(oc, zc)| output_grad_channel(dy, nc, p, oc, zc));
+    z
+}
+
+/// [`output_grads`] of channel `oc`: its `[16][nc·tiles]` block `zc`.
+fn output_grad_channel<T: Num>(dy: &[T], nc: usize, p: &Plan, oc: usize, zc: &mut [T]) {
+    let ([th, tw], [oh, ow]) = (tiles(p.out), p.out);
+    let patches = nc * th * tw;
+    for img in 0..nc {
+        let plane = &dy[(img * p.o + oc) * oh * ow..][..oh * ow];
+        for ty in 0..th {
+            for tx in 0..tw {
+                let at = |r: usize, s: usize| {
+                    let (y, x) = (2 * ty + r, 2 * tx + s);
+                    if y < oh && x < ow {
+                        plane[y * ow + x]
+                    } else {
+                        T::zero()
+                    }
+                };
+                let (y00, y01, y10, y11) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                // A·dY, then each row (u, v) times Aᵀ: [u, u + v, u - v, -v].
+                let rows = [
+                    (y00, y01),
+                    (y00 + y10, y01 + y11),
+                    (y00 - y10, y01 - y11),
+                    (-y10, -y11),
+                ];
+                let q = (img * th + ty) * tw + tx;
+                for (a, &(u, v)) in rows.iter().enumerate() {
+                    for (b, z) in [u, u + v, u - v, -v].into_iter().enumerate() {
+                        zc[(a * 4 + b) * patches + q] = z;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Gᵀ·dU·G` per channel pair of `du` `[16][o][c]`: the kernel gradients `[o, c, 3, 3]`.
+fn kernel_grads<T: Num>(du: &[T], [o, c]: [usize; 2]) -> Vec<T> {
+    let half = T::from_f64(0.5);
+    // Row `[p0, p1, p2, p3]` times G: Gᵀ = [[1, ½, ½, 0], [0, ½, -½, 0], [0, ½, ½, 1]].
+    let gt = |[p0, p1, p2, p3]: [T; 4]| {
+        let s = (p1 + p2) * half;
+        [p0 + s, (p1 - p2) * half, s + p3]
+    };
+    let mut dw = alloc::<T>(o * c * 9);
+    dw.par_chunks_mut(c * 9).enumerate().for_each(|(oi, dwo)| {
+        for ci in 0..c {
+            let x = |xi: usize| du[(xi * o + oi) * c + ci];
+            // Gᵀ·X column by column, then each row of that times G.
+            let cols = [0, 1, 2, 3].map(|b| gt([x(b), x(4 + b), x(8 + b), x(12 + b)]));
+            for a in 0..3 {
+                let row = gt([cols[0][a], cols[1][a], cols[2][a], cols[3][a]]);
+                dwo[ci * 9 + a * 3..][..3].copy_from_slice(&row);
+            }
+        }
+    });
+    dw
 }
 
 /// Whether a convolution with these channel counts should take the Winograd path: the
