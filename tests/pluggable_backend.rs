@@ -199,7 +199,14 @@ impl Backend for ToyBackend {
             UnaryOp::Sqrt => v.sqrt(),
             UnaryOp::Tanh => v.tanh(),
             UnaryOp::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-            UnaryOp::Relu => v.max(0.0),
+            // Not `v.max(0.0)`, which turns a NaN into 0 (the contract keeps it).
+            UnaryOp::Relu => {
+                if v <= 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            }
             UnaryOp::Erf => libm_free_erf(v),
             UnaryOp::Recip => 1.0 / v,
             UnaryOp::Square => v * v,
@@ -767,5 +774,40 @@ fn mixing_devices_is_an_error_naming_both() -> Result<()> {
         e.contains("add") && e.contains("toy") && e.contains("cpu"),
         "{e}"
     );
+    Ok(())
+}
+
+/// PyTorch's ReLU keeps a NaN (`relu(NaN) = NaN`) and passes the gradient at it on
+/// (`threshold_backward`: 0 only where `y <= 0`), so a NaN is not hidden from the loss. Checked
+/// on the CPU's one-pass kernels, the toy backend's composites (core's defaults) and the
+/// recorded ops of `backward_create_graph`, for `relu` and `add_relu`, in f32 and f64.
+#[test]
+fn relu_keeps_nan_and_passes_its_gradient_like_pytorch() -> Result<()> {
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    for dev in [&toy, &cpu] {
+        for dtype in [DType::F32, DType::F64] {
+            for (fused, graph) in [(false, false), (true, false), (false, true), (true, true)] {
+                let x = Tensor::from_vec(vec![f64::NAN, -1.0, 0.0, 2.0], &[4], dev)?
+                    .to_dtype(dtype)?
+                    .requires_grad_()?;
+                let zero = x.zeros_like()?.detach().requires_grad_()?;
+                let y = if fused { x.add_relu(&zero)? } else { x.relu()? };
+                let ones = y.ones_like()?;
+                let g = if graph {
+                    y.backward_create_graph(&ones)?
+                } else {
+                    y.mul(&ones)?.sum_all()?.backward()?
+                };
+                let what = format!("{dev:?} {dtype} fused {fused} create_graph {graph}");
+                let v = y.to_dtype(DType::F64)?.to_vec::<f64>()?;
+                assert!(v[0].is_nan() && v[1..] == [0.0, 0.0, 2.0], "{what}: {v:?}");
+                let dx = g
+                    .get(&x)
+                    .ok_or_else(|| Error::invalid("test", "no gradient"))?;
+                let dx = dx.to_dtype(DType::F64)?.to_vec::<f64>()?;
+                assert_eq!(dx, [1.0, 0.0, 0.0, 1.0], "{what}");
+            }
+        }
+    }
     Ok(())
 }

@@ -59,6 +59,7 @@ pub enum UnaryOp {
     Sqrt,
     Tanh,
     Sigmoid,
+    /// `max(x, 0)`; a NaN stays NaN (PyTorch's rule).
     Relu,
     Erf,
     Recip,
@@ -282,8 +283,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
         fallback::add_relu(self, a, b)
     }
 
-    /// ReLU's gradient from its output `y`: `dy` where `y > 0`, else 0 (one shape). Default:
-    /// the mask with `binary` gt, then a `binary` mul.
+    /// ReLU's gradient from its output `y`: 0 where `y <= 0`, else `dy` (so a NaN output passes
+    /// `dy` on, as in PyTorch; one shape). Default: the mask `1 - (y <= 0)` from `binary` le
+    /// and two scalar ops, then a `binary` mul.
     fn relu_backward(&self, dy: View<'_>, y: View<'_>) -> Result<Arc<dyn Buffer>> {
         fallback::relu_backward(self, dy, y)
     }

@@ -203,20 +203,20 @@ fn int_pow(a: i64, b: i64) -> i64 {
 /// `max(x, 0)` as the `relu` kernel computes it.
 #[inline(always)]
 fn relu<T: kernels::Num>(x: T) -> T {
-    if x > T::zero() {
-        x
-    } else {
+    if x <= T::zero() {
         T::zero()
+    } else {
+        x
     }
 }
 
 /// ReLU's gradient from its output: `g` where `y > 0`.
 #[inline(always)]
 fn relu_grad<T: kernels::Num>(g: T, y: T) -> T {
-    if y > T::zero() {
-        g
-    } else {
+    if y <= T::zero() {
         T::zero()
+    } else {
+        g
     }
 }
 

@@ -516,7 +516,7 @@ pub fn add_relu<B: Backend + ?Sized>(be: &B, a: View<'_>, b: View<'_>) -> Result
     be.unary(UnaryOp::Relu, view(&sum, &l))
 }
 
-/// `relu_backward` as a mask (`y > 0`, against a broadcast zero) and a product.
+/// `relu_backward` as a mask (`1 - (y <= 0)`, against a broadcast zero) and a product.
 pub fn relu_backward<B: Backend + ?Sized>(
     be: &B,
     dy: View<'_>,
@@ -525,8 +525,11 @@ pub fn relu_backward<B: Backend + ?Sized>(
     let shape = y.layout.shape();
     let zero = be.fill(1, y.buf.dtype(), 0.0)?;
     let lz = Layout::new(shape.to_vec(), vec![0; shape.len()], 0);
-    let mask = be.binary(BinaryOp::Gt, y, view(&zero, &lz))?;
+    // 1 - (y <= 0), not (y > 0): a NaN output passes its gradient on, as in PyTorch.
     let lm = Layout::contiguous(shape);
+    let le = be.binary(BinaryOp::Le, y, view(&zero, &lz))?;
+    let mask = be.unary(UnaryOp::MulScalar(-1.0), view(&le, &lm))?;
+    let mask = be.unary(UnaryOp::AddScalar(1.0), view(&mask, &lm))?;
     be.binary(BinaryOp::Mul, dy, view(&mask, &lm))
 }
 

@@ -615,11 +615,13 @@ impl std::ops::Neg for &Tensor {
     }
 }
 
-/// ReLU's gradient `g·[y > 0]` from its output `y`: one backend pass, or recorded ops under
+/// ReLU's gradient `g·[not y <= 0]` from its output `y`: one backend pass, or recorded ops under
 /// `create_graph` (the mask is a constant either way).
 fn relu_grad(g: &Tensor, y: &Tensor) -> Result<Tensor> {
     if is_grad_enabled() {
-        return g.mul(&y.gt(&y.scalar_like(0.0)?)?);
+        // 1 - (y <= 0): a NaN output passes its gradient on (PyTorch's rule).
+        let mask = y.le(&y.scalar_like(0.0)?)?.neg()?.add_scalar(1.0)?;
+        return g.mul(&mask);
     }
     let lg = g.layout().broadcast_to(y.dims());
     let buf = y.device().backend().relu_backward(

@@ -20,7 +20,8 @@ pub fn unary_num<T: Num>(op: UnaryOp, x: &[T], l: &Layout) -> Option<Vec<T>> {
                 v
             }
         }),
-        UnaryOp::Relu => map1(x, l, move |v: T| if v > z { v } else { z }),
+        // `v <= 0`, not `v > 0`, so a NaN passes through as in PyTorch.
+        UnaryOp::Relu => map1(x, l, move |v: T| if v <= z { z } else { v }),
         UnaryOp::Square => map1(x, l, |v: T| v * v),
         UnaryOp::AddScalar(c) => {
             let c = T::from_f64(c);

@@ -8,7 +8,7 @@ __device__ __forceinline__ T unary_num(int op, T v, double p0, double p1) {
         case 0: return -v;
         case 1: return M<T>::abs(v);
         case 2: return v > z ? (T)1 : (v < z ? (T)-1 : v);
-        case 8: return v > z ? v : z;
+        case 8: return v <= z ? z : v;
         case 11: return v * v;
         case 14: return v + from_f64<T>(p0);
         case 15: return v * from_f64<T>(p0);
