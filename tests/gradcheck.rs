@@ -477,6 +477,12 @@ fn rows() -> Vec<Row> {
             };
             conv2d(&x[0], &x[1], Some(&x[2]), &o)
         }),
+        row!("conv2d_relu", Custom(conv_inputs), false, |x, k| {
+            use tessera::ops::conv::{conv2d_relu, ConvOptions};
+            let g = x[0].dims()[1] / x[1].dims()[1];
+            let o = ConvOptions::new().padding((k % 2) as usize).groups(g);
+            conv2d_relu(&x[0], &x[1], Some(&x[2]), &o)
+        }),
         row!("conv1d", Custom(conv1d_inputs), false, |x, k| {
             use tessera::ops::conv::{conv1d, ConvOptions};
             conv1d(
@@ -797,6 +803,7 @@ fn shape_ops_match_finite_differences() {
 fn nn_ops_match_finite_differences() {
     check_family(&[
         "conv2d",
+        "conv2d_relu",
         "conv1d",
         "conv_transpose2d",
         "max_pool2d",
@@ -820,6 +827,6 @@ fn nn_ops_match_finite_differences() {
 #[test]
 fn every_row_belongs_to_a_family_test() {
     // Keeps the table and the family lists above in step.
-    let listed = 29 + 8 + 3 + 13 + 18;
+    let listed = 29 + 8 + 3 + 13 + 19;
     assert_eq!(rows().len(), listed);
 }

@@ -811,3 +811,81 @@ fn relu_keeps_nan_and_passes_its_gradient_like_pytorch() -> Result<()> {
     }
     Ok(())
 }
+
+/// `conv2d_relu` (one op; the CPU applies the ReLU in the convolution's last pass) against
+/// the unfused ops and (but on the largest case) the toy backend's composite (core's default:
+/// `conv2d`, then `relu`), in values and in the gradients of input, weight and bias: on the
+/// im2col path (f64, stride 2), the Winograd path (f64, 3×3 with 40 → 36 channels), the direct
+/// kernels (f32, LeNet-sized) and two groups (core's composite path).
+#[test]
+fn conv_relu_matches_conv_then_relu_on_every_path() -> Result<()> {
+    use tessera::ops::conv::{conv2d, conv2d_relu, ConvOptions};
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    let cases = [
+        (
+            DType::F64,
+            [2, 5, 7],
+            3,
+            ConvOptions::new().padding(1).stride(2),
+        ),
+        (DType::F64, [2, 40, 36], 3, ConvOptions::new().padding(1)),
+        (DType::F32, [3, 6, 16], 5, ConvOptions::new()),
+        (
+            DType::F64,
+            [2, 4, 6],
+            3,
+            ConvOptions::new().padding(1).groups(2),
+        ),
+    ];
+    for (dtype, [n, c, o], k, opts) in cases {
+        let mut gen = Generator::new(11);
+        let g = opts.groups;
+        let x = Tensor::randn(&[n, c, 9, 8], 0.0, 1.0, dtype, &mut gen, &cpu)?;
+        let w = Tensor::randn(&[o, c / g, k, k], 0.0, 0.3, dtype, &mut gen, &cpu)?;
+        let b = Tensor::randn(&[o], 0.0, 0.3, dtype, &mut gen, &cpu)?;
+        let run = |dev: &Device, fused: bool| -> Result<Vec<Vec<f64>>> {
+            let on = |t: &Tensor| t.detach().to_device(dev)?.requires_grad_();
+            let (x, w, b) = (on(&x)?, on(&w)?, on(&b)?);
+            let y = if fused {
+                conv2d_relu(&x, &w, Some(&b), &opts)?
+            } else {
+                conv2d(&x, &w, Some(&b), &opts)?.relu()?
+            };
+            // A weighted loss, so each output's gradient differs.
+            let mut rg = Generator::new(5);
+            let r = Tensor::randn(y.dims(), 0.0, 1.0, dtype, &mut rg, &cpu)?.to_device(dev)?;
+            let grads = y.mul(&r)?.sum_all()?.backward()?;
+            let mut out = vec![y.to_dtype(DType::F64)?.to_vec::<f64>()?];
+            for t in [&x, &w, &b] {
+                let grad = grads.get(t).cloned();
+                let grad = grad.ok_or_else(|| Error::invalid("test", "no gradient"))?;
+                out.push(grad.to_dtype(DType::F64)?.to_vec::<f64>()?);
+            }
+            Ok(out)
+        };
+        let want = run(&cpu, false)?;
+        let zeros = want[0].iter().filter(|v| **v == 0.0).count();
+        assert!(
+            zeros > 0 && zeros < want[0].len(),
+            "{dtype} {c}->{o}: no kink crossed"
+        );
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+        // The toy backend's naive loops would take ~20 s on the Winograd case: CPU only there.
+        let runs = if c * o > 1000 {
+            vec![(&cpu, true)]
+        } else {
+            vec![(&cpu, true), (&toy, true), (&toy, false)]
+        };
+        for (dev, fused) in runs {
+            let got = run(dev, fused)?;
+            for (k, (a, e)) in got.iter().zip(&want).enumerate() {
+                let scale = e.iter().fold(1f64, |m, v| m.max(v.abs()));
+                assert!(
+                    a.iter().zip(e).all(|(p, q)| (p - q).abs() <= tol * scale),
+                    "{dev:?} {dtype} {c}->{o} fused {fused}, output {k}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -431,6 +431,19 @@ pub trait Backend: Send + Sync + Debug + 'static {
         fallback::conv2d(self, x, weight, bias, w)
     }
 
+    /// [`Backend::conv2d`] followed by ReLU (a convolution layer and its activation): the
+    /// backend may apply the ReLU in the convolution's last pass. Default: `conv2d`, then
+    /// `unary` ReLU.
+    fn conv2d_relu(
+        &self,
+        x: View<'_>,
+        weight: View<'_>,
+        bias: Option<View<'_>>,
+        w: &Window,
+    ) -> Result<Arc<dyn Buffer>> {
+        fallback::conv2d_relu(self, x, weight, bias, w)
+    }
+
     /// The gradient of [`Backend::conv2d`] with respect to its input: `dy` `[N, O, OH, OW]`
     /// into a new `[N, C, H, W]` (`hw` = `[H, W]`). Default: `matmul` by the weight, then
     /// `fold2d`.

@@ -210,6 +210,17 @@ fn relu<T: kernels::Num>(x: T) -> T {
     }
 }
 
+/// [`relu`] over a kernel's fresh output, in place (parallel from [`kernels::PAR_MIN`]).
+fn relu_in_place<T: kernels::Num>(v: &mut [T]) {
+    use rayon::prelude::*;
+    let pass = |c: &mut [T]| c.iter_mut().for_each(|x| *x = relu(*x));
+    if v.len() < kernels::PAR_MIN {
+        pass(v)
+    } else {
+        v.par_chunks_mut(kernels::CHUNK).for_each(pass)
+    }
+}
+
 /// ReLU's gradient from its output: `g` where `y > 0`.
 #[inline(always)]
 fn relu_grad<T: kernels::Num>(g: T, y: T) -> T {
@@ -951,30 +962,17 @@ impl Backend for CpuBackend {
         bias: Option<View<'_>>,
         w: &Window,
     ) -> Result<Arc<dyn Buffer>> {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), weight.layout.shape()[0], w) {
-            let (mut hx, mut hw, mut hb) = (None, None, None);
-            let xs = self.rows::<f32>("conv2d", x, &mut hx)?;
-            let ws = self.rows::<f32>("conv2d", weight, &mut hw)?;
-            let bs = bias
-                .map(|b| self.rows::<f32>("conv2d", b, &mut hb))
-                .transpose()?;
-            return out(cd::forward(xs, ws, bs, &p));
-        }
-        let (xs, ws) = (x.layout.shape(), weight.layout.shape());
-        if let Some(p) = winograd_plan(x.buf.dtype(), xs, ws[0], w) {
-            return match x.buf.dtype() {
-                DType::F32 => self.conv2d_winograd::<f32>("conv2d", x, weight, bias, &p, false),
-                _ => self.conv2d_winograd::<f64>("conv2d", x, weight, bias, &p, false),
-            };
-        }
-        if !Self::gemm_conv(x.buf.dtype(), [xs[0], xs[1], ws[0]]) {
-            return fallback::conv2d(self, x, weight, bias, w);
-        }
-        match x.buf.dtype() {
-            DType::F32 => self.conv2d_gemm::<f32>(x, weight, bias, w),
-            _ => self.conv2d_gemm::<f64>(x, weight, bias, w),
-        }
+        self.conv2d_with(x, weight, bias, w, false)
+    }
+
+    fn conv2d_relu(
+        &self,
+        x: View<'_>,
+        weight: View<'_>,
+        bias: Option<View<'_>>,
+        w: &Window,
+    ) -> Result<Arc<dyn Buffer>> {
+        self.conv2d_with(x, weight, bias, w, true)
     }
 
     fn conv2d_input_grad(
@@ -1001,8 +999,8 @@ impl Backend for CpuBackend {
             p.pad = pad;
             let op = "conv2d_input_grad";
             return match dy.buf.dtype() {
-                DType::F32 => self.conv2d_winograd::<f32>(op, dy, weight, None, &p, true),
-                _ => self.conv2d_winograd::<f64>(op, dy, weight, None, &p, true),
+                DType::F32 => self.conv2d_winograd::<f32>(op, dy, weight, None, &p, [true, false]),
+                _ => self.conv2d_winograd::<f64>(op, dy, weight, None, &p, [true, false]),
             };
         }
         if !Self::gemm_conv(dy.buf.dtype(), [ds[0], ws[1], ws[0]]) {
@@ -1109,6 +1107,7 @@ impl CpuBackend {
         weight: View<'_>,
         bias: Option<View<'_>>,
         w: &Window,
+        relu: bool,
     ) -> Result<Arc<dyn Buffer>> {
         let op = "conv2d";
         let (xs, ws) = (x.layout.shape(), weight.layout.shape());
@@ -1129,11 +1128,55 @@ impl CpuBackend {
             let yc = &mut y[r.start * o * l..r.end * o * l];
             cv::from_channel_major(&ycm, [nc, o, l], bd, yc);
         }
+        if relu {
+            relu_in_place(&mut y);
+        }
         out(y)
     }
 
+    /// [`Backend::conv2d`], and with `relu` [`Backend::conv2d_relu`]: the direct kernels take
+    /// the ReLU in their last pass, the GEMM paths over their fresh output in place.
+    fn conv2d_with(
+        &self,
+        x: View<'_>,
+        weight: View<'_>,
+        bias: Option<View<'_>>,
+        w: &Window,
+        relu: bool,
+    ) -> Result<Arc<dyn Buffer>> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), weight.layout.shape()[0], w) {
+            let (mut hx, mut hw, mut hb) = (None, None, None);
+            let xs = self.rows::<f32>("conv2d", x, &mut hx)?;
+            let ws = self.rows::<f32>("conv2d", weight, &mut hw)?;
+            let bs = bias
+                .map(|b| self.rows::<f32>("conv2d", b, &mut hb))
+                .transpose()?;
+            return out(cd::forward(xs, ws, bs, &p, relu));
+        }
+        let (xs, ws) = (x.layout.shape(), weight.layout.shape());
+        if let Some(p) = winograd_plan(x.buf.dtype(), xs, ws[0], w) {
+            return match x.buf.dtype() {
+                DType::F32 => {
+                    self.conv2d_winograd::<f32>("conv2d", x, weight, bias, &p, [false, relu])
+                }
+                _ => self.conv2d_winograd::<f64>("conv2d", x, weight, bias, &p, [false, relu]),
+            };
+        }
+        if !Self::gemm_conv(x.buf.dtype(), [xs[0], xs[1], ws[0]]) {
+            return match relu {
+                true => fallback::conv2d_relu(self, x, weight, bias, w),
+                false => fallback::conv2d(self, x, weight, bias, w),
+            };
+        }
+        match x.buf.dtype() {
+            DType::F32 => self.conv2d_gemm::<f32>(x, weight, bias, w, relu),
+            _ => self.conv2d_gemm::<f64>(x, weight, bias, w, relu),
+        }
+    }
+
     /// A Winograd convolution of `src` by `weight` `[O, C, 3, 3]` (`flipped`: the input
-    /// gradient, `src` being `dy`).
+    /// gradient, `src` being `dy`), followed by a ReLU with `relu`.
     fn conv2d_winograd<T: ConvFloat>(
         &self,
         op: &'static str,
@@ -1141,7 +1184,7 @@ impl CpuBackend {
         weight: View<'_>,
         bias: Option<View<'_>>,
         p: &wg::Plan,
-        flipped: bool,
+        [flipped, relu]: [bool; 2],
     ) -> Result<Arc<dyn Buffer>> {
         let mut hold: [Option<Arc<dyn Buffer>>; 3] = Default::default();
         let [h0, h1, h2] = &mut hold;
@@ -1150,8 +1193,11 @@ impl CpuBackend {
         let bd = bias.map(|b| self.rows::<T>(op, b, h2)).transpose()?;
         let ws = weight.layout.shape();
         let u = wg::kernels(wd, [ws[0], ws[1]], flipped);
-        let y = wg::conv(sd, &u, bd, p, T::mm);
+        let mut y = wg::conv(sd, &u, bd, p, T::mm);
         buffer::recycle(u);
+        if relu {
+            relu_in_place(&mut y);
+        }
         out(y)
     }
 

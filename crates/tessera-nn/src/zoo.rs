@@ -105,9 +105,9 @@ impl Module for LeNet5 {
     container!();
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(2));
-        let h = t.call("conv1", &self.conv1, x)?.relu()?;
+        let h = t.call_relu("conv1", &self.conv1, x)?;
         let h = t.call("pool1", &pool, &h)?;
-        let h = t.call("conv2", &self.conv2, &h)?.relu()?;
+        let h = t.call_relu("conv2", &self.conv2, &h)?;
         let h = t.call("pool2", &pool, &h)?.flatten(1, -1)?;
         let h = t.call_relu("fc1", &self.fc1, &h)?;
         let h = t.call_relu("fc2", &self.fc2, &h)?;
@@ -242,15 +242,15 @@ impl Module for AlexNet {
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(3).stride(2));
         let lrn = LocalResponseNorm::alexnet();
-        let h = t.call("conv1", &self.conv1, x)?.relu()?;
+        let h = t.call_relu("conv1", &self.conv1, x)?;
         let h = t.call("norm1", &lrn, &h)?;
         let h = t.call("pool1", &pool, &h)?;
-        let h = t.call("conv2", &self.conv2, &h)?.relu()?;
+        let h = t.call_relu("conv2", &self.conv2, &h)?;
         let h = t.call("norm2", &lrn, &h)?;
         let h = t.call("pool2", &pool, &h)?;
-        let h = t.call("conv3", &self.conv3, &h)?.relu()?;
-        let h = t.call("conv4", &self.conv4, &h)?.relu()?;
-        let h = t.call("conv5", &self.conv5, &h)?.relu()?;
+        let h = t.call_relu("conv3", &self.conv3, &h)?;
+        let h = t.call_relu("conv4", &self.conv4, &h)?;
+        let h = t.call_relu("conv5", &self.conv5, &h)?;
         let h = t.call("pool5", &pool, &h)?.flatten(1, -1)?;
         let h = t.call_relu("fc6", &self.fc6, &self.drop6.forward(&h)?)?;
         let h = t.call_relu("fc7", &self.fc7, &self.drop7.forward(&h)?)?;
@@ -305,7 +305,7 @@ impl Module for GoogLeNetSmall {
     container!();
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(2));
-        let h = t.call("stem", &self.stem, x)?.relu()?;
+        let h = t.call_relu("stem", &self.stem, x)?;
         let h = t.call("pool1", &pool, &h)?;
         let h = t.call("inception3a", &self.inception3a, &h)?;
         let h = t.call("inception3b", &self.inception3b, &h)?;

@@ -509,6 +509,19 @@ pub fn lstm_cell_backward<B: Backend + ?Sized>(
     Ok([dz, dc_prev])
 }
 
+/// `conv2d_relu` as the backend's `conv2d` and a relu.
+pub fn conv2d_relu<B: Backend + ?Sized>(
+    be: &B,
+    x: View<'_>,
+    weight: View<'_>,
+    bias: Option<View<'_>>,
+    w: &Window,
+) -> Result<Arc<dyn Buffer>> {
+    let y = be.conv2d(x, weight, bias, w)?;
+    let l = Layout::contiguous(&[y.len()]);
+    be.unary(UnaryOp::Relu, view(&y, &l))
+}
+
 /// `add_relu` as an add and a relu.
 pub fn add_relu<B: Backend + ?Sized>(be: &B, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
     let sum = be.binary(BinaryOp::Add, a, b)?;

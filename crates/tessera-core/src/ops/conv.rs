@@ -190,7 +190,18 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     opts: &ConvOptions,
 ) -> Result<Tensor> {
-    conv_nd("conv2d", x, weight, bias, opts)
+    conv_nd("conv2d", x, weight, bias, opts, false)
+}
+
+/// `relu(conv2d(x, weight, bias))`: a convolution layer and its activation as one op, the ReLU
+/// in the convolution's last pass where the backend can ([`crate::Backend::conv2d_relu`]).
+pub fn conv2d_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &ConvOptions,
+) -> Result<Tensor> {
+    conv_nd("conv2d_relu", x, weight, bias, opts, true)
 }
 
 /// 1-d convolution: `x` `[N, C_in, L]`, `weight` `[C_out, C_in/groups, K]`, `bias` `[C_out]`.
@@ -237,16 +248,25 @@ pub fn conv1d(
         dilation: lift(&opts.dilation),
         groups: opts.groups,
     };
-    let y = conv_nd("conv1d", &x.unsqueeze(2)?, &weight.unsqueeze(2)?, bias, &o2)?;
+    let y = conv_nd(
+        "conv1d",
+        &x.unsqueeze(2)?,
+        &weight.unsqueeze(2)?,
+        bias,
+        &o2,
+        false,
+    )?;
     y.squeeze(2)
 }
 
+/// A 2-d convolution (`conv1d` lifts its operands), followed by a ReLU with `relu`.
 fn conv_nd(
     op: &'static str,
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     opts: &ConvOptions,
+    relu: bool,
 ) -> Result<Tensor> {
     same_kind(op, x, weight)?;
     super::float_only(op, x)?;
@@ -293,14 +313,23 @@ fn conv_nd(
             same_kind(op, x, b)?;
         }
         let backend = x.device().backend();
-        let y = x.output(
-            backend.conv2d(x.view(), weight.view(), bias.map(|b| b.view()), &win)?,
-            &[n, o, out[0], out[1]],
-        );
-        let (xs, ws) = (x.clone(), weight.clone());
+        let (xv, wv, bv) = (x.view(), weight.view(), bias.map(|b| b.view()));
+        let buf = if relu {
+            backend.conv2d_relu(xv, wv, bv, &win)?
+        } else {
+            backend.conv2d(xv, wv, bv, &win)?
+        };
+        let y = x.output(buf, &[n, o, out[0], out[1]]);
+        let (xs, ws, yd) = (x.clone(), weight.clone(), y.detach());
         let mut inputs = vec![x, weight];
         inputs.extend(bias);
-        return Ok(y.record_op("conv2d", &inputs, move |gy, needs| {
+        return Ok(y.record_op(op, &inputs, move |gy, needs| {
+            // The ReLU's gradient first (from the output), then the convolution's.
+            let gy = if relu {
+                &super::elementwise::relu_grad(gy, &yd)?
+            } else {
+                gy
+            };
             // Both gradients and the bias sum read gy: copy a broadcast seed (the gradient of
             // a sum) or other strided view once, not once per reader.
             let gy = &gy.contiguous()?;
@@ -328,7 +357,12 @@ fn conv_nd(
     let cols = unfold(x, &win, 0.0)?.reshape_usize(&[n, g, cg * win.taps(), win.positions()])?;
     let wg = weight.reshape_usize(&[g, o / g, cg * win.taps()])?;
     let y = wg.matmul(&cols)?.reshape_usize(&[n, o, out[0], out[1]])?;
-    add_bias(op, y, bias, o)
+    let y = add_bias(op, y, bias, o)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
 }
 
 /// The gradients of a one-group conv2d written with recorded ops (im2col and products), for

@@ -617,7 +617,7 @@ impl std::ops::Neg for &Tensor {
 
 /// ReLU's gradient `g·[not y <= 0]` from its output `y`: one backend pass, or recorded ops under
 /// `create_graph` (the mask is a constant either way).
-fn relu_grad(g: &Tensor, y: &Tensor) -> Result<Tensor> {
+pub(crate) fn relu_grad(g: &Tensor, y: &Tensor) -> Result<Tensor> {
     if is_grad_enabled() {
         // 1 - (y <= 0): a NaN output passes its gradient on (PyTorch's rule).
         let mask = y.le(&y.scalar_like(0.0)?)?.neg()?.add_scalar(1.0)?;

@@ -181,7 +181,7 @@ pub fn input_grad(dy: &[f32], weight: &[f32], p: &Plan) -> Vec<f32> {
         pad: [p.k[0] - 1 - p.pad[0], p.k[1] - 1 - p.pad[1]],
         out: [p.h, p.w],
     };
-    forward(dy, &flipped, None, &q)
+    forward(dy, &flipped, None, &q, false)
 }
 
 /// The weight gradient `[o, c, k0, k1]` of the convolution `p` from `x` and `dy`.
@@ -211,7 +211,8 @@ fn forward_blocks(o: usize) -> Vec<(usize, usize)> {
 
 /// `y` `[n, o, out0, out1]` = `bias` + the cross-correlation of `x` `[n, c, h, w]` with
 /// `weight` `[o, c, k0, k1]` (all contiguous). Call only when [`available`].
-pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec<f32> {
+/// With `relu`, the outputs leave through a ReLU (a layer's activation, in the same pass).
+pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan, relu: bool) -> Vec<f32> {
     const PB: usize = 2;
     let taps = p.taps();
     let blocks = forward_blocks(p.o);
@@ -275,10 +276,18 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan) -> Vec
                         }
                     }
                 }
-                // Drop the rounding past the last position.
+                // Drop the rounding past the last position (and apply the ReLU, while the
+                // image's outputs are in cache).
                 let l = p.positions();
                 for (o, y_o) in y_img.chunks_mut(l).enumerate() {
-                    y_o.copy_from_slice(&acc[o * wide..o * wide + l]);
+                    let src = &acc[o * wide..o * wide + l];
+                    if relu {
+                        for (d, &s) in y_o.iter_mut().zip(src) {
+                            *d = if s <= 0.0 { 0.0 } else { s };
+                        }
+                    } else {
+                        y_o.copy_from_slice(src);
+                    }
                 }
             }
         });

@@ -1,7 +1,7 @@
 use crate::init::{default_uniform, Ctx};
 use crate::module::{Module, Named, Parameter};
 use tessera_core::ops::conv::{
-    conv1d, conv2d, conv_transpose2d, ConvOptions, ConvTransposeOptions,
+    conv1d, conv2d, conv2d_relu, conv_transpose2d, ConvOptions, ConvTransposeOptions,
 };
 use tessera_core::{Result, Tensor};
 
@@ -60,6 +60,11 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
         conv2d(x, &self.weight.tensor(), b.as_ref(), &self.options)
+    }
+    /// The convolution and its ReLU as one op ([`conv2d_relu`]).
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        let b = self.bias.as_ref().map(|b| b.tensor());
+        conv2d_relu(x, &self.weight.tensor(), b.as_ref(), &self.options)
     }
     fn kind(&self) -> String {
         "Conv2d".into()
