@@ -446,3 +446,64 @@ fn scale_add_writes_only_what_nothing_else_sees() -> Result<()> {
     assert_eq!(a.to_vec::<f32>()?, vec![10.5, 21.0, 11.5, 22.0]);
     Ok(())
 }
+
+/// `Sequential` hands a layer followed by a ReLU to the layer's `forward_relu` (a `Linear` then
+/// adds its bias and applies the ReLU in one pass): the outputs and every parameter's gradient
+/// equal the layers written out by hand, and a summary still lists the ReLU layers.
+#[test]
+fn sequential_fuses_a_layer_and_its_relu_with_the_same_results() -> Result<()> {
+    use tessera::nn::{summary, Activation, Linear, Sequential};
+    let device = Device::parse("cpu")?;
+    let mut ctx = Ctx::new(&device, 3);
+    let net = Sequential::new()
+        .add(Linear::new(&mut ctx, 6, 5)?)
+        .add(Activation::Relu)
+        .add(Linear::new(&mut ctx, 5, 4)?)
+        .add(Activation::Relu)
+        .add(Linear::new(&mut ctx, 4, 3)?)
+        .add(Activation::Tanh);
+    let mut gen = Generator::new(4);
+    let x = Tensor::randn(&[7, 6], 0.0, 2.0, DType::F32, &mut gen, &device)?;
+    let params: BTreeMap<String, Tensor> = net
+        .named_parameters()
+        .into_iter()
+        .map(|(name, p)| (name, p.tensor()))
+        .collect();
+    let p = |name: &str| -> Result<&Tensor> {
+        params
+            .get(name)
+            .ok_or_else(|| Error::invalid("test", format!("no parameter {name}")))
+    };
+    let by_hand = x
+        .linear(p("0.weight")?, Some(p("0.bias")?))?
+        .relu()?
+        .linear(p("2.weight")?, Some(p("2.bias")?))?
+        .relu()?
+        .linear(p("4.weight")?, Some(p("4.bias")?))?
+        .tanh()?;
+    // The first ReLU clips some of its inputs, so a wrong fusion would show.
+    let pre = x
+        .linear(p("0.weight")?, Some(p("0.bias")?))?
+        .to_vec::<f32>()?;
+    assert!(pre.iter().any(|v| *v < 0.0) && pre.iter().any(|v| *v > 0.0));
+    let y = net.forward(&x)?;
+    assert_eq!(y.to_vec::<f32>()?, by_hand.to_vec::<f32>()?);
+    let g_net = y.square()?.sum_all()?.backward()?;
+    let g_hand = by_hand.square()?.sum_all()?.backward()?;
+    for (name, t) in &params {
+        let grad = |g: &tessera::core::Gradients| -> Result<Vec<f32>> {
+            g.get(t)
+                .ok_or_else(|| Error::invalid("test", format!("no gradient for {name}")))?
+                .to_vec::<f32>()
+        };
+        assert_eq!(grad(&g_net)?, grad(&g_hand)?, "{name}");
+    }
+    let kinds: Vec<String> = summary(&net, &x)?
+        .rows
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds.len(), 6, "{kinds:?}");
+    assert_eq!(kinds[1], "Relu");
+    Ok(())
+}

@@ -200,7 +200,7 @@ fn int_pow(a: i64, b: i64) -> i64 {
     }
 }
 
-/// `max(x, 0)` as the `relu` kernel computes it.
+/// `max(x, 0)` as the `relu` kernel computes it; a NaN stays NaN (PyTorch's rule).
 #[inline(always)]
 fn relu<T: kernels::Num>(x: T) -> T {
     if x <= T::zero() {
@@ -221,7 +221,7 @@ fn relu_in_place<T: kernels::Num>(v: &mut [T]) {
     }
 }
 
-/// ReLU's gradient from its output: `g` where `y > 0`.
+/// ReLU's gradient from its output: 0 where `y <= 0`, else `g` (also at a NaN, as PyTorch).
 #[inline(always)]
 fn relu_grad<T: kernels::Num>(g: T, y: T) -> T {
     if y <= T::zero() {

@@ -150,6 +150,12 @@ pub trait Module {
         self.forward(x)?.relu()
     }
 
+    /// Whether this layer is exactly a ReLU, so a container may hand it to the layer before
+    /// ([`Module::forward_relu`]), as [`Sequential`] does.
+    fn is_relu(&self) -> bool {
+        false
+    }
+
     /// Parameters and buffers with PyTorch's `state_dict` names, in a stable order.
     fn named_parameters(&self) -> Named;
 
@@ -239,10 +245,21 @@ impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.trace(x, &mut Trace::off())
     }
+    /// Runs the layers in order; a layer followed by a ReLU runs both through its
+    /// [`Module::forward_relu`] (one pass where it can, e.g. a `Linear`'s bias and the ReLU),
+    /// except when recording a summary, which lists every layer.
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let mut h = x.clone();
-        for (i, l) in self.layers.iter().enumerate() {
-            h = t.call(&i.to_string(), l.as_ref(), &h)?;
+        let mut i = 0;
+        while let Some(l) = self.layers.get(i) {
+            let next_relu = self.layers.get(i + 1).is_some_and(|n| n.is_relu());
+            if next_relu && !t.is_recording() {
+                h = l.forward_relu(&h)?;
+                i += 2;
+            } else {
+                h = t.call(&i.to_string(), l.as_ref(), &h)?;
+                i += 1;
+            }
         }
         Ok(h)
     }

@@ -36,6 +36,11 @@ impl Trace {
         }
     }
 
+    /// Whether this trace records summary rows (else it only runs the forward pass).
+    pub fn is_recording(&self) -> bool {
+        self.rows.is_some()
+    }
+
     /// Runs child `m` (named `name`) on `x`, recording its row (or its children's rows).
     pub fn call(&mut self, name: &str, m: &dyn Module, x: &Tensor) -> Result<Tensor> {
         self.record(name, m, x, false)
