@@ -49,7 +49,7 @@ impl Trace {
     /// `relu(m(x))` through [`Module::forward_relu`] (the layer may fuse the ReLU), recorded as
     /// [`Trace::call`] records `m` when tracing.
     pub fn call_relu(&mut self, name: &str, m: &dyn Module, x: &Tensor) -> Result<Tensor> {
-        if self.rows.is_none() {
+        if !self.is_recording() {
             return m.forward_relu(x);
         }
         self.call(name, m, x)?.relu()
@@ -61,7 +61,7 @@ impl Trace {
     }
 
     fn record(&mut self, name: &str, m: &dyn Module, x: &Tensor, separate: bool) -> Result<Tensor> {
-        if self.rows.is_none() {
+        if !self.is_recording() {
             return m.forward(x);
         }
         self.prefix.push(name.to_string());

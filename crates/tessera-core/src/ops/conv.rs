@@ -320,15 +320,16 @@ fn conv_nd(
             backend.conv2d(xv, wv, bv, &win)?
         };
         let y = x.output(buf, &[n, o, out[0], out[1]]);
-        let (xs, ws, yd) = (x.clone(), weight.clone(), y.detach());
+        // The output is kept for the ReLU's gradient only (a plain convolution's backward
+        // does not read it).
+        let (xs, ws, yd) = (x.clone(), weight.clone(), relu.then(|| y.detach()));
         let mut inputs = vec![x, weight];
         inputs.extend(bias);
         return Ok(y.record_op(op, &inputs, move |gy, needs| {
             // The ReLU's gradient first (from the output), then the convolution's.
-            let gy = if relu {
-                &super::elementwise::relu_grad(gy, &yd)?
-            } else {
-                gy
+            let gy = match &yd {
+                Some(y) => &super::elementwise::relu_grad(gy, y)?,
+                None => gy,
             };
             // Both gradients and the bias sum read gy: copy a broadcast seed (the gradient of
             // a sum) or other strided view once, not once per reader.
