@@ -82,7 +82,8 @@ pub struct Plan {
 /// chunks of whole images under it.
 const BUDGET: usize = 8 << 20;
 
-/// Images per chunk: as many as fit [`BUDGET`] (at least one), in chunks of equal size.
+/// Images per chunk: as many as fit 8 MiB of transformed data (at least one), in chunks of
+/// equal size.
 pub fn chunk_images<T>(p: &Plan) -> usize {
     let tl = tiles(p.out);
     let per_image = (p.c + p.o) * 16 * tl[0] * tl[1] * std::mem::size_of::<T>();
@@ -91,8 +92,8 @@ pub fn chunk_images<T>(p: &Plan) -> usize {
 }
 
 /// `y` `[n, o, out0, out1]` from `x` `[n, c, h, w]` (contiguous), the transformed kernels
-/// `u` ([`kernels`]) and the bias: images in chunks ([`BUDGET`]), each chunk's 16 products
-/// one batched `mm`.
+/// `u` ([`kernels`]) and the bias: images in chunks ([`chunk_images`]), each chunk's 16
+/// products one batched `mm`.
 pub fn conv<T: Num>(
     x: &[T],
     u: &[T],
