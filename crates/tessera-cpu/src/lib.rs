@@ -1127,6 +1127,9 @@ impl CpuBackend {
             let ycm = T::mm(wd, &wl, &cols, &Layout::contiguous(&[ct, nc * l]));
             let yc = &mut y[r.start * o * l..r.end * o * l];
             cv::from_channel_major(&ycm, [nc, o, l], bd, yc);
+            // Back to the pool: freed, these would page-fault in again for the next chunk.
+            buffer::recycle(cols);
+            buffer::recycle(ycm);
         }
         if relu {
             relu_in_place(&mut y);
@@ -1239,6 +1242,7 @@ impl CpuBackend {
             let cols = T::mm(wd, &wt, dycm, &Layout::contiguous(&[o, nc * l]));
             let dxc = &mut dx[r.start * image..r.end * image];
             cv::fold_channel_major_into(&cols, [nc, c], hw, w, dxc);
+            buffer::recycle(cols);
         }
         out(dx)
     }
@@ -1272,6 +1276,7 @@ impl CpuBackend {
             );
             let beta = if k == 0 { T::zero() } else { T::one() };
             T::mm_into(dycm, &ld, &cols, &lc, &mut dw, beta);
+            buffer::recycle(cols);
         }
         out(dw)
     }
