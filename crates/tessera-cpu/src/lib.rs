@@ -16,6 +16,7 @@ pub use buffer::{CpuBuffer, CpuStorage};
 use buffer::CpuElem;
 #[cfg(target_arch = "x86_64")]
 use kernels::conv_direct as cd;
+use kernels::elementwise::{relu, relu_grad};
 use kernels::{
     conv as cv, elementwise as ew, matmul as mm, reduce as rd, rnn, shape as sh, winograd as wg,
     Float, Num,
@@ -200,16 +201,6 @@ fn int_pow(a: i64, b: i64) -> i64 {
     }
 }
 
-/// `max(x, 0)` as the `relu` kernel computes it; a NaN stays NaN (PyTorch's rule).
-#[inline(always)]
-fn relu<T: kernels::Num>(x: T) -> T {
-    if x <= T::zero() {
-        T::zero()
-    } else {
-        x
-    }
-}
-
 /// [`relu`] over a kernel's fresh output, in place (parallel from [`kernels::PAR_MIN`]).
 fn relu_in_place<T: kernels::Num>(v: &mut [T]) {
     use rayon::prelude::*;
@@ -218,16 +209,6 @@ fn relu_in_place<T: kernels::Num>(v: &mut [T]) {
         pass(v)
     } else {
         v.par_chunks_mut(kernels::CHUNK).for_each(pass)
-    }
-}
-
-/// ReLU's gradient from its output: 0 where `y <= 0`, else `g` (also at a NaN, as PyTorch).
-#[inline(always)]
-fn relu_grad<T: kernels::Num>(g: T, y: T) -> T {
-    if y <= T::zero() {
-        T::zero()
-    } else {
-        g
     }
 }
 

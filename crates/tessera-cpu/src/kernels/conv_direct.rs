@@ -283,7 +283,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, p: &Plan, relu: 
                     let src = &acc[o * wide..o * wide + l];
                     if relu {
                         for (d, &s) in y_o.iter_mut().zip(src) {
-                            *d = if s <= 0.0 { 0.0 } else { s };
+                            *d = super::elementwise::relu(s);
                         }
                     } else {
                         y_o.copy_from_slice(src);

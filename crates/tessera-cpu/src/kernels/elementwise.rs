@@ -20,8 +20,7 @@ pub fn unary_num<T: Num>(op: UnaryOp, x: &[T], l: &Layout) -> Option<Vec<T>> {
                 v
             }
         }),
-        // `v <= 0`, not `v > 0`, so a NaN passes through as in PyTorch.
-        UnaryOp::Relu => map1(x, l, move |v: T| if v <= z { z } else { v }),
+        UnaryOp::Relu => map1(x, l, relu),
         UnaryOp::Square => map1(x, l, |v: T| v * v),
         UnaryOp::AddScalar(c) => {
             let c = T::from_f64(c);
@@ -196,4 +195,25 @@ pub fn random<T: Num>(len: usize, dist: Distribution, seed: u64, offset: u64) ->
         }
     });
     out
+}
+
+/// `max(x, 0)`, the one ReLU rule of the CPU kernels: `x <= 0` rather than `x > 0`, so a NaN
+/// stays NaN (PyTorch's rule).
+#[inline(always)]
+pub fn relu<T: Num>(x: T) -> T {
+    if x <= T::zero() {
+        T::zero()
+    } else {
+        x
+    }
+}
+
+/// ReLU's gradient from its output: 0 where `y <= 0`, else `g` (also at a NaN, as PyTorch).
+#[inline(always)]
+pub fn relu_grad<T: Num>(g: T, y: T) -> T {
+    if y <= T::zero() {
+        T::zero()
+    } else {
+        g
+    }
 }
