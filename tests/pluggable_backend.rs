@@ -84,6 +84,7 @@ impl Backend for ToyBackend {
     fn lstm_sequence(
         &self,
         xp: View<'_>,
+        bias: Option<View<'_>>,
         w_t: View<'_>,
         h0: View<'_>,
         c0: View<'_>,
@@ -95,6 +96,10 @@ impl Backend for ToyBackend {
         let (x, wt) = (read(&xp)?, read(&w_t)?);
         let s = xp.layout.shape();
         let (t_len, b, g4) = (s[0], s[1], s[2]);
+        let bias = match bias {
+            Some(v) => read(&v)?,
+            None => vec![0.0; g4],
+        };
         let h = g4 / 4;
         let (mut hs, mut cs) = (read(&h0)?, read(&c0)?);
         let state = || vec![0.0; t_len * b * h];
@@ -110,6 +115,7 @@ impl Backend for ToyBackend {
                     let z = |gate: usize| {
                         let q = gate * h + u;
                         x[(t * b + j) * g4 + q]
+                            + bias[q]
                             + (0..h).map(|p| hs[j * h + p] * wt[p * g4 + q]).sum::<f64>()
                     };
                     let a = [sig(z(0)), sig(z(1)), z(2).tanh(), sig(z(3))];

@@ -176,9 +176,18 @@ pub struct LstmSequence {
     pub tanh_c: Arc<dyn Buffer>,
 }
 
-/// What [`Backend::lstm_sequence_backward`] returns: the gradient of the pre-activations
-/// `[T, B, 4H]`, of `h0` `[B, H]` (when asked for) and of `c0` `[B, H]`.
-pub type LstmSequenceGrads = (Arc<dyn Buffer>, Option<Arc<dyn Buffer>>, Arc<dyn Buffer>);
+/// What [`Backend::lstm_sequence_backward`] returns, each a new contiguous buffer.
+pub struct LstmSequenceGrads {
+    /// `[T, B, 4H]`: the gradient of the pre-activations (that of `xp`).
+    pub dz: Arc<dyn Buffer>,
+    /// `[B, H]`: the gradient of `h0`, when asked for.
+    pub dh0: Option<Arc<dyn Buffer>>,
+    /// `[B, H]`: the gradient of `c0`.
+    pub dc0: Arc<dyn Buffer>,
+    /// `[4H]`: the gradient of the bias (`dz` summed over steps and rows), when asked for.
+    /// A backend may leave it to core (`None`), which then sums `dz` itself.
+    pub db: Option<Arc<dyn Buffer>>,
+}
 
 /// What [`Backend::max_pool2d`] returns: the maxima, and the plane index of each when asked.
 pub type Pooled = (Arc<dyn Buffer>, Option<Arc<dyn Buffer>>);
@@ -380,29 +389,34 @@ pub trait Backend: Send + Sync + Debug + 'static {
     }
 
     /// A whole LSTM sequence (every step of [`Backend::lstm_cell`] and its recurrent product)
-    /// in one call: `xp` `[T, B, 4H]` holds each step's input projection with both biases
-    /// added, `w_t` `[H, 4H]` is `W_hhᵀ` (contiguous), `h0` and `c0` `[B, H]`; `reverse` runs the
-    /// steps from `T - 1` down to 0. A backend can then keep its threads and caches across the
-    /// steps instead of dispatching two ops per step. `None` (the default) where the backend
-    /// has no sequence kernel for these operands: core then runs the steps one by one.
+    /// in one call: `xp` `[T, B, 4H]` holds each step's input projection, `bias` `[4H]` (when
+    /// given; both biases summed) is added to every step's pre-activations, `w_t` `[H, 4H]` is
+    /// `W_hhᵀ` (contiguous), `h0` and `c0` `[B, H]`; `reverse` runs the steps from `T - 1` down
+    /// to 0. A backend can then keep its threads and caches across the steps instead of
+    /// dispatching two ops per step, and add the bias on the way instead of in a pass of its
+    /// own. `None` (the default) where the backend has no sequence kernel for these operands:
+    /// core then adds the bias and runs the steps one by one.
     fn lstm_sequence(
         &self,
         xp: View<'_>,
+        bias: Option<View<'_>>,
         w_t: View<'_>,
         h0: View<'_>,
         c0: View<'_>,
         reverse: bool,
     ) -> Result<Option<LstmSequence>> {
-        let _ = (xp, w_t, h0, c0, reverse);
+        let _ = (xp, bias, w_t, h0, c0, reverse);
         Ok(None)
     }
 
     /// Backpropagation through a sequence run by [`Backend::lstm_sequence`]: from `w_hh`
     /// `[4H, H]`, the forward's `act`, `c_prev` and `tanh_c`, and `grad` `[T + 1, B, H]` (the
     /// gradient of its `out`: of each `h_t`, then of the last cell state), the gradients
-    /// [`LstmSequenceGrads`]; that of `h0` only with `need_h0`. The weight gradients are
-    /// the caller's (one GEMM over all steps). `None` (the default) where the backend has no
-    /// sequence kernel: core then walks the steps with [`Backend::lstm_cell_backward`].
+    /// [`LstmSequenceGrads`]; that of `h0` only with `need_h0`, that of the bias only with
+    /// `need_bias` (and then optionally: core sums `dz` where the backend does not). The
+    /// weight gradients are the caller's (one GEMM over all steps). `None` (the default) where
+    /// the backend has no sequence kernel: core then walks the steps with
+    /// [`Backend::lstm_cell_backward`].
     #[allow(clippy::too_many_arguments)]
     fn lstm_sequence_backward(
         &self,
@@ -413,8 +427,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
         grad: View<'_>,
         reverse: bool,
         need_h0: bool,
+        need_bias: bool,
     ) -> Result<Option<LstmSequenceGrads>> {
-        let _ = (w_hh, act, c_prev, tanh_c, grad, reverse, need_h0);
+        let _ = (w_hh, act, c_prev, tanh_c, grad, reverse, need_h0, need_bias);
         Ok(None)
     }
 

@@ -309,14 +309,16 @@ impl CpuBackend {
     fn lstm_sequence_typed<T: rnn::SeqFloat>(
         &self,
         v: [View<'_>; 4],
+        bias: Option<View<'_>>,
         reverse: bool,
     ) -> Result<LstmSequence> {
         let (xs, hs) = (v[0].layout.shape(), v[2].layout.shape());
-        let mut hold: [Option<Arc<dyn Buffer>>; 4] = Default::default();
-        let [h0, h1, h2, h3] = &mut hold;
+        let mut hold: [Option<Arc<dyn Buffer>>; 5] = Default::default();
+        let [h0, h1, h2, h3, h4] = &mut hold;
         let op = "lstm_sequence";
         let f = rnn::lstm_sequence(
             self.rows::<T>(op, v[0], h0)?,
+            bias.map(|b| self.rows::<T>(op, b, h4)).transpose()?,
             self.rows::<T>(op, v[1], h1)?,
             self.rows::<T>(op, v[2], h2)?,
             self.rows::<T>(op, v[3], h3)?,
@@ -338,13 +340,13 @@ impl CpuBackend {
         &self,
         v: [View<'_>; 5],
         reverse: bool,
-        need_h0: bool,
+        [need_h0, need_bias]: [bool; 2],
     ) -> Result<LstmSequenceGrads> {
         let s = v[2].layout.shape();
         let mut hold: [Option<Arc<dyn Buffer>>; 5] = Default::default();
         let [h0, h1, h2, h3, h4] = &mut hold;
         let op = "lstm_sequence_backward";
-        let (dz, dh0, dc0) = rnn::lstm_sequence_backward(
+        let g = rnn::lstm_sequence_backward(
             self.rows::<T>(op, v[0], h0)?,
             self.rows::<T>(op, v[1], h1)?,
             self.rows::<T>(op, v[2], h2)?,
@@ -352,10 +354,15 @@ impl CpuBackend {
             self.rows::<T>(op, v[4], h4)?,
             [s[0], s[1], s[2]],
             reverse,
-            need_h0,
+            [need_h0, need_bias],
             rnn::seq_threads(s[1], s[2]),
         );
-        Ok((out(dz)?, dh0.map(out).transpose()?, out(dc0)?))
+        Ok(LstmSequenceGrads {
+            dz: out(g.dz)?,
+            dh0: g.dh0.map(out).transpose()?,
+            dc0: out(g.dc0)?,
+            db: g.db.map(out).transpose()?,
+        })
     }
 
     /// Images `r` of `dy` `[N, O, OH, OW]` as a contiguous `[O, n·positions]`.
@@ -866,6 +873,7 @@ impl Backend for CpuBackend {
     fn lstm_sequence(
         &self,
         xp: View<'_>,
+        bias: Option<View<'_>>,
         w_t: View<'_>,
         h0: View<'_>,
         c0: View<'_>,
@@ -878,12 +886,14 @@ impl Backend for CpuBackend {
             && x[0] * h[0] * h[1] > 0
             && x[1..] == [h[0], 4 * h[1]]
             && w_t.layout.shape() == [h[1], 4 * h[1]]
-            && c0.layout.shape() == h;
+            && c0.layout.shape() == h
+            && bias
+                .is_none_or(|b| b.layout.shape() == [4 * h[1]] && b.buf.dtype() == xp.buf.dtype());
         let v = [xp, w_t, h0, c0];
         match xp.buf.dtype() {
             _ if !fits || v.iter().any(|v| v.buf.dtype() != xp.buf.dtype()) => Ok(None),
-            DType::F32 => self.lstm_sequence_typed::<f32>(v, reverse).map(Some),
-            DType::F64 => self.lstm_sequence_typed::<f64>(v, reverse).map(Some),
+            DType::F32 => self.lstm_sequence_typed::<f32>(v, bias, reverse).map(Some),
+            DType::F64 => self.lstm_sequence_typed::<f64>(v, bias, reverse).map(Some),
             _ => Ok(None),
         }
     }
@@ -897,6 +907,7 @@ impl Backend for CpuBackend {
         grad: View<'_>,
         reverse: bool,
         need_h0: bool,
+        need_bias: bool,
     ) -> Result<Option<LstmSequenceGrads>> {
         let s = c_prev.layout.shape();
         let fits = s.len() == 3
@@ -909,10 +920,10 @@ impl Backend for CpuBackend {
         match act.buf.dtype() {
             _ if !fits || v.iter().any(|v| v.buf.dtype() != act.buf.dtype()) => Ok(None),
             DType::F32 => self
-                .lstm_sequence_backward_typed::<f32>(v, reverse, need_h0)
+                .lstm_sequence_backward_typed::<f32>(v, reverse, [need_h0, need_bias])
                 .map(Some),
             DType::F64 => self
-                .lstm_sequence_backward_typed::<f64>(v, reverse, need_h0)
+                .lstm_sequence_backward_typed::<f64>(v, reverse, [need_h0, need_bias])
                 .map(Some),
             _ => Ok(None),
         }

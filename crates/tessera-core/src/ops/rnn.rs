@@ -53,13 +53,14 @@ pub struct RnnOutput {
     pub c_n: Option<Tensor>,
 }
 
-/// Runs one direction of one layer over `xp` (input projections `[T, B, G·H]`, input biases
-/// added, and for the LSTM the recurrent biases too), returning the hidden states `[T, B, H]`
-/// in time order and the final state(s). The GRU is composed of recorded ops; the LSTM is one
-/// node ([`lstm_sequence`]).
+/// Runs one direction of one layer over `xp` (input projections `[T, B, G·H]`; for the GRU
+/// with the input bias added, for the LSTM without: its `bias`, both biases summed, goes into
+/// the sequence node), returning the hidden states `[T, B, H]` in time order and the final
+/// state(s). The GRU is composed of recorded ops; the LSTM is one node ([`lstm_sequence`]).
 fn run_direction(
     cell: Cell,
     xp: &Tensor,
+    bias: Option<&Tensor>,
     w: &RnnWeights<'_>,
     h0: Tensor,
     c0: Option<Tensor>,
@@ -67,7 +68,7 @@ fn run_direction(
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     if cell == Cell::Lstm {
         let c0 = c0.ok_or_else(|| Error::invalid("lstm", "missing cell state"))?;
-        return lstm_sequence(xp, w.w_hh, &h0, &c0, reverse);
+        return lstm_sequence(xp, bias, w.w_hh, &h0, &c0, reverse);
     }
     let t_len = xp.dims()[0];
     let hsz = h0.dims()[1];
@@ -217,17 +218,27 @@ fn recurrent_weight_t(w_hh: &Tensor) -> Result<Tensor> {
     w_hh.t()?.contiguous()
 }
 
-/// The trace of a sequence the backend ran in one call, and the node's packed value
-/// `[T + 1, B, H]`; `None` where the backend declines.
+/// The trace of a sequence the backend ran in one call (adding `bias` to every step), and the
+/// node's packed value `[T + 1, B, H]`; `None` where the backend declines.
 fn lstm_sequence_fused(
     xp: &Tensor,
+    bias: Option<&Tensor>,
     w_t: &Tensor,
     h0: &Tensor,
     c0: &Tensor,
     reverse: bool,
 ) -> Result<Option<(LstmTrace, Tensor)>> {
     let be = xp.device().backend();
-    let Some(bufs) = be.lstm_sequence(xp.view(), w_t.view(), h0.view(), c0.view(), reverse)? else {
+    let bias_view = bias.map(|b| b.view());
+    let seq = be.lstm_sequence(
+        xp.view(),
+        bias_view,
+        w_t.view(),
+        h0.view(),
+        c0.view(),
+        reverse,
+    )?;
+    let Some(bufs) = seq else {
         return Ok(None);
     };
     let (t_len, b, hsz) = (xp.dims()[0], h0.dims()[0], h0.dims()[1]);
@@ -279,16 +290,27 @@ fn recurrent_weight_grad(dz: &Tensor, h_prev: &Tensor) -> Result<Tensor> {
         .matmul(&h_prev.reshape_usize(&[rows, hsz])?)
 }
 
+/// `xp + bias` (every step's pre-activations before the recurrent product).
+fn with_bias(xp: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => xp.add(b),
+        None => Ok(xp.clone()),
+    }
+}
+
 /// One LSTM direction as a single tape node with a hand-written BPTT: the per-step backward
 /// needs one GEMM (`dz · W_hh`) and the weight gradient is one GEMM over all steps,
-/// `dZᵀ · H_prev`, instead of one small accumulated GEMM per step. Returns the outputs in time
-/// order as one `[T, B, H]` view of the node's result (one view, so backward pads one
-/// gradient into the node's shape rather than one per step), `h_T` and `c_T`.
+/// `dZᵀ · H_prev`, instead of one small accumulated GEMM per step. `bias` `[4H]` (both biases
+/// summed) is an input of the node, so a backend's sequence kernel adds it, and sums its
+/// gradient, on the way. Returns the outputs in time order as one `[T, B, H]` view of the
+/// node's result (one view, so backward pads one gradient into the node's shape rather than
+/// one per step), `h_T` and `c_T`.
 ///
 /// Under `backward_create_graph` the closure recomputes the forward with recorded ops, so
 /// gradients of gradients see every dependence on the inputs.
 fn lstm_sequence(
     xp: &Tensor,
+    bias: Option<&Tensor>,
     w_hh: &Tensor,
     h0: &Tensor,
     c0: &Tensor,
@@ -298,10 +320,11 @@ fn lstm_sequence(
     // One packed result [T + 1, B, H]: the T outputs, then c_T (h_T is output T-1 or 0).
     let (trace, packed) = crate::no_grad(|| -> Result<_> {
         let w_t = recurrent_weight_t(w_hh)?;
-        if let Some(done) = lstm_sequence_fused(xp, &w_t, h0, c0, reverse)? {
+        if let Some(done) = lstm_sequence_fused(xp, bias, &w_t, h0, c0, reverse)? {
             return Ok(done);
         }
-        let (trace, outs, c_last) = lstm_steps(xp, &w_t, h0, c0, reverse, true)?;
+        let xpb = with_bias(xp, bias)?;
+        let (trace, outs, c_last) = lstm_steps(&xpb, &w_t, h0, c0, reverse, true)?;
         let mut rows: Vec<&Tensor> = outs.iter().collect();
         rows.push(&c_last);
         let packed = Tensor::stack(&rows, 0)?;
@@ -309,18 +332,27 @@ fn lstm_sequence(
     })?;
     let saved = std::rc::Rc::new(trace);
     let (xp_s, w_s, h0_s, c0_s) = (xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
-    let packed = packed.record_op("lstm", &[xp, w_hh, h0, c0], move |gp, needs| {
+    let b_s = bias.cloned();
+    let mut inputs = vec![xp, w_hh, h0, c0];
+    inputs.extend(bias);
+    let packed = packed.record_op("lstm", &inputs, move |gp, needs| {
         // With create_graph, recompute the trace with recorded ops (see above).
         let fresh;
         let recording = crate::tape::is_grad_enabled();
         let tr = if recording {
             let w_t = recurrent_weight_t(&w_s)?;
-            fresh = lstm_steps(&xp_s, &w_t, &h0_s, &c0_s, reverse, false)?.0;
+            let xpb = with_bias(&xp_s, b_s.as_ref())?;
+            fresh = lstm_steps(&xpb, &w_t, &h0_s, &c0_s, reverse, false)?.0;
             &fresh
         } else {
             &*saved
         };
         let (b, hsz) = (h0_s.dims()[0], h0_s.dims()[1]);
+        let need_bias = b_s.is_some() && needs.get(4) == Some(&true);
+        // The bias gradient where the backend left it: dz summed over steps and rows.
+        let bias_grad = |dxp: &Tensor| -> Result<Option<Tensor>> {
+            need_bias.then(|| dxp.sum(&[0, 1], false)).transpose()
+        };
         let be = gp.device().backend();
         if let (false, Some(seq)) = (recording, &tr.seq) {
             let grads = be.lstm_sequence_backward(
@@ -331,12 +363,21 @@ fn lstm_sequence(
                 gp.view(),
                 reverse,
                 needs[2],
+                need_bias,
             )?;
-            if let Some((dz, dh0, dc0)) = grads {
-                let dxp = gp.output(dz, &[t_len, b, 4 * hsz]);
+            if let Some(g) = grads {
+                let dxp = gp.output(g.dz, &[t_len, b, 4 * hsz]);
                 let dw = recurrent_weight_grad(&dxp, &seq.h_prev)?;
+                let db = match g.db {
+                    Some(db) if need_bias => Some(gp.output(db, &[4 * hsz])),
+                    _ => bias_grad(&dxp)?,
+                };
                 let state = |buf| gp.output(buf, &[b, hsz]);
-                return Ok(vec![Some(dxp), Some(dw), dh0.map(state), Some(state(dc0))]);
+                let mut grads = vec![Some(dxp), Some(dw), g.dh0.map(state), Some(state(g.dc0))];
+                if b_s.is_some() {
+                    grads.push(db);
+                }
+                return Ok(grads);
             }
         }
         let expanded;
@@ -391,7 +432,11 @@ fn lstm_sequence(
         let dxp = Tensor::stack(&dz.iter().collect::<Vec<_>>(), 0)?;
         let hp = Tensor::stack(&tr.h_prev.iter().collect::<Vec<_>>(), 0)?;
         let dw = recurrent_weight_grad(&dxp, &hp)?;
-        Ok(vec![Some(dxp), Some(dw), dh_next, Some(dc_next)])
+        let mut grads = vec![Some(dxp.clone()), Some(dw), dh_next, Some(dc_next)];
+        if b_s.is_some() {
+            grads.push(bias_grad(&dxp)?);
+        }
+        Ok(grads)
     });
     let last = if reverse { 0 } else { t_len - 1 };
     let outs = packed.narrow(0, 0, t_len)?;
@@ -481,19 +526,22 @@ pub fn rnn(
             // One GEMM projects every time step's input at once.
             let mut xp = input.matmul(&w.w_ih.t()?)?;
             // The LSTM's two biases both add to every step's pre-activations: summed first,
-            // they cost one pass over `xp` and one reduction in backward instead of two. (The
-            // GRU's b_hh is scaled by the reset gate, so it stays in the recurrence.)
+            // they go into the sequence node, whose kernel adds them on the way (no pass over
+            // `xp` of its own, and no reduction in backward). The GRU's b_ih is added here (its
+            // b_hh is scaled by the reset gate, so it stays in the recurrence).
             let bias = match (cell, w.b_ih, w.b_hh) {
                 (Cell::Lstm, Some(bi), Some(bh)) => Some(bi.add(bh)?),
-                (Cell::Lstm, None, Some(bh)) => Some(bh.clone()),
-                (_, bi, _) => bi.cloned(),
+                (Cell::Lstm, bi, bh) => bi.or(bh).cloned(),
+                (Cell::Gru, bi, _) => {
+                    if let Some(bi) = bi {
+                        xp = xp.add(bi)?;
+                    }
+                    None
+                }
             };
-            if let Some(bias) = &bias {
-                xp = xp.add(bias)?;
-            }
             let h = h0.narrow(0, k, 1)?.squeeze(0)?;
             let c = c0.map(|c| c.narrow(0, k, 1)?.squeeze(0)).transpose()?;
-            let (outs, hl, cl) = run_direction(cell, &xp, w, h, c, d == 1)?;
+            let (outs, hl, cl) = run_direction(cell, &xp, bias.as_ref(), w, h, c, d == 1)?;
             dir_outs.push(outs);
             h_n.push(hl);
             if let Some(cl) = cl {

@@ -359,14 +359,17 @@ fn time_at(s: usize, t_len: usize, reverse: bool) -> usize {
     }
 }
 
-/// A whole LSTM sequence (`[t_len, b, h]`): `xp` `[T, B, 4H]` (input projections, biases
-/// added), `w_t` `[H, 4H]` (`W_hhᵀ`), `h0`, `c0` `[B, H]`, all contiguous, `h > 0`. Each of
+/// A whole LSTM sequence (`[t_len, b, h]`): `xp` `[T, B, 4H]` (input projections), `bias`
+/// `[4H]` added to every step's, `w_t` `[H, 4H]` (`W_hhᵀ`), `h0`, `c0` `[B, H]`, all
+/// contiguous, `h > 0`. Each of
 /// up to `threads` threads owns a range of hidden units — their four gate columns of the
 /// recurrent product, and their cells — for the whole sequence, so a step costs one barrier
 /// (every thread's product reads all of the previous `h`) instead of two parallel ops.
 /// A zero `h0` skips the first product.
+#[allow(clippy::too_many_arguments)]
 pub fn lstm_sequence<T: SeqFloat>(
     xp: &[T],
+    bias: Option<&[T]>,
     w_t: &[T],
     h0: &[T],
     c0: &[T],
@@ -396,6 +399,12 @@ pub fn lstm_sequence<T: SeqFloat>(
         let mut c: Vec<T> = (0..b)
             .flat_map(|j| c0[j * h + u0..j * h + u0 + n].iter().copied())
             .collect();
+        // This thread's bias columns, gate blocks side by side as in `z`.
+        let bias: Option<Vec<T>> = bias.map(|bs| {
+            (0..4)
+                .flat_map(|g| bs[g * h + u0..][..n].iter().copied())
+                .collect()
+        });
         for s in 0..t_len {
             let t = time_at(s, t_len, reverse);
             // SAFETY (this block's `Shared` accesses): rows of step `t` in this thread's
@@ -422,8 +431,20 @@ pub fn lstm_sequence<T: SeqFloat>(
                 let x = &xp[row * 4 * h..(row + 1) * 4 * h];
                 for g in 0..4 {
                     let (zg, rg) = (&mut z[g * n..(g + 1) * n], &r[(j * 4 + g) * n..][..n]);
-                    for ((z, &x), &r) in zg.iter_mut().zip(&x[g * h + u0..]).zip(rg) {
-                        *z = x + r;
+                    let xg = &x[g * h + u0..];
+                    match &bias {
+                        // (x + b) + r: the order of the separate bias pass this replaces.
+                        Some(bs) => {
+                            let bg = &bs[g * n..(g + 1) * n];
+                            for (((z, &x), &b), &r) in zg.iter_mut().zip(xg).zip(bg).zip(rg) {
+                                *z = x + b + r;
+                            }
+                        }
+                        None => {
+                            for ((z, &x), &r) in zg.iter_mut().zip(xg).zip(rg) {
+                                *z = x + r;
+                            }
+                        }
                     }
                 }
                 // SAFETY (the `Shared` slices): step `t`'s rows in this thread's columns.
@@ -466,11 +487,23 @@ pub fn lstm_sequence<T: SeqFloat>(
     f
 }
 
+/// What [`lstm_sequence_backward`] computes: the gradient of the pre-activations `dz`
+/// `[T, B, 4H]`, of `h0` and `c0` `[B, H]`, and of the bias `[4H]` (`dz` summed over steps
+/// and rows).
+pub struct SeqGrads<T> {
+    pub dz: Vec<T>,
+    pub dh0: Option<Vec<T>>,
+    pub dc0: Vec<T>,
+    pub db: Option<Vec<T>>,
+}
+
 /// Backpropagation through [`lstm_sequence`] (same `[t_len, b, h]`): from `w_hh` `[4H, H]`,
 /// the forward's `act`, `c_prev`, `tanh_c`, and `grad` `[T + 1, B, H]` (the gradient of its
-/// `out`), the gradient of the pre-activations `[T, B, 4H]`, of `h0` (with `need_h0`) and of
-/// `c0`. The threads own the same unit ranges as in the forward; a step's `dz` row is complete
-/// after one barrier, then each thread's `dz · W_hh` gives its units' `dh` for the next step.
+/// `out`), the gradients [`SeqGrads`], that of `h0` with `need_h0` and that of the bias with
+/// `need_bias`. The threads own the same unit ranges as in the forward; a step's `dz` row is
+/// complete after one barrier, then each thread's `dz · W_hh` gives its units' `dh` for the
+/// next step. Each thread sums its own gate columns of `dz` into the bias gradient while they
+/// are in registers, which saves a pass over `dz`.
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_sequence_backward<T: SeqFloat>(
     w_hh: &[T],
@@ -480,18 +513,22 @@ pub fn lstm_sequence_backward<T: SeqFloat>(
     grad: &[T],
     [t_len, b, h]: [usize; 3],
     reverse: bool,
-    need_h0: bool,
+    [need_h0, need_bias]: [bool; 2],
     threads: usize,
-) -> (Vec<T>, Option<Vec<T>>, Vec<T>) {
+) -> SeqGrads<T> {
     let mut dz = alloc::<T>(t_len * b * 4 * h);
     let mut dh0 = need_h0.then(|| alloc::<T>(b * h));
     let mut dc0 = alloc::<T>(b * h);
+    let mut db = need_bias.then(|| alloc::<T>(4 * h));
     let (dz_s, dc0_s) = (Shared::new(&mut dz), Shared::new(&mut dc0));
     let dh0_s = dh0.as_deref_mut().map(Shared::new);
+    let db_s = db.as_deref_mut().map(Shared::new);
     let one = T::one();
     run_parts(&unit_ranges(h, threads), |units, barrier| {
         let (u0, n) = (units.start, units.len());
         let mut dh = vec![T::zero(); b * n];
+        // This thread's bias-gradient columns, gate blocks side by side.
+        let mut dbl = vec![T::zero(); if need_bias { 4 * n } else { 0 }];
         let mut dc: Vec<T> = (0..b)
             .flat_map(|j| grad[(t_len * b + j) * h + u0..][..n].iter().copied())
             .collect();
@@ -521,6 +558,13 @@ pub fn lstm_sequence_backward<T: SeqFloat>(
                     d_o[k] = dht * tcs[k] * o * (one - o);
                     dcj[k] = dct * f;
                 }
+                if need_bias {
+                    for (g, d) in [&*di, &*df, &*dg, &*d_o].into_iter().enumerate() {
+                        for (acc, &v) in dbl[g * n..(g + 1) * n].iter_mut().zip(d) {
+                            *acc = *acc + v;
+                        }
+                    }
+                }
             }
             if s == 0 && !need_h0 {
                 break;
@@ -548,8 +592,14 @@ pub fn lstm_sequence_backward<T: SeqFloat>(
                 }
             }
         }
+        if let Some(d) = &db_s {
+            for g in 0..4 {
+                // SAFETY: this thread's gate columns of the bias gradient.
+                unsafe { d.slice_mut(g * h + u0, n) }.copy_from_slice(&dbl[g * n..(g + 1) * n]);
+            }
+        }
     });
-    (dz, dh0, dc0)
+    SeqGrads { dz, dh0, dc0, db }
 }
 
 #[cfg(test)]
@@ -649,26 +699,51 @@ mod tests {
                 );
             }
         };
-        for (reverse, zero_h0) in [(false, true), (false, false), (true, false), (true, true)] {
+        let bias = data(4 * h, 6);
+        // The bias the kernels add to every step, added to `xp` for the reference.
+        let xpb: Vec<T> = xp
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v + bias[i % (4 * h)])
+            .collect();
+        let cases = [
+            (false, true, true),
+            (false, false, false),
+            (true, false, true),
+            (true, true, false),
+        ];
+        for (reverse, zero_h0, with_bias) in cases {
             let h0 = if zero_h0 {
                 vec![T::zero(); b * h]
             } else {
                 data(b * h, 4)
             };
             let c0 = data(b * h, 5);
+            let (x_ref, bias) = if with_bias {
+                (&xpb, Some(&bias[..]))
+            } else {
+                (&xp, None)
+            };
             let [out, act, hp, cp, tc, dz, d0] =
-                reference(&xp, &w_hh, &h0, &c0, &grad, [t_len, b, h], reverse);
+                reference(x_ref, &w_hh, &h0, &c0, &grad, [t_len, b, h], reverse);
+            // The bias gradient: dz summed over steps and rows.
+            let mut db = vec![T::zero(); 4 * h];
+            for (i, &v) in dz.iter().enumerate() {
+                db[i % (4 * h)] = db[i % (4 * h)] + v;
+            }
             // One thread, and unit ranges [0, 32) + [32, 40) and 16 + 16 + 8.
             for threads in [1, 2, 3] {
-                let case = format!("reverse {reverse}, zero h0 {zero_h0}, {threads} threads");
-                let f = lstm_sequence(&xp, &w_t, &h0, &c0, [t_len, b, h], reverse, threads);
+                let case = format!(
+                    "reverse {reverse}, zero h0 {zero_h0}, bias {with_bias}, {threads} threads"
+                );
+                let f = lstm_sequence(&xp, bias, &w_t, &h0, &c0, [t_len, b, h], reverse, threads);
                 close(&format!("out, {case}"), &f.out, &out);
                 close(&format!("act, {case}"), &f.act, &act);
                 close(&format!("tanh_c, {case}"), &f.tanh_c, &tc);
                 close(&format!("h_prev, {case}"), &f.h_prev, &hp);
                 close(&format!("c_prev, {case}"), &f.c_prev, &cp);
-                for need_h0 in [true, false] {
-                    let (dzk, dh0, dc0) = lstm_sequence_backward(
+                for (need_h0, need_bias) in [(true, false), (false, true)] {
+                    let g = lstm_sequence_backward(
                         &w_hh,
                         &f.act,
                         &f.c_prev,
@@ -676,14 +751,18 @@ mod tests {
                         &grad,
                         [t_len, b, h],
                         reverse,
-                        need_h0,
+                        [need_h0, need_bias],
                         threads,
                     );
-                    close(&format!("dz, {case}"), &dzk, &dz);
-                    close(&format!("dc0, {case}"), &dc0, &d0[b * h..]);
-                    assert_eq!(dh0.is_some(), need_h0);
-                    if let Some(dh0) = dh0 {
+                    close(&format!("dz, {case}"), &g.dz, &dz);
+                    close(&format!("dc0, {case}"), &g.dc0, &d0[b * h..]);
+                    assert_eq!(g.dh0.is_some(), need_h0);
+                    if let Some(dh0) = g.dh0 {
                         close(&format!("dh0, {case}"), &dh0, &d0[..b * h]);
+                    }
+                    assert_eq!(g.db.is_some(), need_bias);
+                    if let Some(dbk) = g.db {
+                        close(&format!("db, {case}"), &dbk, &db);
                     }
                 }
             }
