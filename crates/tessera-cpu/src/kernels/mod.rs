@@ -319,6 +319,9 @@ pub(crate) fn map1<T: CpuElem, U: CpuElem>(
         return out;
     }
     let rows = Rows::new(&[lx]);
+    if map1_transposed(x, &rows, &mut out, &f) {
+        return out;
+    }
     let s = rows.inner_strides[0];
     for_segments(&mut out, rows.inner, |o, row, col| {
         let p = rows.at(0, row, col);
@@ -436,6 +439,66 @@ pub(crate) fn map3<C: CpuElem, T: CpuElem>(
     out
 }
 
+/// The tiles [`map1_transposed`] walks: `TILE_ROWS` output rows (a contiguous run of the
+/// source) by `TILE_COLS` output columns (runs `s` apart in the source). Eight runs stay in L1
+/// even when `s` is a multiple of 4 KiB (all in one cache set of 12 ways); 16 or 32 did not.
+/// Measured (f32, one thread, best of 200; µs for 32 × 32 / 32 × 8 tiles, the plain loop):
+/// `[1024, 256]ᵀ` 106 / 125 / 254, `[1120, 1024]ᵀ` 2436 / 626 / 3714, `[256, 1024]ᵀ`
+/// 549 / 136 / 734.
+const TILE_ROWS: usize = 32;
+const TILE_COLS: usize = 8;
+
+/// [`map1`] of a transposed matrix (or a batch of them): the output's inner dim is strided in
+/// `x` and the next dim out is contiguous there. The plain loop reads one element per source
+/// cache line per output row; this one copies tile by tile, so each line is read from L1
+/// after its first miss. `false` (nothing written) for any other layout, or a small one.
+fn map1_transposed<T: CpuElem, U: CpuElem>(
+    x: &[T],
+    rows: &Rows,
+    out: &mut [U],
+    f: &(impl Fn(T) -> U + Sync),
+) -> bool {
+    let r = rows.outer.len();
+    let s = rows.inner_strides[0];
+    if r == 0 || s <= 1 || rows.outer_strides[0][r - 1] != 1 {
+        return false;
+    }
+    // Each of the batch's planes is `[m, n]` with out[i][j] = x[base + i + j·s].
+    let (m, n) = (rows.outer[r - 1], rows.inner);
+    if m < TILE_ROWS || n < TILE_COLS {
+        return false;
+    }
+    let (batch, batch_strides) = (&rows.outer[..r - 1], &rows.outer_strides[0][..r - 1]);
+    // `TILE_ROWS` output rows of plane `bi` from row block `rb`.
+    let block = |bi: usize, rb: usize, o: &mut [U]| {
+        let base = rows.offsets[0] + unravel(bi, batch, batch_strides) + rb * TILE_ROWS;
+        let rows_here = o.len() / n;
+        for j0 in (0..n).step_by(TILE_COLS) {
+            let jn = TILE_COLS.min(n - j0);
+            for i in 0..rows_here {
+                for (jj, o) in o[i * n + j0..i * n + j0 + jn].iter_mut().enumerate() {
+                    *o = f(x[base + i + (j0 + jj) * s]);
+                }
+            }
+        }
+    };
+    let plane = |(bi, p): (usize, &mut [U])| {
+        p.chunks_mut(TILE_ROWS * n)
+            .enumerate()
+            .for_each(|(rb, o)| block(bi, rb, o))
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(m * n).enumerate().for_each(|(bi, p)| {
+            p.par_chunks_mut(TILE_ROWS * n)
+                .enumerate()
+                .for_each(|(rb, o)| block(bi, rb, o))
+        });
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(plane);
+    }
+    true
+}
+
 /// Copies `src` (any layout) into the region `ld` of `dst`.
 pub(crate) fn copy_into<T: CpuElem>(src: &[T], ls: &Layout, dst: &mut [T], ld: &Layout) {
     let rows = Rows::new(&[ls, ld]);
@@ -445,10 +508,59 @@ pub(crate) fn copy_into<T: CpuElem>(src: &[T], ls: &Layout, dst: &mut [T], ld: &
         let (ps, pd) = (rows.at(0, row, 0), rows.at(1, row, 0));
         if ss == 1 && sd == 1 {
             dst[pd..pd + rows.inner].copy_from_slice(&src[ps..ps + rows.inner]);
+        } else if ss == 0 && sd == 1 {
+            // A broadcast run (a sum's gradient padded into a larger tensor): one value.
+            dst[pd..pd + rows.inner].fill(src[ps]);
         } else {
             for k in 0..rows.inner {
                 dst[pd + k * sd] = src[ps + k * ss];
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element of `l`'s view, in row-major order of its shape.
+    fn gather(x: &[f32], l: &Layout) -> Vec<f64> {
+        let shape = l.shape();
+        let n: usize = shape.iter().product();
+        (0..n)
+            .map(|mut k| {
+                let mut idx = vec![0; shape.len()];
+                for d in (0..shape.len()).rev() {
+                    idx[d] = k % shape[d];
+                    k /= shape[d];
+                }
+                x[l.offset_of(&idx)] as f64
+            })
+            .collect()
+    }
+
+    /// The tiled copy of transposed matrices gives what the plain strided loop gives: planes
+    /// that are not whole tiles, a batch of them (parallel above `PAR_MIN`), an offset, a
+    /// permutation whose batch dim is strided, a cast on the way, and layouts it declines.
+    #[test]
+    fn transposed_copies_match_the_element_order() {
+        let x: Vec<f32> = (0..400_000)
+            .map(|i| (i % 9973) as f32 * 0.5 - 7.0)
+            .collect();
+        let cases = [
+            Layout::contiguous(&[70, 33]).permute(&[1, 0]),
+            Layout::contiguous(&[1024, 256]).permute(&[1, 0]),
+            Layout::new(vec![40, 50], vec![1, 41], 17),
+            Layout::contiguous(&[3, 40, 50]).permute(&[0, 2, 1]),
+            Layout::contiguous(&[40, 3, 50]).permute(&[1, 2, 0]),
+            Layout::contiguous(&[7, 100, 120]).permute(&[0, 2, 1]),
+            Layout::contiguous(&[20, 33]).permute(&[1, 0]),
+            Layout::contiguous(&[40, 20]).permute(&[1, 0]),
+            Layout::contiguous(&[40, 50]),
+        ];
+        for l in cases {
+            let got: Vec<f64> = map1(&x, &l, |v| v as f64);
+            assert_eq!(got, gather(&x, &l), "{:?} {:?}", l.shape(), l.strides());
         }
     }
 }
