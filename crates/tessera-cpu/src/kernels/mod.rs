@@ -539,6 +539,29 @@ mod tests {
             .collect()
     }
 
+    /// Copies into a region of a larger buffer (`assemble`): broadcast runs (the all-ones
+    /// gradient of a sum, padded into a larger tensor) and strided ones land where the plain
+    /// element order puts them.
+    #[test]
+    fn copies_into_a_region_broadcast_or_strided() {
+        let src: Vec<f32> = (1..=12).map(|v| v as f32).collect();
+        let region = Layout::new(vec![3, 4], vec![5, 1], 6);
+        for ls in [
+            Layout::new(vec![3, 4], vec![0, 0], 2),
+            Layout::new(vec![3, 4], vec![1, 0], 1),
+            Layout::new(vec![3, 4], vec![0, 1], 0),
+            Layout::new(vec![3, 4], vec![1, 2], 0),
+        ] {
+            let mut dst = vec![0.0f32; 22];
+            copy_into(&src, &ls, &mut dst, &region);
+            let mut want = vec![0.0f32; 22];
+            for (k, v) in gather(&src, &ls).into_iter().enumerate() {
+                want[6 + (k / 4) * 5 + k % 4] = v as f32;
+            }
+            assert_eq!(dst, want, "{:?}", ls.strides());
+        }
+    }
+
     /// The tiled copy of transposed matrices gives what the plain strided loop gives: planes
     /// that are not whole tiles, a batch of them (parallel above `PAR_MIN`), an offset, a
     /// permutation whose batch dim is strided, a cast on the way, and layouts it declines.
