@@ -895,3 +895,79 @@ fn conv_relu_matches_conv_then_relu_on_every_path() -> Result<()> {
     }
     Ok(())
 }
+
+/// The CPU's one-pass cross-entropy kernels (`Backend::cross_entropy` and its backward) give
+/// what core's defaults, built from primitives, give on the toy backend: values and input
+/// gradients, in f32 and f64, for every reduction, with label smoothing, an ignored class
+/// (in range, and PyTorch's default -100), extra dims, large logits, and under
+/// `backward_create_graph`. A target out of range is an error on both.
+#[test]
+fn cross_entropy_kernels_match_the_composed_default() -> Result<()> {
+    use tessera::ops::loss::{cross_entropy, Reduction};
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    let cases: [(&[usize], Reduction, f64, i64, f64); 6] = [
+        (&[7, 5], Reduction::Mean, 0.0, -100, 1.0),
+        (&[7, 5], Reduction::Sum, 0.1, 2, 1.0),
+        (&[7, 5], Reduction::None, 0.2, -100, 1.0),
+        (&[3, 4, 2, 3], Reduction::Mean, 0.1, 1, 1.0),
+        (&[6, 9], Reduction::Mean, 0.0, 3, 80.0),
+        (&[40, 700], Reduction::Mean, 0.05, -100, 3.0),
+    ];
+    for dtype in [DType::F32, DType::F64] {
+        for (k, &(shape, reduction, smoothing, ignore, scale)) in cases.iter().enumerate() {
+            let mut gen = Generator::new(k as u64);
+            let x = Tensor::randn(shape, 0.0, scale, DType::F64, &mut gen, &cpu)?;
+            let c = shape[1];
+            let mut tshape = vec![shape[0]];
+            tshape.extend(&shape[2..]);
+            let n: usize = tshape.iter().product();
+            let t: Vec<i64> = (0..n).map(|i| ((i * 7 + k) % c) as i64).collect();
+            let run = |dev: &Device, graph: bool| -> Result<[Vec<f64>; 2]> {
+                let x = x.to_device(dev)?.to_dtype(dtype)?.requires_grad_()?;
+                let t = Tensor::from_vec(t.clone(), &tshape, dev)?;
+                let loss = cross_entropy(&x, &t, reduction, smoothing, ignore)?;
+                // A weighted sum, so each row's gradient differs.
+                let wts = Tensor::arange(0.5, 0.5 + loss.numel() as f64, 1.0, dtype, dev)?
+                    .reshape_usize(loss.dims())?;
+                let obj = loss.mul(&wts)?.sum_all()?;
+                let g = if graph {
+                    obj.backward_create_graph(&obj.ones_like()?)?
+                } else {
+                    obj.backward()?
+                };
+                let dx = g
+                    .get(&x)
+                    .ok_or_else(|| Error::invalid("test", "no gradient"))?;
+                let host = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec::<f64>();
+                Ok([host(&loss)?, host(dx)?])
+            };
+            // The toy backend's defaults against the CPU's kernels, and both against the
+            // recorded ops of create_graph.
+            let want = run(&toy, false)?;
+            for (dev, graph) in [(&cpu, false), (&cpu, true), (&toy, true)] {
+                let got = run(dev, graph)?;
+                let tol = if dtype == DType::F32 { 2e-5 } else { 1e-12 };
+                for (what, w, g) in [("loss", &want[0], &got[0]), ("dx", &want[1], &got[1])] {
+                    assert_eq!(w.len(), g.len());
+                    let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                    for (i, (p, q)) in w.iter().zip(g).enumerate() {
+                        assert!(
+                            (p - q).abs() <= tol * scale,
+                            "case {k} {dtype:?} {dev:?} graph {graph} {what}[{i}]: {q} vs {p}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for dev in [&toy, &cpu] {
+        let x = Tensor::zeros(&[2, 3], DType::F32, dev)?;
+        let t = Tensor::from_vec(vec![1i64, 3], &[2], dev)?;
+        let e = cross_entropy(&x, &t, Reduction::Mean, 0.0, -100).unwrap_err();
+        assert!(
+            matches!(e, Error::IndexOutOfRange { index: 3, .. }),
+            "{dev:?}: {e}"
+        );
+    }
+    Ok(())
+}

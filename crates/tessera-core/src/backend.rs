@@ -366,6 +366,38 @@ pub trait Backend: Send + Sync + Debug + 'static {
         Ok(false)
     }
 
+    /// Cross-entropy of the rows of `x` `[M, C]` (logits) against class indices `target` `[M]`
+    /// (i64), PyTorch's definition with label smoothing `ε`: per row `lp = log_softmax(x)` and
+    /// `loss = -(1 - ε)·lp[t] - (ε / C)·Σ_c lp[c]`, 0 where `t = ignore_index`. Returns the
+    /// losses `[M]`, `lp` `[M, C]` (for the backward) and the rows' weights `[M]` (0 where
+    /// ignored, else 1). A target outside `[0, C)` other than `ignore_index` is
+    /// [`crate::Error::IndexOutOfRange`]. Default: `softmax` (log), `gather` and elementwise
+    /// primitives.
+    fn cross_entropy(
+        &self,
+        x: View<'_>,
+        target: View<'_>,
+        label_smoothing: f64,
+        ignore_index: i64,
+    ) -> Result<[Arc<dyn Buffer>; 3]> {
+        fallback::cross_entropy(self, x, target, label_smoothing, ignore_index)
+    }
+
+    /// The backward of [`Backend::cross_entropy`]: from its `lp` and weights `w`, the targets
+    /// and the gradient `g` `[M]` reaching each row's loss, the gradient of `x`:
+    /// `dx[j, c] = g_j·w_j·(exp(lp[j, c]) - ε / C - (1 - ε)·[c = t_j])` `[M, C]`.
+    fn cross_entropy_backward(
+        &self,
+        lp: View<'_>,
+        target: View<'_>,
+        w: View<'_>,
+        g: View<'_>,
+        label_smoothing: f64,
+        ignore_index: i64,
+    ) -> Result<Arc<dyn Buffer>> {
+        fallback::cross_entropy_backward(self, lp, target, w, g, label_smoothing, ignore_index)
+    }
+
     /// One LSTM step (PyTorch's gate order i, f, g, o) from the pre-activations `x + r`
     /// (`[B, 4H]` each: the input projection and the recurrent product) and the previous cell
     /// state `c` `[B, H]`: `c' = σ(f)·c + σ(i)·tanh(g)`, `h = σ(o)·tanh(c')`. Default: the

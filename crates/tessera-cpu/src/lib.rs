@@ -305,6 +305,51 @@ impl CpuBackend {
         Ok([out(dz)?, out(dcp)?])
     }
 
+    /// `v` = [x, target].
+    fn cross_entropy_typed<T: kernels::Float>(
+        &self,
+        v: [View<'_>; 2],
+        label_smoothing: f64,
+        ignore_index: i64,
+    ) -> Result<[Arc<dyn Buffer>; 3]> {
+        let op = "cross_entropy";
+        let c = v[0].layout.shape()[1];
+        let (mut h0, mut h1) = (None, None);
+        let (x, t) = (
+            self.rows::<T>(op, v[0], &mut h0)?,
+            self.rows::<i64>(op, v[1], &mut h1)?,
+        );
+        match rd::cross_entropy(x, t, c, label_smoothing, ignore_index) {
+            Ok([loss, lp, w]) => Ok([out(loss)?, out(lp)?, out(w)?]),
+            Err(index) => Err(Error::IndexOutOfRange {
+                op,
+                index,
+                dim: 1,
+                size: c,
+            }),
+        }
+    }
+
+    /// `v` = [lp, target, w, g].
+    fn cross_entropy_backward_typed<T: kernels::Float>(
+        &self,
+        v: [View<'_>; 4],
+        label_smoothing: f64,
+    ) -> Result<Arc<dyn Buffer>> {
+        let op = "cross_entropy_backward";
+        let c = v[0].layout.shape()[1];
+        let mut hold: [Option<Arc<dyn Buffer>>; 4] = Default::default();
+        let [h0, h1, h2, h3] = &mut hold;
+        out(rd::cross_entropy_backward(
+            self.rows::<T>(op, v[0], h0)?,
+            self.rows::<i64>(op, v[1], h1)?,
+            self.rows::<T>(op, v[2], h2)?,
+            self.rows::<T>(op, v[3], h3)?,
+            c,
+            label_smoothing,
+        ))
+    }
+
     /// `v` = [xp, w_t, h0, c0].
     fn lstm_sequence_typed<T: rnn::SeqFloat>(
         &self,
@@ -867,6 +912,60 @@ impl Backend for CpuBackend {
             DType::F32 => self.lstm_backward_typed::<f32>([act, c_prev, tanh_c, dh, dc]),
             DType::F64 => self.lstm_backward_typed::<f64>([act, c_prev, tanh_c, dh, dc]),
             _ => fallback::lstm_cell_backward(self, act, c_prev, tanh_c, dh, dc),
+        }
+    }
+
+    fn cross_entropy(
+        &self,
+        x: View<'_>,
+        target: View<'_>,
+        label_smoothing: f64,
+        ignore_index: i64,
+    ) -> Result<[Arc<dyn Buffer>; 3]> {
+        let s = x.layout.shape();
+        let fits = s.len() == 2
+            && s[0] * s[1] > 0
+            && target.layout.shape() == [s[0]]
+            && target.buf.dtype() == DType::I64;
+        let v = [x, target];
+        match x.buf.dtype() {
+            DType::F32 if fits => self.cross_entropy_typed::<f32>(v, label_smoothing, ignore_index),
+            DType::F64 if fits => self.cross_entropy_typed::<f64>(v, label_smoothing, ignore_index),
+            _ => fallback::cross_entropy(self, x, target, label_smoothing, ignore_index),
+        }
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        lp: View<'_>,
+        target: View<'_>,
+        w: View<'_>,
+        g: View<'_>,
+        label_smoothing: f64,
+        ignore_index: i64,
+    ) -> Result<Arc<dyn Buffer>> {
+        let s = lp.layout.shape();
+        let rows = [s.first().copied().unwrap_or(0)];
+        let fits = s.len() == 2
+            && s[0] * s[1] > 0
+            && target.layout.shape() == rows
+            && target.buf.dtype() == DType::I64
+            && [w, g]
+                .iter()
+                .all(|v| v.layout.shape() == rows && v.buf.dtype() == lp.buf.dtype());
+        let v = [lp, target, w, g];
+        match lp.buf.dtype() {
+            DType::F32 if fits => self.cross_entropy_backward_typed::<f32>(v, label_smoothing),
+            DType::F64 if fits => self.cross_entropy_backward_typed::<f64>(v, label_smoothing),
+            _ => fallback::cross_entropy_backward(
+                self,
+                lp,
+                target,
+                w,
+                g,
+                label_smoothing,
+                ignore_index,
+            ),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Default bodies of the composite ops of [`Backend`], written with its primitives only.
 
 use super::{Backend, BinaryOp, Buffer, ReduceOp, UnaryOp, View, Window};
-use crate::dtype::HostData;
+use crate::dtype::{DType, HostData};
 use crate::error::Result;
 use crate::layout::Layout;
 use std::sync::Arc;
@@ -556,4 +556,87 @@ pub fn add_scaled<B: Backend + ?Sized>(
     let scaled = be.unary(UnaryOp::MulScalar(alpha), b)?;
     let l = Layout::contiguous(b.layout.shape());
     be.binary(BinaryOp::Add, a, view(&scaled, &l))
+}
+
+/// `where(target == ignore_index, 0, target)`: indices every row can gather at, and `ignored`
+/// (i64 0/1), both `[M]`.
+fn safe_targets<B: Backend + ?Sized>(
+    be: &B,
+    target: View<'_>,
+    ignore_index: i64,
+) -> Result<[Arc<dyn Buffer>; 2]> {
+    let m = target.layout.shape()[0];
+    let bcast = Layout::new(vec![m], vec![0], 0);
+    let ign = be.fill(1, DType::I64, ignore_index as f64)?;
+    let ignored = be.binary(BinaryOp::Eq, target, view(&ign, &bcast))?;
+    let zero = be.fill(1, DType::I64, 0.0)?;
+    let rows = Layout::contiguous(&[m]);
+    let safe = be.where_cond(view(&ignored, &rows), view(&zero, &bcast), target)?;
+    Ok([safe, ignored])
+}
+
+/// `cross_entropy` from primitives: `softmax` (log), the targets' log-probabilities gathered,
+/// then the smoothing term and the weights elementwise.
+pub fn cross_entropy<B: Backend + ?Sized>(
+    be: &B,
+    x: View<'_>,
+    target: View<'_>,
+    label_smoothing: f64,
+    ignore_index: i64,
+) -> Result<[Arc<dyn Buffer>; 3]> {
+    let s = x.layout.shape();
+    let (m, c) = (s[0], s[1]);
+    let dtype = x.buf.dtype();
+    let (rows, full) = (Layout::contiguous(&[m]), Layout::contiguous(&[m, c]));
+    let bcast = Layout::new(vec![m], vec![0], 0);
+    let lp = be.softmax(x, 1, true)?;
+    let [safe, ignored] = safe_targets(be, target, ignore_index)?;
+    let col = Layout::contiguous(&[m, 1]);
+    let picked = be.gather(view(&lp, &full), 1, view(&safe, &col))?;
+    let ignored = be.cast(view(&ignored, &rows), dtype)?;
+    let one = be.fill(1, dtype, 1.0)?;
+    let w = be.binary(BinaryOp::Sub, view(&one, &bcast), view(&ignored, &rows))?;
+    // -(1 - ε)·lp[t] - (ε / C)·Σ_c lp[c], then the weight.
+    let coef = be.fill(1, dtype, -(1.0 - label_smoothing))?;
+    let mut loss = be.binary(BinaryOp::Mul, view(&picked, &rows), view(&coef, &bcast))?;
+    if label_smoothing > 0.0 {
+        let total = be.reduce(ReduceOp::Sum, view(&lp, &full), &[1])?;
+        let k = be.fill(1, dtype, -label_smoothing / c as f64)?;
+        let smooth = be.binary(BinaryOp::Mul, view(&total, &rows), view(&k, &bcast))?;
+        loss = be.binary(BinaryOp::Add, view(&loss, &rows), view(&smooth, &rows))?;
+    }
+    let loss = be.binary(BinaryOp::Mul, view(&loss, &rows), view(&w, &rows))?;
+    Ok([loss, lp, w])
+}
+
+/// `cross_entropy_backward` from primitives: `exp(lp) - ε / C`, the scaled one-hot of the
+/// targets subtracted (a scatter), times `g·w` per row.
+pub fn cross_entropy_backward<B: Backend + ?Sized>(
+    be: &B,
+    lp: View<'_>,
+    target: View<'_>,
+    w: View<'_>,
+    g: View<'_>,
+    label_smoothing: f64,
+    ignore_index: i64,
+) -> Result<Arc<dyn Buffer>> {
+    let s = lp.layout.shape();
+    let (m, c) = (s[0], s[1]);
+    let dtype = lp.buf.dtype();
+    let full = Layout::contiguous(&[m, c]);
+    let mut p = be.unary(UnaryOp::Exp, lp)?;
+    if label_smoothing > 0.0 {
+        let k = be.fill(1, dtype, label_smoothing / c as f64)?;
+        let kb = Layout::new(vec![m, c], vec![0, 0], 0);
+        p = be.binary(BinaryOp::Sub, view(&p, &full), view(&k, &kb))?;
+    }
+    let [safe, _] = safe_targets(be, target, ignore_index)?;
+    let col = Layout::contiguous(&[m, 1]);
+    let coef = be.fill(1, dtype, 1.0 - label_smoothing)?;
+    let coef_col = Layout::new(vec![m, 1], vec![0, 0], 0);
+    let hot = be.scatter_add(&[m, c], 1, view(&safe, &col), view(&coef, &coef_col))?;
+    let diff = be.binary(BinaryOp::Sub, view(&p, &full), view(&hot, &full))?;
+    let gw = be.binary(BinaryOp::Mul, g, w)?;
+    let per_row = Layout::new(vec![m, c], vec![1, 0], 0);
+    be.binary(BinaryOp::Mul, view(&diff, &full), view(&gw, &per_row))
 }

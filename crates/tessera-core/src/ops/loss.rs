@@ -93,7 +93,10 @@ fn reduce(
 }
 
 /// Cross-entropy of logits `[N, C]` or `[N, C, d...]` against class indices `[N]` / `[N, d...]`,
-/// with label smoothing and an ignored class.
+/// with label smoothing and an ignored class. One tape node: the backend's
+/// [`crate::Backend::cross_entropy`] gives every row's loss in one pass (log-softmax, the
+/// target's term, the smoothing term), and its backward is one pass too, instead of a dozen
+/// recorded ops each way.
 pub fn cross_entropy(
     input: &Tensor,
     target: &Tensor,
@@ -101,24 +104,67 @@ pub fn cross_entropy(
     label_smoothing: f64,
     ignore_index: i64,
 ) -> Result<Tensor> {
-    super::float_only("cross_entropy", input)?;
+    let op = "cross_entropy";
+    super::float_only(op, input)?;
     if !(0.0..1.0).contains(&label_smoothing) {
         return Err(Error::invalid(
-            "cross_entropy",
+            op,
             format!("label_smoothing must be in [0, 1), got {label_smoothing}"),
         ));
     }
-    let (x, t) = rows("cross_entropy", input, target)?;
-    let lp = x.log_softmax(1)?;
-    let (picked, w) = pick(&lp, &t, ignore_index)?;
-    let mut loss = picked.neg()?;
-    if label_smoothing > 0.0 {
-        let smooth = lp.mean(&[1], false)?.neg()?.mul(&w)?;
-        loss = loss
-            .mul_scalar(1.0 - label_smoothing)?
-            .add(&smooth.mul_scalar(label_smoothing)?)?;
+    let (x, t) = rows(op, input, target)?;
+    super::same_device(op, &x, &t)?;
+    let (m, c) = (x.dims()[0], x.dims()[1]);
+    let be = x.device().backend();
+    let [loss, lp, w] = be.cross_entropy(x.view(), t.view(), label_smoothing, ignore_index)?;
+    let (loss, lp, w) = (
+        x.output(loss, &[m]),
+        x.output(lp, &[m, c]),
+        x.output(w, &[m]),
+    );
+    // The reduced value, and for a mean the count of rows not ignored (PyTorch divides by it).
+    let (value, count) = crate::no_grad(|| -> Result<_> {
+        Ok(match reduction {
+            Reduction::None => (loss.clone(), None),
+            Reduction::Sum => (loss.sum_all()?, None),
+            Reduction::Mean => {
+                let n = w.sum_all()?;
+                (loss.sum_all()?.div(&n)?, Some(n))
+            }
+        })
+    })?;
+    let (x_s, t_s) = (x.clone(), t.clone());
+    let value = value.record_op(op, &[&x], move |g, _| {
+        let g = match &count {
+            Some(n) => g.div(n)?,
+            None => g.clone(),
+        };
+        let g = g.expand(&[m as isize])?;
+        if crate::tape::is_grad_enabled() {
+            // backward_create_graph: the same gradient from recorded ops, so its own gradient
+            // (through softmax(x) and g) exists.
+            let ignored = t_s.eq(&t_s.scalar_like(ignore_index as f64)?)?;
+            let safe = ignored.where_(&t_s.scalar_like(0.0)?, &t_s)?.unsqueeze(1)?;
+            let ones = x_s.narrow(1, 0, 1)?.ones_like()?.detach();
+            let hot = x_s.zeros_like()?.detach().scatter_add(1, &safe, &ones)?;
+            let p = x_s.softmax(1)?.add_scalar(-label_smoothing / c as f64)?;
+            let diff = p.sub(&hot.mul_scalar(1.0 - label_smoothing)?)?;
+            return Ok(vec![Some(diff.mul(&g.mul(&w)?.unsqueeze(1)?)?)]);
+        }
+        let dx = g.device().backend().cross_entropy_backward(
+            lp.view(),
+            t_s.view(),
+            w.view(),
+            g.view(),
+            label_smoothing,
+            ignore_index,
+        )?;
+        Ok(vec![Some(g.output(dx, &[m, c]))])
+    });
+    match reduction {
+        Reduction::None => value.reshape_usize(target.dims()),
+        _ => Ok(value),
     }
-    reduce(loss, Some(&w), reduction, target.dims())
 }
 
 /// Negative log-likelihood of log-probabilities `[N, C]` or `[N, C, d...]`.

@@ -49,6 +49,10 @@ pub trait Num:
 /// Floating-point functions.
 pub trait Float: Num {
     fn exp(self) -> Self;
+    /// `e^v` of every element, in place: f32 through [`vmath`]'s vectorised `exp`.
+    fn exp_in_place(v: &mut [Self]) {
+        v.iter_mut().for_each(|x| *x = x.exp())
+    }
     fn ln(self) -> Self;
     fn ln_1p(self) -> Self;
     fn sqrt(self) -> Self;
@@ -58,7 +62,7 @@ pub trait Float: Num {
 }
 
 macro_rules! float {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $erf:path $(, $exp_in_place:path)?) => {
         impl Num for $t {
             #[inline(always)]
             fn zero() -> Self {
@@ -114,10 +118,15 @@ macro_rules! float {
             fn powf(self, p: Self) -> Self {
                 <$t>::powf(self, p)
             }
+            $(
+                fn exp_in_place(v: &mut [Self]) {
+                    $exp_in_place(v)
+                }
+            )?
         }
     };
 }
-float!(f32, libm::erff);
+float!(f32, libm::erff, vmath::exp_in_place);
 float!(f64, libm::erf);
 
 /// Half types compute through f32 per element (as PyTorch's CPU kernels do); ops that

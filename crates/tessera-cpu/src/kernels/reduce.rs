@@ -256,6 +256,84 @@ pub fn arg_reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axis: usize) -> Vec
     out
 }
 
+/// Cross-entropy of the contiguous rows of `x` (`c` classes each) against `target`, as
+/// `Backend::cross_entropy` defines it: the losses, `lp = log_softmax(x)` and the weights (0
+/// where ignored, else 1). `Err(t)` for the first target outside `[0, c)` not ignored.
+pub fn cross_entropy<T: Float>(
+    x: &[T],
+    target: &[i64],
+    c: usize,
+    label_smoothing: f64,
+    ignore_index: i64,
+) -> Result<[Vec<T>; 3], i64> {
+    if let Some(&t) = target
+        .iter()
+        .find(|&&t| t != ignore_index && (t < 0 || t as usize >= c))
+    {
+        return Err(t);
+    }
+    let lp = softmax_rows(x, c, true);
+    let (keep, spread) = (
+        T::from_f64(1.0 - label_smoothing),
+        T::from_f64(label_smoothing / c as f64),
+    );
+    let (mut loss, mut w) = (alloc::<T>(target.len()), alloc::<T>(target.len()));
+    for ((&t, row), (l, w)) in target
+        .iter()
+        .zip(lp.chunks(c))
+        .zip(loss.iter_mut().zip(w.iter_mut()))
+    {
+        (*l, *w) = if t == ignore_index {
+            (T::zero(), T::zero())
+        } else if label_smoothing > 0.0 {
+            (
+                T::zero() - keep * row[t as usize] - spread * sum_contig(row),
+                T::one(),
+            )
+        } else {
+            (T::zero() - row[t as usize], T::one())
+        };
+    }
+    Ok([loss, lp, w])
+}
+
+/// The backward of [`cross_entropy`]: `dx[j][k] = g_j·w_j·(exp(lp[j][k]) - ε/c - (1 - ε)·[k =
+/// t_j])`, one pass over `lp`.
+pub fn cross_entropy_backward<T: Float>(
+    lp: &[T],
+    target: &[i64],
+    w: &[T],
+    g: &[T],
+    c: usize,
+    label_smoothing: f64,
+) -> Vec<T> {
+    let mut dx = alloc::<T>(lp.len());
+    let (keep, spread) = (
+        T::from_f64(1.0 - label_smoothing),
+        T::from_f64(label_smoothing / c as f64),
+    );
+    let row = |j: usize, o: &mut [T]| {
+        let s = g[j] * w[j];
+        o.copy_from_slice(&lp[j * c..(j + 1) * c]);
+        T::exp_in_place(o);
+        for o in o.iter_mut() {
+            *o = s * (*o - spread);
+        }
+        // An ignored row's target may lie outside [0, c); its weight is 0 anyway.
+        if let Some(o) = usize::try_from(target[j]).ok().and_then(|t| o.get_mut(t)) {
+            *o = *o - s * keep;
+        }
+    };
+    if dx.len() >= PAR_MIN {
+        dx.par_chunks_mut(c)
+            .enumerate()
+            .for_each(|(j, o)| row(j, o));
+    } else {
+        dx.chunks_mut(c).enumerate().for_each(|(j, o)| row(j, o));
+    }
+    dx
+}
+
 /// Softmax or log-softmax of each contiguous row of length `n` (the last dim).
 pub fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool) -> Vec<T> {
     let mut out = alloc::<T>(x.len());
@@ -264,8 +342,9 @@ pub fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool) -> Vec<T> {
             .iter()
             .fold(xr[0], |m, &v| if v > m || v.is_nan() { v } else { m });
         for (o, &v) in o.iter_mut().zip(xr) {
-            *o = (v - m).exp();
+            *o = v - m;
         }
+        T::exp_in_place(o);
         let s = sum_contig(o);
         if log {
             let ls = s.ln();

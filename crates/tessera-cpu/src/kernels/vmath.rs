@@ -51,6 +51,27 @@ pub fn unary(op: UnaryOp, x: &[f32], l: &Layout) -> Option<Vec<f32>> {
     Some(out)
 }
 
+/// `v[i] = e^v[i]`.
+pub fn exp_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: both features are present (checked above).
+        return unsafe { exp_in_place_avx2(v) };
+    }
+    exp_in_place_body::<false>(v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_in_place_avx2(v: &mut [f32]) {
+    exp_in_place_body::<true>(v)
+}
+
+#[inline(always)]
+fn exp_in_place_body<const FMA: bool>(v: &mut [f32]) {
+    v.iter_mut().for_each(|v| *v = exp::<FMA>(*v))
+}
+
 /// `o[i] = σ(x[i])`.
 pub fn sigmoid_into(x: &[f32], o: &mut [f32]) {
     run(Kind::Sigmoid, x, o)
