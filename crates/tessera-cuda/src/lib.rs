@@ -501,6 +501,57 @@ impl Backend for CudaBackend {
         ok(kernels::reduce::softmax(self, x, log)?)
     }
 
+    fn lstm_cell(
+        &self,
+        x: View<'_>,
+        r: View<'_>,
+        c: View<'_>,
+    ) -> Result<tessera_core::backend::LstmCell> {
+        let s = c.layout.shape();
+        let gates = [
+            s.first().copied().unwrap_or(0),
+            4 * s.get(1).copied().unwrap_or(0),
+        ];
+        let d = x.buf.dtype();
+        let fits = s.len() == 2
+            && s[0] * s[1] > 0
+            && matches!(d, DType::F32 | DType::F64)
+            && x.layout.shape() == gates
+            && r.layout.shape() == gates
+            && [r, c].iter().all(|v| v.buf.dtype() == d);
+        if !fits {
+            return tessera_core::backend::fallback::lstm_cell(self, x, r, c);
+        }
+        self.bind()?;
+        Ok(kernels::rnn::lstm_cell(self, x, r, c)?.map(|b| Arc::new(b) as Arc<dyn Buffer>))
+    }
+
+    fn lstm_cell_backward(
+        &self,
+        act: View<'_>,
+        c_prev: View<'_>,
+        tanh_c: View<'_>,
+        dh: View<'_>,
+        dc: View<'_>,
+    ) -> Result<[Arc<dyn Buffer>; 2]> {
+        let s = c_prev.layout.shape();
+        let d = act.buf.dtype();
+        let v = [act, c_prev, tanh_c, dh, dc];
+        let fits = s.len() == 2
+            && s[0] * s[1] > 0
+            && matches!(d, DType::F32 | DType::F64)
+            && act.layout.shape() == [s[0], 4 * s[1]]
+            && v[1..].iter().all(|v| v.layout.shape() == s)
+            && v.iter().all(|v| v.buf.dtype() == d);
+        if !fits {
+            return tessera_core::backend::fallback::lstm_cell_backward(
+                self, act, c_prev, tanh_c, dh, dc,
+            );
+        }
+        self.bind()?;
+        Ok(kernels::rnn::lstm_cell_backward(self, v)?.map(|b| Arc::new(b) as Arc<dyn Buffer>))
+    }
+
     fn unfold2d(&self, x: View<'_>, w: &Window, fill: f64) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         float_only("unfold2d", x.buf.dtype())?;

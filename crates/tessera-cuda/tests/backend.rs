@@ -290,3 +290,75 @@ fn half_precision_matches_the_cpu() {
         );
     }
 }
+
+/// A bidirectional, batch-first LSTM (the cell and its backward as one kernel each on the GPU)
+/// and the gradients of its input, initial states and every parameter, against the CPU's
+/// sequence kernels, in f32 and f64.
+#[test]
+fn lstm_and_its_gradients_match_the_cpu() {
+    use tessera_core::ops::rnn::{rnn, Cell, RnnOptions, RnnWeights};
+    let Some(gpu) = gpu("lstm_and_its_gradients_match_the_cpu") else {
+        return;
+    };
+    let (t, b, i, h) = (5, 3, 4, 6);
+    let opts = RnnOptions {
+        hidden_size: h,
+        num_layers: 1,
+        bidirectional: true,
+        batch_first: true,
+        bias: true,
+    };
+    for (dtype, tol) in [(DType::F32, 2e-4), (DType::F64, 1e-10)] {
+        let mut gen = Generator::new(11);
+        let mut shapes = vec![
+            vec![b, t, i],
+            vec![2, b, h],
+            vec![2, b, h],
+            vec![b, t, 2 * h],
+        ];
+        for _ in 0..2 {
+            shapes.extend([vec![4 * h, i], vec![4 * h, h], vec![4 * h], vec![4 * h]]);
+        }
+        let inputs: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| Tensor::randn(s, 0.0, 0.5, dtype, &mut gen, &cpu()).unwrap())
+            .collect();
+        let run = |dev: &Device| -> Vec<Tensor> {
+            let v: Vec<Tensor> = inputs
+                .iter()
+                .map(|x| x.to_device(dev).unwrap().requires_grad_().unwrap())
+                .collect();
+            let weights: Vec<RnnWeights<'_>> = v[4..]
+                .chunks(4)
+                .map(|w| RnnWeights {
+                    w_ih: &w[0],
+                    w_hh: &w[1],
+                    b_ih: Some(&w[2]),
+                    b_hh: Some(&w[3]),
+                })
+                .collect();
+            let y = rnn(Cell::Lstm, &v[0], &v[1], Some(&v[2]), &weights, &opts).unwrap();
+            let c_n = y.c_n.clone().unwrap();
+            let loss = y
+                .output
+                .mul(&v[3].detach())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .add(&c_n.sum_all().unwrap())
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let mut out = vec![y.output.clone(), y.h_n.clone(), c_n];
+            for (k, x) in v.iter().enumerate() {
+                if k != 3 {
+                    out.push(g.get(x).cloned().expect("a gradient"));
+                }
+            }
+            out
+        };
+        let (got, want) = (run(&gpu), run(&cpu()));
+        for (k, (a, c)) in got.iter().zip(&want).enumerate() {
+            close(&format!("lstm {dtype:?} output {k}"), a, c, tol);
+        }
+    }
+}

@@ -762,3 +762,136 @@ fn half_kernels_match_the_half_crate_and_the_cpu_backend() {
         }
     }
 }
+
+/// The LSTM cell and its backward (rnn.cu) give the CPU backend's `lstm_cell` /
+/// `lstm_cell_backward` on the same rows, in f64 and f32 (the CPU's f32 sigmoid and tanh are
+/// its own polynomials, hence the looser f32 tolerance).
+#[test]
+fn lstm_cell_kernels_match_the_cpu_backend() {
+    let Some(lib) = build("rnn") else { return };
+    let (b, h) = (3usize, 5usize);
+    for (dtype, tol) in [(DType::F64, 1e-14), (DType::F32, 1e-6)] {
+        let draw = |shape: &[usize], seed: u64| {
+            Tensor::randn(shape, 0.0, 1.5, dtype, &mut Generator::new(seed), &cpu()).unwrap()
+        };
+        let (x, r, c) = (draw(&[b, 4 * h], 1), draw(&[b, 4 * h], 2), draw(&[b, h], 3));
+        let (dh, dc) = (draw(&[b, h], 4), draw(&[b, h], 5));
+        let dev = cpu();
+        let be = dev.backend();
+        let want = be.lstm_cell(x.view(), r.view(), c.view()).unwrap();
+        let want: Vec<Vec<f64>> = want.into_iter().map(to_f64s).collect();
+        let cell = |k: usize| {
+            Tensor::from_vec(
+                want[k].clone(),
+                &[b, if k == 0 { 4 * h } else { h }],
+                &cpu(),
+            )
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+        };
+        let (act, tc) = (cell(0), cell(2));
+        let want_back = be
+            .lstm_cell_backward(act.view(), c.view(), tc.view(), dh.view(), dc.view())
+            .unwrap();
+        let want_back: Vec<Vec<f64>> = want_back.into_iter().map(to_f64s).collect();
+        macro_rules! run {
+            ($t:ty, $s:literal) => {{
+                let v = |t: &Tensor| base::<$t>(t);
+                let (xs, rs, cs) = (v(&x), v(&r), v(&c));
+                let mut out = [
+                    vec![0 as $t; b * 4 * h],
+                    vec![0 as $t; b * h],
+                    vec![0 as $t; b * h],
+                    vec![0 as $t; b * h],
+                ];
+                type F = unsafe extern "C" fn(
+                    i64,
+                    i64,
+                    *const $t,
+                    *const $t,
+                    *const $t,
+                    *mut $t,
+                    *mut $t,
+                    *mut $t,
+                    *mut $t,
+                );
+                let f: Symbol<F> =
+                    unsafe { lib.get(concat!("lstm_cell_", $s).as_bytes()) }.unwrap();
+                let [o0, o1, o2, o3] = &mut out;
+                unsafe {
+                    f(
+                        b as i64,
+                        h as i64,
+                        xs.as_ptr(),
+                        rs.as_ptr(),
+                        cs.as_ptr(),
+                        o0.as_mut_ptr(),
+                        o1.as_mut_ptr(),
+                        o2.as_mut_ptr(),
+                        o3.as_mut_ptr(),
+                    )
+                };
+                for (k, (got, want)) in out.iter().zip(&want).enumerate() {
+                    let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+                    same(&format!("lstm_cell {} output {k}", $s), &got, want, tol);
+                }
+                let (a, cp, t, dhs, dcs) = (v(&act), v(&c), v(&tc), v(&dh), v(&dc));
+                let mut back = [vec![0 as $t; b * 4 * h], vec![0 as $t; b * h]];
+                type G = unsafe extern "C" fn(
+                    i64,
+                    i64,
+                    *const $t,
+                    *const $t,
+                    *const $t,
+                    *const $t,
+                    *const $t,
+                    *mut $t,
+                    *mut $t,
+                );
+                let g: Symbol<G> =
+                    unsafe { lib.get(concat!("lstm_cell_backward_", $s).as_bytes()) }.unwrap();
+                let [d0, d1] = &mut back;
+                unsafe {
+                    g(
+                        b as i64,
+                        h as i64,
+                        a.as_ptr(),
+                        cp.as_ptr(),
+                        t.as_ptr(),
+                        dhs.as_ptr(),
+                        dcs.as_ptr(),
+                        d0.as_mut_ptr(),
+                        d1.as_mut_ptr(),
+                    )
+                };
+                for (k, (got, want)) in back.iter().zip(&want_back).enumerate() {
+                    let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+                    same(
+                        &format!("lstm_cell_backward {} output {k}", $s),
+                        &got,
+                        want,
+                        tol,
+                    );
+                }
+            }};
+        }
+        match dtype {
+            DType::F64 => run!(f64, "f64"),
+            _ => run!(f32, "f32"),
+        }
+    }
+}
+
+/// A CPU buffer's elements as f64.
+fn to_f64s(b: Arc<dyn Buffer>) -> Vec<f64> {
+    let l = Layout::contiguous(&[b.len()]);
+    cpu()
+        .backend()
+        .download(View {
+            buf: b.as_ref(),
+            layout: &l,
+        })
+        .unwrap()
+        .to_f64()
+}

@@ -5,6 +5,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod matmul;
 pub mod reduce;
+pub mod rnn;
 pub mod shape;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, DeviceRepr, LaunchConfig};
@@ -26,6 +27,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("shape", include_str!("shape.cu")),
     ("conv", include_str!("conv.cu")),
     ("matmul", include_str!("matmul.cu")),
+    ("rnn", include_str!("rnn.cu")),
 ];
 
 /// The full source NVRTC compiles for `family`: the headers it uses, then its own source.
