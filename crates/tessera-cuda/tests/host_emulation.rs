@@ -895,3 +895,71 @@ fn to_f64s(b: Arc<dyn Buffer>) -> Vec<f64> {
         .unwrap()
         .to_f64()
 }
+
+/// Contiguous, 16-byte aligned operands take the kernels' vector path (4 floats or 2 doubles
+/// per access, then a scalar tail), and give what the CPU backend gives; an operand one
+/// element off the alignment takes the strided path and agrees too.
+#[test]
+fn elementwise_vector_path_matches_the_cpu_backend() {
+    let Some(lib) = build("elementwise") else {
+        return;
+    };
+    let n = 4 * 5 + 3;
+    let draw = |seed: u64| {
+        Tensor::randn(
+            &[n],
+            0.0,
+            2.0,
+            DType::F32,
+            &mut Generator::new(seed),
+            &cpu(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (draw(21), draw(22));
+    let (av, bv) = (base::<f32>(&a), base::<f32>(&b));
+    // u128 storage: 16-byte aligned, as the device's allocations are.
+    let aligned = |v: &[f32], shift: usize| {
+        let mut store = vec![0u128; (v.len() + shift).div_ceil(4)];
+        let p = store.as_mut_ptr() as *mut f32;
+        for (i, &x) in v.iter().enumerate() {
+            // SAFETY: the store holds at least len + shift floats.
+            unsafe { *p.add(i + shift) = x };
+        }
+        store
+    };
+    type B = unsafe extern "C" fn(i32, i64, *const f32, Strided, *const f32, Strided, *mut f32);
+    type U = unsafe extern "C" fn(i32, f64, f64, i64, *const f32, Strided, *mut f32);
+    let fb: Symbol<B> = unsafe { lib.get(b"binary_f32") }.unwrap();
+    let fu: Symbol<U> = unsafe { lib.get(b"unary_f32") }.unwrap();
+    for shift in [0usize, 1] {
+        let (sa, sb) = (aligned(&av, shift), aligned(&bv, shift));
+        let mut out = vec![0u128; n.div_ceil(4)];
+        let o = out.as_mut_ptr() as *mut f32;
+        let l = Strided::flat(n, shift);
+        let got =
+            |o: *mut f32| -> Vec<f64> { (0..n).map(|i| unsafe { *o.add(i) } as f64).collect() };
+        for (code, op) in [
+            (0, BinaryOp::Add),
+            (2, BinaryOp::Mul),
+            (5, BinaryOp::Maximum),
+        ] {
+            let (pa, pb) = (sa.as_ptr() as *const f32, sb.as_ptr() as *const f32);
+            unsafe { fb(code, n as i64, pa, l, pb, l, o) };
+            let want = f64s(host::<f32>(
+                cpu().backend().binary(op, a.view(), b.view()).unwrap(),
+            ));
+            same(
+                &format!("binary {op:?}, shift {shift}"),
+                &got(o),
+                &want,
+                0.0,
+            );
+        }
+        for (code, op) in [(8, UnaryOp::Relu), (0, UnaryOp::Neg), (11, UnaryOp::Square)] {
+            unsafe { fu(code, 0.0, 0.0, n as i64, sa.as_ptr() as *const f32, l, o) };
+            let want = f64s(host::<f32>(cpu().backend().unary(op, a.view()).unwrap()));
+            same(&format!("unary {op:?}, shift {shift}"), &got(o), &want, 0.0);
+        }
+    }
+}

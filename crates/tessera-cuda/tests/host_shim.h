@@ -8,6 +8,10 @@
 #define __forceinline__ inline
 #define __shared__ static
 struct Dim3 { unsigned int x, y, z; };
+// CUDA's 16-byte vector types (NVRTC has them built in).
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) double2 { double x, y; };
+struct alignas(16) longlong2 { long long x, y; };
 static const Dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0};
 static const Dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 inline void __syncthreads() {}

@@ -2,7 +2,7 @@
 //! unary, binary, where, cast, fill, random. The kernel family follows the dtype. Ops that
 //! accumulate run on f32 copies of half tensors (`via_f32` in lib.rs).
 
-use super::{grid, suffix, Strided};
+use super::{grid, grid_elementwise, suffix, Strided};
 use crate::{cuda_buf, launch, strided, CudaBackend, CudaBuffer};
 use tessera_core::{BinaryOp, Buffer, DType, Distribution, Error, Result, UnaryOp, View};
 
@@ -64,11 +64,16 @@ pub fn unary(be: &CudaBackend, op: UnaryOp, x: View<'_>) -> Result<CudaBuffer> {
     if n > 0 {
         let (code, p0, p1) = unary_code(op);
         let (len, xp, lx, op_) = (n as i64, xb.ptr(), strided("unary", x.layout)?, out.ptr());
+        let cfg = if d.is_half() {
+            grid(n)
+        } else {
+            grid_elementwise(n, lx.is_contiguous())
+        };
         launch!(
             be,
             family(d),
             format!("unary_{}", suffix(d)),
-            grid(n),
+            cfg,
             code,
             p0,
             p1,
@@ -117,11 +122,16 @@ pub fn binary(be: &CudaBackend, op: BinaryOp, a: View<'_>, b: View<'_>) -> Resul
             out.ptr(),
         );
         let name = format!("binary_{}", suffix(ab.dtype()));
+        let cfg = if ab.dtype().is_half() {
+            grid(n)
+        } else {
+            grid_elementwise(n, la.is_contiguous() && lb.is_contiguous())
+        };
         launch!(
             be,
             family(ab.dtype()),
             name,
-            grid(n),
+            cfg,
             code,
             len,
             ap,

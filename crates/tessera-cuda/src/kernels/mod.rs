@@ -176,6 +176,11 @@ pub struct Strided {
 unsafe impl DeviceRepr for Strided {}
 
 impl Strided {
+    /// Whether element `i` lives at `offset + i`.
+    pub fn is_contiguous(&self) -> bool {
+        self.contiguous != 0
+    }
+
     /// From a shape, strides and offset (already merged).
     pub fn new(
         op: &'static str,
@@ -248,6 +253,13 @@ pub fn grid(n: usize) -> LaunchConfig {
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// The launch of an elementwise kernel over `n` items whose operands are `contiguous`: those
+/// move 16 bytes per thread (up to 4 elements), so a quarter of the threads cover them; strided
+/// ones take a thread per element.
+pub fn grid_elementwise(n: usize, contiguous: bool) -> LaunchConfig {
+    grid(if contiguous { n.div_ceil(4) } else { n })
 }
 
 /// One block per row, for `rows` rows (grid-stride beyond the cap).
