@@ -67,18 +67,20 @@ fn base<T: Element>(t: &Tensor) -> Vec<T> {
     T::from_host(h).unwrap()
 }
 
-fn host<T: Element>(b: Arc<dyn Buffer>) -> Vec<T> {
+/// All of a CPU buffer's elements.
+fn download(b: Arc<dyn Buffer>) -> HostData {
     let l = Layout::contiguous(&[b.len()]);
-    T::from_host(
-        cpu()
-            .backend()
-            .download(View {
-                buf: b.as_ref(),
-                layout: &l,
-            })
-            .unwrap(),
-    )
-    .unwrap()
+    cpu()
+        .backend()
+        .download(View {
+            buf: b.as_ref(),
+            layout: &l,
+        })
+        .unwrap()
+}
+
+fn host<T: Element>(b: Arc<dyn Buffer>) -> Vec<T> {
+    T::from_host(download(b)).unwrap()
 }
 
 fn same(what: &str, got: &[f64], want: &[f64], tol: f64) {
@@ -885,15 +887,7 @@ fn lstm_cell_kernels_match_the_cpu_backend() {
 
 /// A CPU buffer's elements as f64.
 fn to_f64s(b: Arc<dyn Buffer>) -> Vec<f64> {
-    let l = Layout::contiguous(&[b.len()]);
-    cpu()
-        .backend()
-        .download(View {
-            buf: b.as_ref(),
-            layout: &l,
-        })
-        .unwrap()
-        .to_f64()
+    download(b).to_f64()
 }
 
 /// Contiguous, 16-byte aligned operands take the kernels' vector path (4 floats or 2 doubles
