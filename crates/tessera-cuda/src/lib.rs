@@ -501,6 +501,72 @@ impl Backend for CudaBackend {
         ok(kernels::reduce::softmax(self, x, log)?)
     }
 
+    fn cross_entropy(
+        &self,
+        x: View<'_>,
+        target: View<'_>,
+        label_smoothing: f64,
+        ignore_index: i64,
+    ) -> Result<[Arc<dyn Buffer>; 3]> {
+        let s = x.layout.shape();
+        let fits = s.len() == 2
+            && s[0] * s[1] > 0
+            && matches!(x.buf.dtype(), DType::F32 | DType::F64)
+            && target.layout.shape() == [s[0]]
+            && target.buf.dtype() == DType::I64;
+        if !fits {
+            return tessera_core::backend::fallback::cross_entropy(
+                self,
+                x,
+                target,
+                label_smoothing,
+                ignore_index,
+            );
+        }
+        self.bind()?;
+        let out = kernels::reduce::cross_entropy(self, x, target, label_smoothing, ignore_index)?;
+        Ok(out.map(|b| Arc::new(b) as Arc<dyn Buffer>))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        lp: View<'_>,
+        target: View<'_>,
+        w: View<'_>,
+        g: View<'_>,
+        label_smoothing: f64,
+        ignore_index: i64,
+    ) -> Result<Arc<dyn Buffer>> {
+        let s = lp.layout.shape();
+        let d = lp.buf.dtype();
+        let rows = [s.first().copied().unwrap_or(0)];
+        let fits = s.len() == 2
+            && s[0] * s[1] > 0
+            && matches!(d, DType::F32 | DType::F64)
+            && target.layout.shape() == rows
+            && target.buf.dtype() == DType::I64
+            && [w, g]
+                .iter()
+                .all(|v| v.layout.shape() == rows && v.buf.dtype() == d);
+        if !fits {
+            return tessera_core::backend::fallback::cross_entropy_backward(
+                self,
+                lp,
+                target,
+                w,
+                g,
+                label_smoothing,
+                ignore_index,
+            );
+        }
+        self.bind()?;
+        ok(kernels::reduce::cross_entropy_backward(
+            self,
+            [lp, target, w, g],
+            label_smoothing,
+        )?)
+    }
+
     fn lstm_cell(
         &self,
         x: View<'_>,

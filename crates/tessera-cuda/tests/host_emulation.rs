@@ -957,3 +957,122 @@ fn elementwise_vector_path_matches_the_cpu_backend() {
         }
     }
 }
+
+/// The cross-entropy row kernel and its backward (reduce.cu) give the CPU backend's
+/// `cross_entropy` / `cross_entropy_backward` (f64; with and without label smoothing, an
+/// ignored row, the gradient one broadcast value or one per row), and a target out of range
+/// raises the error flag with that index.
+#[test]
+fn cross_entropy_kernels_match_the_cpu_backend() {
+    let Some(lib) = build("reduce") else { return };
+    let (m, c) = (6usize, 5usize);
+    let x = Tensor::randn(
+        &[m, c],
+        0.0,
+        2.0,
+        DType::F64,
+        &mut Generator::new(31),
+        &cpu(),
+    )
+    .unwrap();
+    let targets: Vec<i64> = vec![0, 4, 2, -100, 1, 3];
+    let t = Tensor::from_vec(targets.clone(), &[m], &cpu()).unwrap();
+    type F = unsafe extern "C" fn(
+        i64,
+        i64,
+        *const f64,
+        *const i64,
+        f64,
+        f64,
+        i64,
+        *mut f64,
+        *mut f64,
+        *mut i64,
+    );
+    type G = unsafe extern "C" fn(
+        i64,
+        i64,
+        *const f64,
+        *const i64,
+        *const f64,
+        *const f64,
+        i64,
+        f64,
+        f64,
+        *mut f64,
+    );
+    let f: Symbol<F> = unsafe { lib.get(b"cross_entropy_f64") }.unwrap();
+    let g: Symbol<G> = unsafe { lib.get(b"cross_entropy_backward_f64") }.unwrap();
+    let dev = cpu();
+    let be = dev.backend();
+    for eps in [0.0, 0.1] {
+        let [loss, lp, w] = be.cross_entropy(x.view(), t.view(), eps, -100).unwrap();
+        let (lp, want_loss, want_w) = (host::<f64>(lp), host::<f64>(loss), host::<f64>(w));
+        let (keep, spread) = (1.0 - eps, eps / c as f64);
+        let (mut got_loss, mut got_w, mut err) = (vec![0.0; m], vec![0.0; m], [0i64; 2]);
+        unsafe {
+            f(
+                m as i64,
+                c as i64,
+                lp.as_ptr(),
+                targets.as_ptr(),
+                keep,
+                spread,
+                -100,
+                got_loss.as_mut_ptr(),
+                got_w.as_mut_ptr(),
+                err.as_mut_ptr(),
+            )
+        };
+        assert_eq!(err, [0, 0], "no bad target");
+        same(&format!("loss, ε {eps}"), &got_loss, &want_loss, 1e-14);
+        same(&format!("weights, ε {eps}"), &got_w, &want_w, 0.0);
+        let per_row: Vec<f64> = (0..m).map(|r| 0.5 + r as f64).collect();
+        for (gv, gs) in [(vec![0.25], 0i64), (per_row, 1)] {
+            let lpt = Tensor::from_vec(lp.clone(), &[m, c], &cpu()).unwrap();
+            let wt = Tensor::from_vec(want_w.clone(), &[m], &cpu()).unwrap();
+            let gt = Tensor::from_vec(gv.clone(), &[gv.len()], &cpu())
+                .unwrap()
+                .expand(&[m as isize])
+                .unwrap();
+            let want = host::<f64>(
+                be.cross_entropy_backward(lpt.view(), t.view(), wt.view(), gt.view(), eps, -100)
+                    .unwrap(),
+            );
+            let mut dx = vec![0.0; m * c];
+            unsafe {
+                g(
+                    m as i64,
+                    c as i64,
+                    lp.as_ptr(),
+                    targets.as_ptr(),
+                    want_w.as_ptr(),
+                    gv.as_ptr(),
+                    gs,
+                    keep,
+                    spread,
+                    dx.as_mut_ptr(),
+                )
+            };
+            same(&format!("dx, ε {eps}, g stride {gs}"), &dx, &want, 1e-14);
+        }
+    }
+    let bad = [0i64, 7, 2, 1, 1, 3];
+    let (mut l, mut w, mut err) = (vec![0.0; m], vec![0.0; m], [0i64; 2]);
+    let lp = vec![0.0; m * c];
+    unsafe {
+        f(
+            m as i64,
+            c as i64,
+            lp.as_ptr(),
+            bad.as_ptr(),
+            1.0,
+            0.0,
+            -100,
+            l.as_mut_ptr(),
+            w.as_mut_ptr(),
+            err.as_mut_ptr(),
+        )
+    };
+    assert_eq!(err, [1, 7]);
+}

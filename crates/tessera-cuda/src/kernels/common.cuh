@@ -72,3 +72,9 @@ __device__ __forceinline__ i64 to_i64(double v) {
 }
 template <typename T> __device__ __forceinline__ T from_f64(double v) { return (T)v; }
 template <> __device__ __forceinline__ i64 from_f64<i64>(double v) { return to_i64(v); }
+
+// Index errors: err[0] is a flag (0 = fine), err[1] the offending index (the first reported
+// wins); the host reads both back after the launch.
+__device__ __forceinline__ void report(i64* err, i64 j) {
+    if (atomicCAS((u64*)err, 0ULL, 1ULL) == 0ULL) err[1] = j;
+}

@@ -242,6 +242,21 @@ impl Strided {
     }
 }
 
+/// Device address of `v`'s elements in row-major order: in place when they are one contiguous
+/// run, else in a contiguous copy kept in `hold` (which must outlive the launch).
+pub(crate) fn rows_ptr(
+    be: &crate::CudaBackend,
+    op: &'static str,
+    v: tessera_core::View<'_>,
+    hold: &mut Option<crate::CudaBuffer>,
+) -> Result<cudarc::driver::sys::CUdeviceptr> {
+    let b = crate::cuda_buf(op, v)?;
+    Ok(match be.contiguous(op, v)? {
+        Some(copy) => hold.insert(copy).ptr(),
+        None => b.ptr_at(v.layout.offset()),
+    })
+}
+
 /// Threads per block of every elementwise-style launch.
 pub const BLOCK: u32 = 256;
 

@@ -128,3 +128,67 @@ extern "C" __global__ void softmax_f32(i64 rows, i64 n, const float* x, float* o
 extern "C" __global__ void softmax_f64(i64 rows, i64 n, const double* x, double* out, int log_) {
     softmax_rows<double>(rows, n, x, out, log_);
 }
+
+// Cross-entropy rows from the log-softmax `lp` [rows, n] and the targets: per row the loss
+// -(keep·lp[t]) - spread·Σ_j lp[j] (the sum only with label smoothing) and the weight 1, or 0
+// and 0 where t = ignore; a target outside [0, n) that is not ignored goes to `err`. One block
+// per row (the smoothing sum is a block reduction).
+template <typename T>
+__device__ void ce_rows(i64 rows, i64 n, const T* lp, const i64* t, T keep, T spread, i64 ignore,
+                        T* loss, T* w, i64* err) {
+    __shared__ T buf[BLOCK];
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* row = lp + r * n;
+        T sum = 0;
+        if (spread != (T)0) {
+            for (i64 j = threadIdx.x; j < n; j += blockDim.x) sum += row[j];
+            buf[threadIdx.x] = sum;
+            __syncthreads();
+            for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+                if (threadIdx.x < s) buf[threadIdx.x] += buf[threadIdx.x + s];
+                __syncthreads();
+            }
+            sum = buf[0];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) {
+            i64 c = t[r];
+            if (c == ignore || c < 0 || c >= n) {
+                if (c != ignore) report(err, c);
+                loss[r] = (T)0;
+                w[r] = (T)0;
+            } else {
+                loss[r] = (T)0 - keep * row[c] - spread * sum;
+                w[r] = (T)1;
+            }
+        }
+    }
+}
+extern "C" __global__ void cross_entropy_f32(i64 rows, i64 n, const float* lp, const i64* t,
+                                             double keep, double spread, i64 ignore, float* loss,
+                                             float* w, i64* err) {
+    ce_rows<float>(rows, n, lp, t, (float)keep, (float)spread, ignore, loss, w, err);
+}
+extern "C" __global__ void cross_entropy_f64(i64 rows, i64 n, const double* lp, const i64* t,
+                                             double keep, double spread, i64 ignore, double* loss,
+                                             double* w, i64* err) {
+    ce_rows<double>(rows, n, lp, t, keep, spread, ignore, loss, w, err);
+}
+
+// dx[r][k] = g_r·w_r·(exp(lp[r][k]) - spread - keep·[k = t_r]) over [rows, n], one thread per
+// element; `g` is read at stride `gs` (0 when it is one value broadcast).
+#define CE_BACKWARD(S, T)                                                                        \
+    extern "C" __global__ void cross_entropy_backward_##S(i64 rows, i64 n, const T* lp,         \
+                                                          const i64* t, const T* w, const T* g,  \
+                                                          i64 gs, double keep, double spread,    \
+                                                          T* dx) {                               \
+        FOR_EACH(e, rows * n) {                                                                  \
+            i64 r = e / n, k = e - r * n;                                                        \
+            T s = g[r * gs] * w[r];                                                              \
+            T v = s * (M<T>::exp(lp[e]) - (T)spread);                                            \
+            if (k == t[r]) v = v - s * (T)keep;                                                  \
+            dx[e] = v;                                                                           \
+        }                                                                                        \
+    }
+CE_BACKWARD(f32, float)
+CE_BACKWARD(f64, double)

@@ -1,6 +1,7 @@
 //! Launchers of reduce.cu: sum/max/min over any axes, argmax/argmin, row softmax.
 
-use super::{grid, per_row, suffix};
+use super::shape::{check_flag, error_flag};
+use super::{grid, per_row, rows_ptr, suffix};
 use crate::{cuda_buf, launch, strided, CudaBackend, CudaBuffer};
 use tessera_core::{Buffer, DType, Error, Layout, ReduceOp, Result, View};
 
@@ -136,4 +137,87 @@ pub fn softmax(be: &CudaBackend, x: View<'_>, log: bool) -> Result<CudaBuffer> {
     let name = format!("softmax_{}", suffix(xb.dtype()));
     launch!(be, "reduce", name, per_row(rows), r, len, src, op_, lg)?;
     Ok(out)
+}
+
+/// `Backend::cross_entropy` for f32/f64 logits `[M, C]` and i64 targets `[M]`: the log-softmax
+/// (the row kernel above), then one block per row for the losses and weights; a target out of
+/// range is `IndexOutOfRange` (read back after the launch, as gather does).
+pub fn cross_entropy(
+    be: &CudaBackend,
+    x: View<'_>,
+    target: View<'_>,
+    label_smoothing: f64,
+    ignore_index: i64,
+) -> Result<[CudaBuffer; 3]> {
+    let op = "cross_entropy";
+    let (m, c) = (x.layout.shape()[0], x.layout.shape()[1]);
+    let d = cuda_buf(op, x)?.dtype();
+    let lp = softmax(be, x, true)?;
+    let mut hold = None;
+    let tp = rows_ptr(be, op, target, &mut hold)?;
+    let (loss, w, err) = (be.empty(m, d)?, be.empty(m, d)?, error_flag(be)?);
+    let (rows, n, lpp, lossp, wp, errp) =
+        (m as i64, c as i64, lp.ptr(), loss.ptr(), w.ptr(), err.ptr());
+    let (keep, spread) = (1.0 - label_smoothing, label_smoothing / c as f64);
+    let name = format!("cross_entropy_{}", suffix(d));
+    launch!(
+        be,
+        "reduce",
+        name,
+        per_row(m),
+        rows,
+        n,
+        lpp,
+        tp,
+        keep,
+        spread,
+        ignore_index,
+        lossp,
+        wp,
+        errp
+    )?;
+    check_flag(&err, op, 1, c)?;
+    Ok([loss, lp, w])
+}
+
+/// `Backend::cross_entropy_backward` for f32/f64: one thread per element of `dx` `[M, C]`; `g`
+/// `[M]` may be one value broadcast (stride 0).
+pub fn cross_entropy_backward(
+    be: &CudaBackend,
+    [lp, target, w, g]: [View<'_>; 4],
+    label_smoothing: f64,
+) -> Result<CudaBuffer> {
+    let op = "cross_entropy_backward";
+    let (m, c) = (lp.layout.shape()[0], lp.layout.shape()[1]);
+    let d = cuda_buf(op, lp)?.dtype();
+    let mut hold: [Option<CudaBuffer>; 3] = Default::default();
+    let [h0, h1, h2] = &mut hold;
+    let (lpp, tp, wp) = (
+        rows_ptr(be, op, lp, h0)?,
+        rows_ptr(be, op, target, h1)?,
+        rows_ptr(be, op, w, h2)?,
+    );
+    let gb = cuda_buf(op, g)?;
+    let (gp, gs) = (gb.ptr_at(g.layout.offset()), g.layout.strides()[0] as i64);
+    let dx = be.empty(m * c, d)?;
+    let (rows, n, dxp) = (m as i64, c as i64, dx.ptr());
+    let (keep, spread) = (1.0 - label_smoothing, label_smoothing / c as f64);
+    let name = format!("cross_entropy_backward_{}", suffix(d));
+    launch!(
+        be,
+        "reduce",
+        name,
+        grid(m * c),
+        rows,
+        n,
+        lpp,
+        tp,
+        wp,
+        gp,
+        gs,
+        keep,
+        spread,
+        dxp
+    )?;
+    Ok(dx)
 }

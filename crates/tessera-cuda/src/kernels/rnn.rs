@@ -1,24 +1,8 @@
 //! Launchers of rnn.cu: the LSTM cell and its backward, one kernel each.
 
-use super::{grid, suffix};
-use crate::{cuda_buf, launch, CudaBackend, CudaBuffer};
-use cudarc::driver::sys::CUdeviceptr;
+use super::{grid, rows_ptr, suffix};
+use crate::{launch, CudaBackend, CudaBuffer};
 use tessera_core::{Result, View};
-
-/// Device address of `v`'s elements in row-major order: in place when they are one contiguous
-/// run, else in a contiguous copy kept in `hold`.
-fn rows(
-    be: &CudaBackend,
-    op: &'static str,
-    v: View<'_>,
-    hold: &mut Option<CudaBuffer>,
-) -> Result<CUdeviceptr> {
-    let b = cuda_buf(op, v)?;
-    Ok(match be.contiguous(op, v)? {
-        Some(copy) => hold.insert(copy).ptr(),
-        None => b.ptr_at(v.layout.offset()),
-    })
-}
 
 /// `Backend::lstm_cell` for f32/f64: `x`, `r` `[B, 4H]`, `c` `[B, H]` → act, c', tanh(c'), h'.
 pub fn lstm_cell(
@@ -33,9 +17,9 @@ pub fn lstm_cell(
     let mut hold: [Option<CudaBuffer>; 3] = Default::default();
     let [h0, h1, h2] = &mut hold;
     let (xp, rp, cp) = (
-        rows(be, op, x, h0)?,
-        rows(be, op, r, h1)?,
-        rows(be, op, c, h2)?,
+        rows_ptr(be, op, x, h0)?,
+        rows_ptr(be, op, r, h1)?,
+        rows_ptr(be, op, c, h2)?,
     );
     let out = [
         be.empty(b * 4 * h, d)?,
@@ -73,11 +57,11 @@ pub fn lstm_cell_backward(be: &CudaBackend, v: [View<'_>; 5]) -> Result<[CudaBuf
     let mut hold: [Option<CudaBuffer>; 5] = Default::default();
     let [h0, h1, h2, h3, h4] = &mut hold;
     let (ap, cp, tp, dhp, dcp) = (
-        rows(be, op, v[0], h0)?,
-        rows(be, op, v[1], h1)?,
-        rows(be, op, v[2], h2)?,
-        rows(be, op, v[3], h3)?,
-        rows(be, op, v[4], h4)?,
+        rows_ptr(be, op, v[0], h0)?,
+        rows_ptr(be, op, v[1], h1)?,
+        rows_ptr(be, op, v[2], h2)?,
+        rows_ptr(be, op, v[3], h3)?,
+        rows_ptr(be, op, v[4], h4)?,
     );
     let out = [be.empty(b * 4 * h, d)?, be.empty(b * h, d)?];
     let (bb, hh, dz, dcprev) = (b as i64, h as i64, out[0].ptr(), out[1].ptr());

@@ -10,11 +10,6 @@ COPY(double, f64)
 COPY(i64, i64)
 COPY(unsigned short, u16)  // f16 and bf16
 
-__device__ __forceinline__ void report(i64* err, i64 j) {
-    // err[0] is a flag (0 = fine), err[1] the offending index.
-    if (atomicCAS((u64*)err, 0ULL, 1ULL) == 0ULL) err[1] = j;
-}
-
 // out (index's shape, contiguous) = x[.. index .. at dim]; `lx` has index's shape and x's
 // strides with stride 0 at `dim`; `sd` is x's stride at `dim` and `size` its length.
 #define GATHER(T, S)                                                                             \

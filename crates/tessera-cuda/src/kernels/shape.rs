@@ -71,11 +71,16 @@ pub fn assemble(
 }
 
 /// A two-word device flag for index errors: [bad?, offending index].
-fn error_flag(be: &CudaBackend) -> Result<CudaBuffer> {
+pub(crate) fn error_flag(be: &CudaBackend) -> Result<CudaBuffer> {
     be.zeros(2, DType::I64)
 }
 
-fn check_flag(flag: &CudaBuffer, op: &'static str, dim: usize, size: usize) -> Result<()> {
+pub(crate) fn check_flag(
+    flag: &CudaBuffer,
+    op: &'static str,
+    dim: usize,
+    size: usize,
+) -> Result<()> {
     let mut v = [0i64; 2];
     // SAFETY: the flag holds two i64; the synchronous copy waits for the kernel.
     unsafe { result::memcpy_dtoh_sync(&mut v, flag.ptr()) }.map_err(|e| dev_err(op, e))?;
