@@ -189,6 +189,32 @@ pub struct LstmSequenceGrads {
     pub db: Option<Arc<dyn Buffer>>,
 }
 
+/// Whether [`Backend::cross_entropy`]'s operands are what core passes: logits `[M, C]` with
+/// `M·C > 0` and i64 targets `[M]`. A backend's kernel takes these (in the dtypes it has);
+/// anything else goes to the default. One check for every backend.
+pub fn cross_entropy_fits(x: View<'_>, target: View<'_>) -> bool {
+    let s = x.layout.shape();
+    s.len() == 2
+        && s[0] * s[1] > 0
+        && target.layout.shape() == [s[0]]
+        && target.buf.dtype() == DType::I64
+}
+
+/// The same for [`Backend::cross_entropy_backward`]: `lp` `[M, C]`, i64 targets `[M]`, and the
+/// weights and gradient `[M]` in `lp`'s dtype.
+pub fn cross_entropy_backward_fits(
+    lp: View<'_>,
+    target: View<'_>,
+    w: View<'_>,
+    g: View<'_>,
+) -> bool {
+    let rows = [lp.layout.shape().first().copied().unwrap_or(0)];
+    cross_entropy_fits(lp, target)
+        && [w, g]
+            .iter()
+            .all(|v| v.layout.shape() == rows && v.buf.dtype() == lp.buf.dtype())
+}
+
 /// What [`Backend::max_pool2d`] returns: the maxima, and the plane index of each when asked.
 pub type Pooled = (Arc<dyn Buffer>, Option<Arc<dyn Buffer>>);
 

@@ -922,11 +922,7 @@ impl Backend for CpuBackend {
         label_smoothing: f64,
         ignore_index: i64,
     ) -> Result<[Arc<dyn Buffer>; 3]> {
-        let s = x.layout.shape();
-        let fits = s.len() == 2
-            && s[0] * s[1] > 0
-            && target.layout.shape() == [s[0]]
-            && target.buf.dtype() == DType::I64;
+        let fits = tessera_core::backend::cross_entropy_fits(x, target);
         let v = [x, target];
         match x.buf.dtype() {
             DType::F32 if fits => self.cross_entropy_typed::<f32>(v, label_smoothing, ignore_index),
@@ -944,15 +940,7 @@ impl Backend for CpuBackend {
         label_smoothing: f64,
         ignore_index: i64,
     ) -> Result<Arc<dyn Buffer>> {
-        let s = lp.layout.shape();
-        let rows = [s.first().copied().unwrap_or(0)];
-        let fits = s.len() == 2
-            && s[0] * s[1] > 0
-            && target.layout.shape() == rows
-            && target.buf.dtype() == DType::I64
-            && [w, g]
-                .iter()
-                .all(|v| v.layout.shape() == rows && v.buf.dtype() == lp.buf.dtype());
+        let fits = tessera_core::backend::cross_entropy_backward_fits(lp, target, w, g);
         let v = [lp, target, w, g];
         match lp.buf.dtype() {
             DType::F32 if fits => self.cross_entropy_backward_typed::<f32>(v, label_smoothing),

@@ -508,12 +508,8 @@ impl Backend for CudaBackend {
         label_smoothing: f64,
         ignore_index: i64,
     ) -> Result<[Arc<dyn Buffer>; 3]> {
-        let s = x.layout.shape();
-        let fits = s.len() == 2
-            && s[0] * s[1] > 0
-            && matches!(x.buf.dtype(), DType::F32 | DType::F64)
-            && target.layout.shape() == [s[0]]
-            && target.buf.dtype() == DType::I64;
+        let fits = matches!(x.buf.dtype(), DType::F32 | DType::F64)
+            && tessera_core::backend::cross_entropy_fits(x, target);
         if !fits {
             return tessera_core::backend::fallback::cross_entropy(
                 self,
@@ -537,17 +533,8 @@ impl Backend for CudaBackend {
         label_smoothing: f64,
         ignore_index: i64,
     ) -> Result<Arc<dyn Buffer>> {
-        let s = lp.layout.shape();
-        let d = lp.buf.dtype();
-        let rows = [s.first().copied().unwrap_or(0)];
-        let fits = s.len() == 2
-            && s[0] * s[1] > 0
-            && matches!(d, DType::F32 | DType::F64)
-            && target.layout.shape() == rows
-            && target.buf.dtype() == DType::I64
-            && [w, g]
-                .iter()
-                .all(|v| v.layout.shape() == rows && v.buf.dtype() == d);
+        let fits = matches!(lp.buf.dtype(), DType::F32 | DType::F64)
+            && tessera_core::backend::cross_entropy_backward_fits(lp, target, w, g);
         if !fits {
             return tessera_core::backend::fallback::cross_entropy_backward(
                 self,
