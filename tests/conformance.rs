@@ -42,6 +42,24 @@ fn conformance_vectors_pass_on_cpu() -> Result<()> {
     Ok(())
 }
 
+/// The same vectors on the CPU's primitives alone ([`tessera::Composed`]): every composite op
+/// (what runs wherever a backend has no fused kernel, and under `backward_create_graph`) against
+/// PyTorch, not only against the CPU's fused kernels.
+#[test]
+fn conformance_vectors_pass_on_the_cpu_primitives_alone() -> Result<()> {
+    let dev = tessera::Composed::device(&Device::parse("cpu")?);
+    assert!(dev.fused().is_none());
+    let report = tessera::conformance::run_dir(&vectors_dir(), &dev)?;
+    for line in report.failure_lines() {
+        eprintln!("{line}");
+    }
+    eprintln!("{dev}: {}", report.summary());
+    assert_eq!(report.failed, 0, "{}", report.failure_lines().join("\n"));
+    assert_eq!(report.skipped, 0, "skipped ops: {:?}", report.skipped_ops);
+    assert!(report.passed >= 321, "{}", report.summary());
+    Ok(())
+}
+
 /// The same vectors on the GPU when one is usable; otherwise the error must say why.
 #[test]
 fn conformance_vectors_pass_on_cuda_when_present() -> Result<()> {

@@ -26,8 +26,8 @@ impl tessera::backend::Buffer for ToyBuffer {
     }
 }
 
-/// `seq`: also run whole LSTM sequences forward (and decline their backward), so core's
-/// step-by-step backward reads views of the sequence's tensors.
+/// `seq`: also run whole LSTM sequences forward through [`tessera::FusedKernels`] (and decline
+/// their backward), so core's step-by-step backward reads views of the sequence's tensors.
 #[derive(Debug)]
 struct ToyBackend {
     seq: bool,
@@ -81,66 +81,9 @@ impl Backend for ToyBackend {
     fn name(&self) -> String {
         if self.seq { "toy-seq" } else { "toy" }.into()
     }
-    fn lstm_sequence(
-        &self,
-        xp: View<'_>,
-        bias: Option<View<'_>>,
-        w_t: View<'_>,
-        h0: View<'_>,
-        c0: View<'_>,
-        reverse: bool,
-    ) -> Result<Option<tessera::backend::LstmSequence>> {
-        if !self.seq {
-            return Ok(None);
-        }
-        let (x, wt) = (read(&xp)?, read(&w_t)?);
-        let s = xp.layout.shape();
-        let (t_len, b, g4) = (s[0], s[1], s[2]);
-        let bias = match bias {
-            Some(v) => read(&v)?,
-            None => vec![0.0; g4],
-        };
-        let h = g4 / 4;
-        let (mut hs, mut cs) = (read(&h0)?, read(&c0)?);
-        let state = || vec![0.0; t_len * b * h];
-        let (mut out, mut hp, mut cp, mut tc) =
-            (vec![0.0; (t_len + 1) * b * h], state(), state(), state());
-        let mut act = vec![0.0; t_len * b * g4];
-        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
-        for step in 0..t_len {
-            let t = if reverse { t_len - 1 - step } else { step };
-            let (mut h_new, mut c_new) = (vec![0.0; b * h], vec![0.0; b * h]);
-            for j in 0..b {
-                for u in 0..h {
-                    let z = |gate: usize| {
-                        let q = gate * h + u;
-                        x[(t * b + j) * g4 + q]
-                            + bias[q]
-                            + (0..h).map(|p| hs[j * h + p] * wt[p * g4 + q]).sum::<f64>()
-                    };
-                    let a = [sig(z(0)), sig(z(1)), z(2).tanh(), sig(z(3))];
-                    for (gate, v) in a.iter().enumerate() {
-                        act[(t * b + j) * g4 + gate * h + u] = *v;
-                    }
-                    let k = (t * b + j) * h + u;
-                    (hp[k], cp[k]) = (hs[j * h + u], cs[j * h + u]);
-                    c_new[j * h + u] = a[1] * cs[j * h + u] + a[0] * a[2];
-                    tc[k] = c_new[j * h + u].tanh();
-                    h_new[j * h + u] = a[3] * tc[k];
-                    out[k] = h_new[j * h + u];
-                }
-            }
-            (hs, cs) = (h_new, c_new);
-        }
-        out[t_len * b * h..].copy_from_slice(&cs);
-        let d = xp.buf.dtype();
-        Ok(Some(tessera::backend::LstmSequence {
-            out: buf(d, out)?,
-            h_prev: buf(d, hp)?,
-            c_prev: buf(d, cp)?,
-            act: buf(d, act)?,
-            tanh_c: buf(d, tc)?,
-        }))
+    /// Only the `seq` variant has fused kernels (its sequence kernel).
+    fn fused(&self) -> Option<&dyn tessera::FusedKernels> {
+        self.seq.then_some(self as &dyn tessera::FusedKernels)
     }
     fn upload(&self, h: HostData) -> Result<Arc<dyn tessera::backend::Buffer>> {
         buf(h.dtype(), h.to_f64())
@@ -429,6 +372,69 @@ impl Backend for ToyBackend {
 }
 
 /// erf by its series (a toy backend has no libm); accurate to ~1e-15 for |x| < 3.
+/// The toy backend's one fused kernel: a whole LSTM sequence forward (its backward declines,
+/// so core's step-by-step backward reads views of the sequence's tensors).
+impl tessera::FusedKernels for ToyBackend {
+    fn lstm_sequence(
+        &self,
+        xp: View<'_>,
+        bias: Option<View<'_>>,
+        w_t: View<'_>,
+        h0: View<'_>,
+        c0: View<'_>,
+        reverse: bool,
+    ) -> Result<Option<tessera::backend::LstmSequence>> {
+        let (x, wt) = (read(&xp)?, read(&w_t)?);
+        let s = xp.layout.shape();
+        let (t_len, b, g4) = (s[0], s[1], s[2]);
+        let bias = match bias {
+            Some(v) => read(&v)?,
+            None => vec![0.0; g4],
+        };
+        let h = g4 / 4;
+        let (mut hs, mut cs) = (read(&h0)?, read(&c0)?);
+        let state = || vec![0.0; t_len * b * h];
+        let (mut out, mut hp, mut cp, mut tc) =
+            (vec![0.0; (t_len + 1) * b * h], state(), state(), state());
+        let mut act = vec![0.0; t_len * b * g4];
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        for step in 0..t_len {
+            let t = if reverse { t_len - 1 - step } else { step };
+            let (mut h_new, mut c_new) = (vec![0.0; b * h], vec![0.0; b * h]);
+            for j in 0..b {
+                for u in 0..h {
+                    let z = |gate: usize| {
+                        let q = gate * h + u;
+                        x[(t * b + j) * g4 + q]
+                            + bias[q]
+                            + (0..h).map(|p| hs[j * h + p] * wt[p * g4 + q]).sum::<f64>()
+                    };
+                    let a = [sig(z(0)), sig(z(1)), z(2).tanh(), sig(z(3))];
+                    for (gate, v) in a.iter().enumerate() {
+                        act[(t * b + j) * g4 + gate * h + u] = *v;
+                    }
+                    let k = (t * b + j) * h + u;
+                    (hp[k], cp[k]) = (hs[j * h + u], cs[j * h + u]);
+                    c_new[j * h + u] = a[1] * cs[j * h + u] + a[0] * a[2];
+                    tc[k] = c_new[j * h + u].tanh();
+                    h_new[j * h + u] = a[3] * tc[k];
+                    out[k] = h_new[j * h + u];
+                }
+            }
+            (hs, cs) = (h_new, c_new);
+        }
+        out[t_len * b * h..].copy_from_slice(&cs);
+        let d = xp.buf.dtype();
+        Ok(Some(tessera::backend::LstmSequence {
+            out: buf(d, out)?,
+            h_prev: buf(d, hp)?,
+            c_prev: buf(d, cp)?,
+            act: buf(d, act)?,
+            tanh_c: buf(d, tc)?,
+        }))
+    }
+}
+
 fn libm_free_erf(x: f64) -> f64 {
     let mut sum = 0.0;
     let mut term = x;
@@ -896,8 +902,8 @@ fn conv_relu_matches_conv_then_relu_on_every_path() -> Result<()> {
     Ok(())
 }
 
-/// The CPU's one-pass cross-entropy kernels (`Backend::cross_entropy` and its backward) give
-/// what core's defaults, built from primitives, give on the toy backend: values and input
+/// The CPU's one-pass cross-entropy kernels (`FusedKernels::cross_entropy` and its backward)
+/// give what core's composite, built from primitives, gives on the toy backend: values and input
 /// gradients, in f32 and f64, for every reduction, with label smoothing, an ignored class
 /// (in range, and PyTorch's default -100), extra dims, large logits, and under
 /// `backward_create_graph`. A target out of range is an error on both.

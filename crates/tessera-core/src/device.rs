@@ -1,6 +1,6 @@
 //! A device is a shared handle to a backend, chosen at run time.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, FusedKernels};
 use std::fmt;
 use std::sync::Arc;
 
@@ -20,6 +20,14 @@ impl Device {
     /// The backend that runs this device's kernels.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+    /// The backend as a shared handle (to wrap it, as [`crate::backend::Composed`] does).
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+    /// The backend's fused kernels, if it has any ([`Backend::fused`]).
+    pub fn fused(&self) -> Option<&dyn FusedKernels> {
+        self.backend.fused()
     }
     /// The device's name, e.g. `cpu`.
     pub fn name(&self) -> &str {

@@ -26,7 +26,10 @@ pub mod random;
 mod tape;
 mod tensor;
 
-pub use backend::{Backend, BinaryOp, Buffer, Distribution, ReduceOp, UnaryOp, View, Window};
+pub use backend::{
+    Backend, BinaryOp, Buffer, Composed, Distribution, FusedKernels, ReduceOp, UnaryOp, View,
+    Window,
+};
 pub use device::Device;
 pub use dtype::{DType, Element, HostData};
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@
 //! ordered without events.
 
 pub mod buffer;
+mod fused;
 pub mod kernels;
 
 pub use buffer::{CudaBuffer, PoolStats};
@@ -27,8 +28,8 @@ use kernels::{dev_err, Kernels, Strided};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use tessera_core::{
-    Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, HostData, Layout, ReduceOp,
-    Result, UnaryOp, View, Window,
+    Backend, BinaryOp, Buffer, DType, Device, Distribution, Error, FusedKernels, HostData, Layout,
+    ReduceOp, Result, UnaryOp, View,
 };
 
 /// Launches kernel `$name` of `$family` with the given locals as arguments (in order).
@@ -219,7 +220,7 @@ impl CudaBackend {
 
     /// Runs `f` on an f32 copy of the half tensor `x` and converts its result back: f16/bf16
     /// ops that accumulate (sums, softmax, col2im, scatter-add) do so in f32.
-    fn via_f32(
+    pub(crate) fn via_f32(
         &self,
         x: View<'_>,
         f: impl FnOnce(View<'_>) -> Result<CudaBuffer>,
@@ -305,7 +306,7 @@ fn float_only(op: &'static str, d: DType) -> Result<()> {
     Ok(())
 }
 
-fn ok(b: CudaBuffer) -> Result<Arc<dyn Buffer>> {
+pub(crate) fn ok(b: CudaBuffer) -> Result<Arc<dyn Buffer>> {
     Ok(Arc::new(b))
 }
 
@@ -489,135 +490,8 @@ impl Backend for CudaBackend {
         ok(kernels::shape::assemble(self, len, dtype, fill, parts)?)
     }
 
-    fn softmax(&self, x: View<'_>, dim: usize, log: bool) -> Result<Arc<dyn Buffer>> {
-        let l = x.layout;
-        if dim + 1 != l.rank() || l.numel() == 0 || !x.buf.dtype().is_float() {
-            return tessera_core::backend::fallback::softmax(self, x, dim, log);
-        }
-        self.bind()?;
-        if x.buf.dtype().is_half() {
-            return self.via_f32(x, |v| kernels::reduce::softmax(self, v, log));
-        }
-        ok(kernels::reduce::softmax(self, x, log)?)
-    }
-
-    fn cross_entropy(
-        &self,
-        x: View<'_>,
-        target: View<'_>,
-        label_smoothing: f64,
-        ignore_index: i64,
-    ) -> Result<[Arc<dyn Buffer>; 3]> {
-        let fits = matches!(x.buf.dtype(), DType::F32 | DType::F64)
-            && tessera_core::backend::cross_entropy_fits(x, target);
-        if !fits {
-            return tessera_core::backend::fallback::cross_entropy(
-                self,
-                x,
-                target,
-                label_smoothing,
-                ignore_index,
-            );
-        }
-        self.bind()?;
-        let out = kernels::reduce::cross_entropy(self, x, target, label_smoothing, ignore_index)?;
-        Ok(out.map(|b| Arc::new(b) as Arc<dyn Buffer>))
-    }
-
-    fn cross_entropy_backward(
-        &self,
-        lp: View<'_>,
-        target: View<'_>,
-        w: View<'_>,
-        g: View<'_>,
-        label_smoothing: f64,
-        ignore_index: i64,
-    ) -> Result<Arc<dyn Buffer>> {
-        let fits = matches!(lp.buf.dtype(), DType::F32 | DType::F64)
-            && tessera_core::backend::cross_entropy_backward_fits(lp, target, w, g);
-        if !fits {
-            return tessera_core::backend::fallback::cross_entropy_backward(
-                self,
-                lp,
-                target,
-                w,
-                g,
-                label_smoothing,
-                ignore_index,
-            );
-        }
-        self.bind()?;
-        ok(kernels::reduce::cross_entropy_backward(
-            self,
-            [lp, target, w, g],
-            label_smoothing,
-        )?)
-    }
-
-    fn lstm_cell(
-        &self,
-        x: View<'_>,
-        r: View<'_>,
-        c: View<'_>,
-    ) -> Result<tessera_core::backend::LstmCell> {
-        let s = c.layout.shape();
-        let gates = [
-            s.first().copied().unwrap_or(0),
-            4 * s.get(1).copied().unwrap_or(0),
-        ];
-        let d = x.buf.dtype();
-        let fits = s.len() == 2
-            && s[0] * s[1] > 0
-            && matches!(d, DType::F32 | DType::F64)
-            && x.layout.shape() == gates
-            && r.layout.shape() == gates
-            && [r, c].iter().all(|v| v.buf.dtype() == d);
-        if !fits {
-            return tessera_core::backend::fallback::lstm_cell(self, x, r, c);
-        }
-        self.bind()?;
-        Ok(kernels::rnn::lstm_cell(self, x, r, c)?.map(|b| Arc::new(b) as Arc<dyn Buffer>))
-    }
-
-    fn lstm_cell_backward(
-        &self,
-        act: View<'_>,
-        c_prev: View<'_>,
-        tanh_c: View<'_>,
-        dh: View<'_>,
-        dc: View<'_>,
-    ) -> Result<[Arc<dyn Buffer>; 2]> {
-        let s = c_prev.layout.shape();
-        let d = act.buf.dtype();
-        let v = [act, c_prev, tanh_c, dh, dc];
-        let fits = s.len() == 2
-            && s[0] * s[1] > 0
-            && matches!(d, DType::F32 | DType::F64)
-            && act.layout.shape() == [s[0], 4 * s[1]]
-            && v[1..].iter().all(|v| v.layout.shape() == s)
-            && v.iter().all(|v| v.buf.dtype() == d);
-        if !fits {
-            return tessera_core::backend::fallback::lstm_cell_backward(
-                self, act, c_prev, tanh_c, dh, dc,
-            );
-        }
-        self.bind()?;
-        Ok(kernels::rnn::lstm_cell_backward(self, v)?.map(|b| Arc::new(b) as Arc<dyn Buffer>))
-    }
-
-    fn unfold2d(&self, x: View<'_>, w: &Window, fill: f64) -> Result<Arc<dyn Buffer>> {
-        self.bind()?;
-        float_only("unfold2d", x.buf.dtype())?;
-        ok(kernels::conv::unfold(self, x, w, fill)?)
-    }
-
-    fn fold2d(&self, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<Arc<dyn Buffer>> {
-        self.bind()?;
-        float_only("fold2d", cols.buf.dtype())?;
-        if cols.buf.dtype().is_half() {
-            return self.via_f32(cols, |c| kernels::conv::fold(self, c, w, hw));
-        }
-        ok(kernels::conv::fold(self, cols, w, hw)?)
+    fn fused(&self) -> Option<&dyn FusedKernels> {
+        Some(self)
     }
 }
 

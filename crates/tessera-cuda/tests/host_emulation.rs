@@ -414,7 +414,14 @@ fn reduction_and_softmax_kernels_match_the_cpu_backend() {
                 log as i32,
             )
         };
-        let want = host::<f64>(cpu().backend().softmax(c.view(), 2, log).unwrap());
+        let want = host::<f64>(
+            cpu()
+                .fused()
+                .unwrap()
+                .softmax(c.view(), 2, log)
+                .unwrap()
+                .unwrap(),
+        );
         same("softmax", &out, &want, 1e-14);
     }
 }
@@ -583,7 +590,14 @@ fn im2col_col2im_and_integer_matmul_kernels_match_the_cpu_backend() {
                 cols.as_mut_ptr(),
             )
         };
-        let want = host::<f64>(cpu().backend().unfold2d(x.view(), &w, -2.0).unwrap());
+        let want = host::<f64>(
+            cpu()
+                .fused()
+                .unwrap()
+                .unfold2d(x.view(), &w, -2.0)
+                .unwrap()
+                .unwrap(),
+        );
         same("unfold", &cols, &want, 0.0);
         let ct = Tensor::from_vec(cols.clone(), &[2, 3, w.taps(), w.positions()], &cpu()).unwrap();
         type FO = unsafe extern "C" fn(i64, *const f64, i64, i64, Win, *mut f64);
@@ -599,7 +613,14 @@ fn im2col_col2im_and_integer_matmul_kernels_match_the_cpu_backend() {
                 img.as_mut_ptr(),
             )
         };
-        let want = host::<f64>(cpu().backend().fold2d(ct.view(), &w, [7, 6]).unwrap());
+        let want = host::<f64>(
+            cpu()
+                .fused()
+                .unwrap()
+                .fold2d(ct.view(), &w, [7, 6])
+                .unwrap()
+                .unwrap(),
+        );
         same("fold", &img, &want, 1e-15);
     }
     let lib = build("matmul").unwrap();
@@ -779,8 +800,8 @@ fn lstm_cell_kernels_match_the_cpu_backend() {
         let (x, r, c) = (draw(&[b, 4 * h], 1), draw(&[b, 4 * h], 2), draw(&[b, h], 3));
         let (dh, dc) = (draw(&[b, h], 4), draw(&[b, h], 5));
         let dev = cpu();
-        let be = dev.backend();
-        let want = be.lstm_cell(x.view(), r.view(), c.view()).unwrap();
+        let be = dev.fused().expect("the CPU has fused kernels");
+        let want = be.lstm_cell(x.view(), r.view(), c.view()).unwrap().unwrap();
         let want: Vec<Vec<f64>> = want.into_iter().map(to_f64s).collect();
         let cell = |k: usize| {
             Tensor::from_vec(
@@ -795,6 +816,7 @@ fn lstm_cell_kernels_match_the_cpu_backend() {
         let (act, tc) = (cell(0), cell(2));
         let want_back = be
             .lstm_cell_backward(act.view(), c.view(), tc.view(), dh.view(), dc.view())
+            .unwrap()
             .unwrap();
         let want_back: Vec<Vec<f64>> = want_back.into_iter().map(to_f64s).collect();
         macro_rules! run {
@@ -1004,9 +1026,12 @@ fn cross_entropy_kernels_match_the_cpu_backend() {
     let f: Symbol<F> = unsafe { lib.get(b"cross_entropy_f64") }.unwrap();
     let g: Symbol<G> = unsafe { lib.get(b"cross_entropy_backward_f64") }.unwrap();
     let dev = cpu();
-    let be = dev.backend();
+    let be = dev.fused().expect("the CPU has fused kernels");
     for eps in [0.0, 0.1] {
-        let [loss, lp, w] = be.cross_entropy(x.view(), t.view(), eps, -100).unwrap();
+        let [loss, lp, w] = be
+            .cross_entropy(x.view(), t.view(), eps, -100)
+            .unwrap()
+            .unwrap();
         let (lp, want_loss, want_w) = (host::<f64>(lp), host::<f64>(loss), host::<f64>(w));
         let (keep, spread) = (1.0 - eps, eps / c as f64);
         let (mut got_loss, mut got_w, mut err) = (vec![0.0; m], vec![0.0; m], [0i64; 2]);
@@ -1037,6 +1062,7 @@ fn cross_entropy_kernels_match_the_cpu_backend() {
                 .unwrap();
             let want = host::<f64>(
                 be.cross_entropy_backward(lpt.view(), t.view(), wt.view(), gt.view(), eps, -100)
+                    .unwrap()
                     .unwrap(),
             );
             let mut dx = vec![0.0; m * c];

@@ -4,7 +4,7 @@
 //! | op | forward | backward (automatic) |
 //! | --- | --- | --- |
 //! | unfold (im2col) | `gather` of the input at precomputed window positions (a fill value outside) | `scatter_add` into the input (col2im) |
-//! | conv2d, one group | [`Backend::conv2d`](crate::Backend::conv2d) (default: unfold, then weight · cols) | `conv2d_input_grad` and `conv2d_weight_grad` of the backend; under `create_graph`, unfold/fold and matmul recorded |
+//! | conv2d, one group | the backend's fused [`conv2d`](crate::FusedKernels::conv2d) as one node where it has one, else the composite: unfold, then weight · cols | the fused `conv2d_input_grad` / `conv2d_weight_grad`, else (and under `create_graph`) their composites: fold of weightᵀ · gy, and gy · colsᵀ |
 //! | conv2d, groups | unfold, then weight `[G, O/G, C/G·K]` · cols `[N, G, C/G·K, L]` | matmul and gather rules |
 //! | conv1d | conv2d with a height of 1 | |
 //! | conv_transpose2d | weightᵀ · x, then `scatter_add` of the columns into the output (col2im), cropped | matmul and scatter rules |
@@ -132,8 +132,10 @@ pub(crate) fn out_size(
 pub(crate) fn unfold(x: &Tensor, w: &Window, fill: f64) -> Result<Tensor> {
     let d = x.dims();
     let (n, c, h, wd) = (d[0], d[1], d[2], d[3]);
-    let buf = x.device().backend().unfold2d(x.view(), w, fill)?;
-    let out = x.output(buf, &[n, c, w.taps(), w.positions()]);
+    let out = match super::fused(x.device(), |k| k.unfold2d(x.view(), w, fill))? {
+        Some(buf) => x.output(buf, &[n, c, w.taps(), w.positions()]),
+        None => crate::no_grad(|| unfold_composite(x, w, fill))?,
+    };
     let win = *w;
     Ok(out.record_op("unfold", &[x], move |g, _| {
         Ok(vec![Some(fold(g, &win, [h, wd])?)])
@@ -143,12 +145,68 @@ pub(crate) fn unfold(x: &Tensor, w: &Window, fill: f64) -> Result<Tensor> {
 /// col2im: columns `[N, C, KH·KW, OH·OW]` summed back into `[N, C, H, W]`.
 pub(crate) fn fold(cols: &Tensor, w: &Window, hw: [usize; 2]) -> Result<Tensor> {
     let d = cols.dims();
-    let buf = cols.device().backend().fold2d(cols.view(), w, hw)?;
-    let out = cols.output(buf, &[d[0], d[1], hw[0], hw[1]]);
+    let out = match super::fused(cols.device(), |k| k.fold2d(cols.view(), w, hw))? {
+        Some(buf) => cols.output(buf, &[d[0], d[1], hw[0], hw[1]]),
+        None => crate::no_grad(|| fold_composite(cols, w, hw))?,
+    };
     let win = *w;
     Ok(out.record_op("fold", &[cols], move |g, _| {
         Ok(vec![Some(unfold(g, &win, 0.0)?)])
     }))
+}
+
+/// For each (channel, tap, position), the flat index into one example `[C·H·W]`, or `C·H·W`
+/// (one past the end) where the window reads outside the input.
+pub fn unfold_index(c: usize, h: usize, wd: usize, w: &Window) -> Vec<i64> {
+    let hw = h * wd;
+    let outside = (c * hw) as i64;
+    let mut idx = Vec::with_capacity(c * w.taps() * w.positions());
+    for ci in 0..c {
+        for kh in 0..w.k[0] {
+            for kw in 0..w.k[1] {
+                for oh in 0..w.out[0] {
+                    let ih = w.source(0, oh, kh, h);
+                    for ow in 0..w.out[1] {
+                        idx.push(match (ih, w.source(1, ow, kw, wd)) {
+                            (Some(i), Some(j)) => (ci * hw + i * wd + j) as i64,
+                            _ => outside,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    idx
+}
+
+/// [`unfold_index`] as an i64 tensor `[N, C·taps·positions]` (one row broadcast over the batch).
+fn window_index(x: &Tensor, c: usize, hw: [usize; 2], w: &Window) -> Result<Tensor> {
+    let idx = unfold_index(c, hw[0], hw[1], w);
+    let l = idx.len();
+    Tensor::from_vec(idx, &[1, l], x.device())?.broadcast_to(&[x.dims()[0], l])
+}
+
+/// im2col's composite: each example flattened with one `fill` element appended, gathered at
+/// the window positions (taps outside the input read the appended element).
+fn unfold_composite(x: &Tensor, w: &Window, fill: f64) -> Result<Tensor> {
+    let d = x.dims();
+    let (n, c) = (d[0], d[1]);
+    let flat = x.reshape_usize(&[n, c * d[2] * d[3]])?;
+    let pad = Tensor::full(&[n, 1], fill, x.dtype(), x.device())?;
+    Tensor::concat(&[&flat, &pad], 1)?
+        .gather(1, &window_index(x, c, [d[2], d[3]], w)?)?
+        .reshape_usize(&[n, c, w.taps(), w.positions()])
+}
+
+/// col2im's composite: the columns scattered (summed) into each example with its appended
+/// element, which collects the taps outside the input and is then dropped.
+fn fold_composite(cols: &Tensor, w: &Window, hw: [usize; 2]) -> Result<Tensor> {
+    let (n, c) = (cols.dims()[0], cols.dims()[1]);
+    let chw = c * hw[0] * hw[1];
+    let flat = cols.reshape_usize(&[n, c * w.taps() * w.positions()])?;
+    flat.scatter_into(&[n, chw + 1], 1, &window_index(cols, c, hw, w)?)?
+        .narrow(1, 0, chw)?
+        .reshape_usize(&[n, c, hw[0], hw[1]])
 }
 
 /// Resolves padding to `(before, after)` per spatial dim.
@@ -194,7 +252,7 @@ pub fn conv2d(
 }
 
 /// `relu(conv2d(x, weight, bias))`: a convolution layer and its activation as one op, the ReLU
-/// in the convolution's last pass where the backend can ([`crate::Backend::conv2d_relu`]).
+/// in the convolution's last pass where the backend can ([`crate::FusedKernels::conv2d`] with `relu`).
 pub fn conv2d_relu(
     x: &Tensor,
     weight: &Tensor,
@@ -305,56 +363,17 @@ fn conv_nd(
         p: [pads[0].0, pads[1].0],
         out,
     };
-    if g == 1 {
-        // One group: the backend's conv2d (a direct kernel where it has one, bias included) as
-        // one tape node.
-        if let Some(b) = bias {
-            check_bias(op, b, o, &[n, o, out[0], out[1]])?;
-            same_kind(op, x, b)?;
-        }
-        let backend = x.device().backend();
-        let (xv, wv, bv) = (x.view(), weight.view(), bias.map(|b| b.view()));
-        let buf = if relu {
-            backend.conv2d_relu(xv, wv, bv, &win)?
-        } else {
-            backend.conv2d(xv, wv, bv, &win)?
-        };
-        let y = x.output(buf, &[n, o, out[0], out[1]]);
-        // The output is kept for the ReLU's gradient only (a plain convolution's backward
-        // does not read it).
-        let (xs, ws, yd) = (x.clone(), weight.clone(), relu.then(|| y.detach()));
-        let mut inputs = vec![x, weight];
-        inputs.extend(bias);
-        return Ok(y.record_op(op, &inputs, move |gy, needs| {
-            // The ReLU's gradient first (from the output), then the convolution's.
-            let gy = match &yd {
-                Some(y) => &super::elementwise::relu_grad(gy, y)?,
-                None => gy,
-            };
-            // Both gradients and the bias sum read gy: copy a broadcast seed (the gradient of
-            // a sum) or other strided view once, not once per reader.
-            let gy = &gy.contiguous()?;
-            let mut grads = if crate::tape::is_grad_enabled() {
-                conv2d_grads_recorded(&xs, &ws, gy, &win, needs)?
-            } else {
-                let b = gy.device().backend();
-                vec![
-                    when(needs[0], || {
-                        let buf = b.conv2d_input_grad(gy.view(), ws.view(), &win, sizes)?;
-                        Ok(xs.output(buf, xs.dims()))
-                    })?,
-                    when(needs[1], || {
-                        let buf = b.conv2d_weight_grad(xs.view(), gy.view(), &win)?;
-                        Ok(ws.output(buf, ws.dims()))
-                    })?,
-                ]
-            };
-            if needs.len() == 3 {
-                grads.push(when(needs[2], || gy.sum(&[0, 2, 3], false))?);
-            }
-            Ok(grads)
-        }));
+    if let Some(b) = bias {
+        check_bias(op, b, o, &[n, o, out[0], out[1]])?;
+        same_kind(op, x, b)?;
     }
+    if g == 1 {
+        if let Some(y) = conv2d_fused(op, x, weight, bias, &win, relu)? {
+            return Ok(y);
+        }
+    }
+    // The composite, for any number of groups: im2col, then weight `[G, O/G, C/G·K]` · cols
+    // `[N, G, C/G·K, L]`, recorded op by op.
     let cols = unfold(x, &win, 0.0)?.reshape_usize(&[n, g, cg * win.taps(), win.positions()])?;
     let wg = weight.reshape_usize(&[g, o / g, cg * win.taps()])?;
     let y = wg.matmul(&cols)?.reshape_usize(&[n, o, out[0], out[1]])?;
@@ -366,35 +385,96 @@ fn conv_nd(
     }
 }
 
-/// The gradients of a one-group conv2d written with recorded ops (im2col and products), for
-/// `backward_create_graph`: gradients of these gradients then follow every dependence.
-fn conv2d_grads_recorded(
+/// A one-group convolution (and its ReLU) on the backend's kernel as one tape node, or `None`
+/// where the backend declines. Its gradients take the backend's kernels too, each falling back
+/// to the composite [`conv2d_input_grad`] / [`conv2d_weight_grad`], which are also what runs
+/// under `create_graph`.
+fn conv2d_fused(
+    op: &'static str,
     x: &Tensor,
     weight: &Tensor,
-    gy: &Tensor,
+    bias: Option<&Tensor>,
     win: &Window,
-    needs: &[bool],
-) -> Result<Vec<Option<Tensor>>> {
-    let d = x.dims();
-    let (n, c, o) = (d[0], d[1], weight.dims()[0]);
-    let (ct, l) = (c * win.taps(), win.positions());
-    let g3 = gy.reshape_usize(&[n, o, l])?;
-    Ok(vec![
-        when(needs[0], || {
-            let cols = weight.reshape_usize(&[o, ct])?.t()?.matmul(&g3)?;
-            fold(
-                &cols.reshape_usize(&[n, c, win.taps(), l])?,
-                win,
-                [d[2], d[3]],
-            )
-        })?,
-        when(needs[1], || {
-            let cols = unfold(x, win, 0.0)?.reshape_usize(&[n, ct, l])?;
-            g3.matmul(&cols.transpose(-1, -2)?)?
-                .sum(&[0], false)?
-                .reshape_usize(weight.dims())
-        })?,
-    ])
+    relu: bool,
+) -> Result<Option<Tensor>> {
+    let (xv, wv, bv) = (x.view(), weight.view(), bias.map(|b| b.view()));
+    let Some(buf) = super::fused(x.device(), |k| k.conv2d(xv, wv, bv, win, relu))? else {
+        return Ok(None);
+    };
+    let (n, o) = (x.dims()[0], weight.dims()[0]);
+    let y = x.output(buf, &[n, o, win.out[0], win.out[1]]);
+    // The output is kept for the ReLU's gradient only (a plain convolution's backward does
+    // not read it).
+    let (xs, ws, yd, win) = (x.clone(), weight.clone(), relu.then(|| y.detach()), *win);
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    Ok(Some(y.record_op(op, &inputs, move |gy, needs| {
+        // The ReLU's gradient first (from the output), then the convolution's.
+        let gy = match &yd {
+            Some(y) => &super::elementwise::relu_grad(gy, y)?,
+            None => gy,
+        };
+        // Both gradients and the bias sum read gy: copy a broadcast seed (the gradient of a
+        // sum) or other strided view once, not once per reader.
+        let gy = &gy.contiguous()?;
+        let recording = crate::tape::is_grad_enabled();
+        let dev = gy.device();
+        let mut grads = vec![
+            when(needs[0], || {
+                let hw = [xs.dims()[2], xs.dims()[3]];
+                let fused = match recording {
+                    true => None,
+                    false => {
+                        super::fused(dev, |k| k.conv2d_input_grad(gy.view(), ws.view(), &win, hw))?
+                    }
+                };
+                match fused {
+                    Some(buf) => Ok(xs.output(buf, xs.dims())),
+                    None => conv2d_input_grad(gy, &ws, &win, hw),
+                }
+            })?,
+            when(needs[1], || {
+                let fused = match recording {
+                    true => None,
+                    false => {
+                        super::fused(dev, |k| k.conv2d_weight_grad(xs.view(), gy.view(), &win))?
+                    }
+                };
+                match fused {
+                    Some(buf) => Ok(ws.output(buf, ws.dims())),
+                    None => conv2d_weight_grad(&xs, gy, &win, ws.dims()),
+                }
+            })?,
+        ];
+        if needs.len() == 3 {
+            grads.push(when(needs[2], || gy.sum(&[0, 2, 3], false))?);
+        }
+        Ok(grads)
+    })))
+}
+
+/// The input gradient of a one-group conv2d, composed: `weightᵀ` `[C·K, O]` · `gy`
+/// `[N, O, L]`, then col2im.
+fn conv2d_input_grad(gy: &Tensor, weight: &Tensor, win: &Window, hw: [usize; 2]) -> Result<Tensor> {
+    let (n, o, c) = (gy.dims()[0], weight.dims()[0], weight.dims()[1]);
+    let l = win.positions();
+    let cols = weight
+        .reshape_usize(&[o, c * win.taps()])?
+        .t()?
+        .matmul(&gy.reshape_usize(&[n, o, l])?)?;
+    fold(&cols.reshape_usize(&[n, c, win.taps(), l])?, win, hw)
+}
+
+/// The weight gradient of a one-group conv2d, composed: `gy` `[N, O, L]` · `colsᵀ`
+/// `[N, L, C·K]`, summed over the batch.
+fn conv2d_weight_grad(x: &Tensor, gy: &Tensor, win: &Window, wdims: &[usize]) -> Result<Tensor> {
+    let (n, c, o) = (x.dims()[0], x.dims()[1], gy.dims()[1]);
+    let l = win.positions();
+    let cols = unfold(x, win, 0.0)?.reshape_usize(&[n, c * win.taps(), l])?;
+    gy.reshape_usize(&[n, o, l])?
+        .matmul(&cols.transpose(-1, -2)?)?
+        .sum(&[0], false)?
+        .reshape_usize(wdims)
 }
 
 /// A bias must be `[channels]`.

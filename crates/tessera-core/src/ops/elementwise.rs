@@ -155,7 +155,10 @@ impl Tensor {
     pub fn add_relu(&self, rhs: &Tensor) -> Result<Tensor> {
         let op = "add_relu";
         float_only(op, self)?;
-        let out = self.zip_with(op, rhs, |be, x, y| be.add_relu(x, y))?;
+        let out = match self.zip_fused(op, rhs, |k, x, y| k.add_relu(x, y))? {
+            Some(out) => out,
+            None => crate::no_grad(|| self.add(rhs)?.relu())?,
+        };
         let y = out.detach();
         let (sa, sb) = (self.dims().to_vec(), rhs.dims().to_vec());
         Ok(out.record_op(op, &[self, rhs], move |g, n| {
@@ -295,28 +298,20 @@ impl Tensor {
 
     // ---- binary ----
 
-    /// `op` on broadcast operands, not recorded (the callers record).
-    fn zip(&self, op: &'static str, b: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
-        self.zip_with(op, rhs, |be, x, y| be.binary(b, x, y))
-    }
-
-    /// The backend call `f` on both operands broadcast to their common shape, not recorded.
-    fn zip_with(
+    /// `f` over both operands broadcast to one shape (one device, one dtype), and that shape.
+    fn broadcast_views<R>(
         &self,
         op: &'static str,
         rhs: &Tensor,
-        f: impl FnOnce(
-            &dyn crate::Backend,
-            crate::backend::View<'_>,
-            crate::backend::View<'_>,
-        ) -> Result<std::sync::Arc<dyn crate::backend::Buffer>>,
-    ) -> Result<Tensor> {
+        f: impl FnOnce(crate::backend::View<'_>, crate::backend::View<'_>) -> Result<R>,
+    ) -> Result<(R, Vec<usize>)> {
         same_kind(op, self, rhs)?;
         let shape = broadcast_shapes(op, self.dims(), rhs.dims())?;
-        let la = self.layout().broadcast_to(&shape);
-        let lb = rhs.layout().broadcast_to(&shape);
-        let buf = f(
-            self.device().backend(),
+        let (la, lb) = (
+            self.layout().broadcast_to(&shape),
+            rhs.layout().broadcast_to(&shape),
+        );
+        let r = f(
             crate::backend::View {
                 buf: self.buffer().as_ref(),
                 layout: &la,
@@ -326,7 +321,31 @@ impl Tensor {
                 layout: &lb,
             },
         )?;
+        Ok((r, shape))
+    }
+
+    /// `op` on broadcast operands, not recorded (the callers record).
+    fn zip(&self, op: &'static str, b: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        let be = self.device().backend();
+        let (buf, shape) = self.broadcast_views(op, rhs, |x, y| be.binary(b, x, y))?;
         Ok(self.output(buf, &shape))
+    }
+
+    /// The fused kernel `f` over both operands broadcast to one shape, or `None` where the
+    /// backend declines (the caller then composes the op).
+    fn zip_fused(
+        &self,
+        op: &'static str,
+        rhs: &Tensor,
+        f: impl FnOnce(
+            &dyn crate::backend::FusedKernels,
+            crate::backend::View<'_>,
+            crate::backend::View<'_>,
+        ) -> Result<Option<std::sync::Arc<dyn crate::backend::Buffer>>>,
+    ) -> Result<Option<Tensor>> {
+        let (buf, shape) =
+            self.broadcast_views(op, rhs, |x, y| super::fused(self.device(), |k| f(k, x, y)))?;
+        Ok(buf.map(|b| self.output(b, &shape)))
     }
 
     /// `self ← beta·self + alpha·rhs` (`rhs` broadcast to this shape): an optimizer's update,
@@ -363,9 +382,12 @@ impl Tensor {
             layout: &lb,
         };
         let done = self.write_in_place(kind, |device, buf, layout| {
-            device
-                .backend()
-                .scale_add_in_place(buf, layout, beta, alpha, src)
+            Ok(match device.fused() {
+                Some(k) => k
+                    .scale_add_in_place(buf, layout, beta, alpha, src)?
+                    .is_some(),
+                None => false,
+            })
         })?;
         if !done {
             let scaled = if beta == 1.0 {
@@ -386,7 +408,10 @@ impl Tensor {
     /// updates: `p - lr·d` and `d + momentum·buf`).
     pub fn add_scaled(&self, rhs: &Tensor, alpha: f64) -> Result<Tensor> {
         let op = "add_scaled";
-        let out = self.zip_with(op, rhs, |be, x, y| be.add_scaled(x, alpha, y))?;
+        let out = match self.zip_fused(op, rhs, |k, x, y| k.add_scaled(x, alpha, y))? {
+            Some(out) => out,
+            None => crate::no_grad(|| self.add(&rhs.mul_scalar(alpha)?))?,
+        };
         let (sa, sb) = (self.dims().to_vec(), rhs.dims().to_vec());
         Ok(out.record_op(op, &[self, rhs], move |g, n| {
             Ok(vec![
@@ -615,24 +640,28 @@ impl std::ops::Neg for &Tensor {
     }
 }
 
-/// ReLU's gradient `g·[not y <= 0]` from its output `y`: one backend pass, or recorded ops under
-/// `create_graph` (the mask is a constant either way).
+/// ReLU's gradient `g·[not y <= 0]` from its output `y`: the backend's one pass where it has
+/// one, else (and under `create_graph`, where the mask is a recorded constant) the composite.
 pub(crate) fn relu_grad(g: &Tensor, y: &Tensor) -> Result<Tensor> {
-    if is_grad_enabled() {
-        // 1 - (y <= 0): a NaN output passes its gradient on (PyTorch's rule).
-        let mask = y.le(&y.scalar_like(0.0)?)?.neg()?.add_scalar(1.0)?;
-        return g.mul(&mask);
+    if !is_grad_enabled() {
+        let lg = g.layout().broadcast_to(y.dims());
+        let fused = super::fused(y.device(), |k| {
+            k.relu_backward(
+                crate::backend::View {
+                    buf: g.buffer().as_ref(),
+                    layout: &lg,
+                },
+                crate::backend::View {
+                    buf: y.buffer().as_ref(),
+                    layout: y.layout(),
+                },
+            )
+        })?;
+        if let Some(buf) = fused {
+            return Ok(y.output(buf, y.dims()));
+        }
     }
-    let lg = g.layout().broadcast_to(y.dims());
-    let buf = y.device().backend().relu_backward(
-        crate::backend::View {
-            buf: g.buffer().as_ref(),
-            layout: &lg,
-        },
-        crate::backend::View {
-            buf: y.buffer().as_ref(),
-            layout: y.layout(),
-        },
-    )?;
-    Ok(y.output(buf, y.dims()))
+    // 1 - (y <= 0), not (y > 0): a NaN output passes its gradient on (PyTorch's rule).
+    let mask = y.le(&y.scalar_like(0.0)?)?.neg()?.add_scalar(1.0)?;
+    g.mul(&mask)
 }

@@ -93,10 +93,10 @@ fn reduce(
 }
 
 /// Cross-entropy of logits `[N, C]` or `[N, C, d...]` against class indices `[N]` / `[N, d...]`,
-/// with label smoothing and an ignored class. One tape node: the backend's
-/// [`crate::Backend::cross_entropy`] gives every row's loss in one pass (log-softmax, the
+/// with label smoothing and an ignored class. One tape node: a backend's fused
+/// [`crate::FusedKernels::cross_entropy`] gives every row's loss in one pass (log-softmax, the
 /// target's term, the smoothing term), and its backward is one pass too, instead of a dozen
-/// recorded ops each way.
+/// ops each way; elsewhere the composite [`cross_entropy_rows`] runs.
 pub fn cross_entropy(
     input: &Tensor,
     target: &Tensor,
@@ -115,13 +115,20 @@ pub fn cross_entropy(
     let (x, t) = rows(op, input, target)?;
     super::same_device(op, &x, &t)?;
     let (m, c) = (x.dims()[0], x.dims()[1]);
-    let be = x.device().backend();
-    let [loss, lp, w] = be.cross_entropy(x.view(), t.view(), label_smoothing, ignore_index)?;
-    let (loss, lp, w) = (
-        x.output(loss, &[m]),
-        x.output(lp, &[m, c]),
-        x.output(w, &[m]),
-    );
+    let fused = match crate::backend::cross_entropy_fits(x.view(), t.view()) {
+        true => super::fused(x.device(), |k| {
+            k.cross_entropy(x.view(), t.view(), label_smoothing, ignore_index)
+        })?,
+        false => None,
+    };
+    let (loss, lp, w) = match fused {
+        Some([loss, lp, w]) => (
+            x.output(loss, &[m]),
+            x.output(lp, &[m, c]),
+            x.output(w, &[m]),
+        ),
+        None => crate::no_grad(|| cross_entropy_rows(&x, &t, label_smoothing, ignore_index))?,
+    };
     // The reduced value, and for a mean the count of rows not ignored (PyTorch divides by it).
     let (value, count) = crate::no_grad(|| -> Result<_> {
         Ok(match reduction {
@@ -140,31 +147,70 @@ pub fn cross_entropy(
             None => g.clone(),
         };
         let g = g.expand(&[m as isize])?;
-        if crate::tape::is_grad_enabled() {
-            // backward_create_graph: the same gradient from recorded ops, so its own gradient
-            // (through softmax(x) and g) exists.
-            let ignored = t_s.eq(&t_s.scalar_like(ignore_index as f64)?)?;
-            let safe = ignored.where_(&t_s.scalar_like(0.0)?, &t_s)?.unsqueeze(1)?;
-            let ones = x_s.narrow(1, 0, 1)?.ones_like()?.detach();
-            let hot = x_s.zeros_like()?.detach().scatter_add(1, &safe, &ones)?;
-            let p = x_s.softmax(1)?.add_scalar(-label_smoothing / c as f64)?;
-            let diff = p.sub(&hot.mul_scalar(1.0 - label_smoothing)?)?;
-            return Ok(vec![Some(diff.mul(&g.mul(&w)?.unsqueeze(1)?)?)]);
+        let recording = crate::tape::is_grad_enabled();
+        if !recording
+            && crate::backend::cross_entropy_backward_fits(
+                lp.view(),
+                t_s.view(),
+                w.view(),
+                g.view(),
+            )
+        {
+            let fused = super::fused(g.device(), |k| {
+                k.cross_entropy_backward(
+                    lp.view(),
+                    t_s.view(),
+                    w.view(),
+                    g.view(),
+                    label_smoothing,
+                    ignore_index,
+                )
+            })?;
+            if let Some(dx) = fused {
+                return Ok(vec![Some(g.output(dx, &[m, c]))]);
+            }
         }
-        let dx = g.device().backend().cross_entropy_backward(
-            lp.view(),
-            t_s.view(),
-            w.view(),
-            g.view(),
-            label_smoothing,
-            ignore_index,
-        )?;
-        Ok(vec![Some(g.output(dx, &[m, c]))])
+        // The composite: (p - ε/C - (1 - ε)·onehot(t))·g·w. Under create_graph p is
+        // softmax(x), recorded, so the gradient's own gradient reaches x; else exp(lp).
+        let p = match recording {
+            true => x_s.softmax(1)?,
+            false => lp.exp()?,
+        };
+        let ignored = t_s.eq(&t_s.scalar_like(ignore_index as f64)?)?;
+        let safe = ignored.where_(&t_s.scalar_like(0.0)?, &t_s)?.unsqueeze(1)?;
+        let ones = x_s.narrow(1, 0, 1)?.ones_like()?.detach();
+        let hot = x_s.zeros_like()?.detach().scatter_add(1, &safe, &ones)?;
+        let diff = p
+            .add_scalar(-label_smoothing / c as f64)?
+            .sub(&hot.mul_scalar(1.0 - label_smoothing)?)?;
+        Ok(vec![Some(diff.mul(&g.mul(&w)?.unsqueeze(1)?)?)])
     });
     match reduction {
         Reduction::None => value.reshape_usize(target.dims()),
         _ => Ok(value),
     }
+}
+
+/// Cross-entropy's composite over rows: `lp = log_softmax(x)`, the losses
+/// `(-(1 - ε)·lp[t] - (ε / C)·Σ_c lp[c])·w` `[M]` and the weights `w` `[M]` (0 where the target
+/// is ignored, else 1). A target outside `[0, C)` is gather's `IndexOutOfRange`.
+fn cross_entropy_rows(
+    x: &Tensor,
+    t: &Tensor,
+    label_smoothing: f64,
+    ignore_index: i64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = x.dims()[1];
+    let lp = x.log_softmax(1)?;
+    let (picked, w) = pick(&lp, t, ignore_index)?;
+    let mut loss = picked.mul_scalar(-(1.0 - label_smoothing))?;
+    if label_smoothing > 0.0 {
+        let smooth = lp
+            .sum(&[1], false)?
+            .mul_scalar(-label_smoothing / c as f64)?;
+        loss = loss.add(&smooth.mul(&w)?)?;
+    }
+    Ok((loss, lp, w))
 }
 
 /// Negative log-likelihood of log-probabilities `[N, C]` or `[N, C, d...]`.

@@ -21,8 +21,23 @@ pub mod reduce;
 pub mod rnn;
 pub mod shape;
 
+use crate::backend::FusedKernels;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+/// The device's fused kernel run by `f`: `Some` result, or `None` where the backend has no
+/// fused kernels or declines this call — the caller then runs the op's composite. The one
+/// place every op asks for a fast path.
+pub(crate) fn fused<T>(
+    device: &Device,
+    f: impl FnOnce(&dyn FusedKernels) -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    match device.fused() {
+        Some(k) => f(k),
+        None => Ok(None),
+    }
+}
 
 /// Both operands on one device.
 pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {

@@ -3,8 +3,8 @@
 //!
 //! | op | forward |
 //! | --- | --- |
-//! | batch_norm (train) | `(x - mean) / sqrt(var + eps) · w + b`, mean and biased var over all axes but 1: one tape node on the backend's fused kernel ([`Backend::batch_norm_train`](crate::Backend::batch_norm_train)) where it has one, else composed (two-pass statistics) |
-//! | batch_norm (eval) | `x·α + β` per channel, `α = w / sqrt(running_var + eps)`, `β = b - running_mean·α`: one pass on the backend's kernel ([`Backend::batch_norm_eval`](crate::Backend::batch_norm_eval)) when nothing is differentiated, else composed |
+//! | batch_norm (train) | `(x - mean) / sqrt(var + eps) · w + b`, mean and biased var over all axes but 1: one tape node on the backend's fused kernel ([`FusedKernels::batch_norm_train`](crate::FusedKernels::batch_norm_train)) where it has one, else composed (two-pass statistics) |
+//! | batch_norm (eval) | `x·α + β` per channel, `α = w / sqrt(running_var + eps)`, `β = b - running_mean·α`: one pass on the backend's kernel ([`FusedKernels::batch_norm_eval`](crate::FusedKernels::batch_norm_eval)) when nothing is differentiated, else composed |
 //! | layer_norm | the same over the last dims |
 //! | dropout | `x · mask / (1 - p)`, mask ~ Bernoulli(1 - p) from the counter-based generator |
 //! | embedding | `index_select` of weight rows; the `padding_idx` row takes no gradient |
@@ -104,14 +104,16 @@ pub fn batch_norm(
             {
                 super::same_kind("batch_norm", x, t)?;
             }
-            let fused = x.device().backend().batch_norm_eval(
-                x.view(),
-                running_mean.view(),
-                running_var.view(),
-                weight.map(|w| w.view()),
-                bias.map(|b| b.view()),
-                eps,
-            )?;
+            let fused = super::fused(x.device(), |k| {
+                k.batch_norm_eval(
+                    x.view(),
+                    running_mean.view(),
+                    running_var.view(),
+                    weight.map(|w| w.view()),
+                    bias.map(|b| b.view()),
+                    eps,
+                )
+            })?;
             if let Some(y) = fused {
                 return Ok((x.output(y, x.dims()), None));
             }
@@ -172,13 +174,14 @@ fn train_fused(
     eps: f64,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
     let c = x.dims()[1];
-    let be = x.device().backend();
-    let Some([y, mean, var]) = be.batch_norm_train(
-        x.view(),
-        weight.map(|w| w.view()),
-        bias.map(|b| b.view()),
-        eps,
-    )?
+    let Some([y, mean, var]) = super::fused(x.device(), |k| {
+        k.batch_norm_train(
+            x.view(),
+            weight.map(|w| w.view()),
+            bias.map(|b| b.view()),
+            eps,
+        )
+    })?
     else {
         return Ok(None);
     };
@@ -197,14 +200,16 @@ fn train_fused(
         let fused = if crate::tape::is_grad_enabled() {
             None
         } else {
-            gy.device().backend().batch_norm_backward(
-                xs.view(),
-                gy.view(),
-                ms.view(),
-                vs.view(),
-                ws.as_ref().map(|w| w.view()),
-                eps,
-            )?
+            super::fused(gy.device(), |k| {
+                k.batch_norm_backward(
+                    xs.view(),
+                    gy.view(),
+                    ms.view(),
+                    vs.view(),
+                    ws.as_ref().map(|w| w.view()),
+                    eps,
+                )
+            })?
         };
         let [dx, dw, db] = match fused {
             Some([dx, dw, db]) => [

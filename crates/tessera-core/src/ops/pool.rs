@@ -2,7 +2,7 @@
 //!
 //! | op | forward | backward (automatic) |
 //! | --- | --- | --- |
-//! | max_pool | [`Backend::max_pool2d`](crate::Backend::max_pool2d): the maxima and the plane index of each (default: unfold with -inf outside, `argmax` over the taps, `gather`) | `scatter_add` of the gradient at the saved plane indices: exact for every kernel/stride/padding/dilation, overlapping windows accumulate |
+//! | max_pool | [`FusedKernels::max_pool2d`](crate::FusedKernels::max_pool2d): the maxima and the plane index of each where the backend has it, else the composite: unfold with -inf outside, `argmax` over the taps, `gather` | `scatter_add` of the gradient at the saved plane indices: exact for every kernel/stride/padding/dilation, overlapping windows accumulate |
 //! | avg_pool2d | unfold with 0 outside, sum over taps, divide by each window's divisor | |
 //! | adaptive_avg_pool2d | `A_h · x · A_wᵀ` with averaging matrices (windows may overlap) | matmul rules |
 //! | global_avg_pool2d | mean over H, W | |
@@ -121,12 +121,16 @@ pub fn max_pool2d(x: &Tensor, opts: &PoolOptions) -> Result<Tensor> {
     let d = x.dims();
     let (n, c, h, wd, l) = (d[0], d[1], d[2], d[3], w.positions());
     let routed = crate::tape::is_grad_enabled() && x.requires_grad();
-    let (vals, idx) = x.device().backend().max_pool2d(x.view(), &w, routed)?;
-    let y = x.output(vals, &[n, c, w.out[0], w.out[1]]);
+    let (y, idx) = match super::fused(x.device(), |k| k.max_pool2d(x.view(), &w, routed))? {
+        Some((vals, idx)) => (
+            x.output(vals, &[n, c, w.out[0], w.out[1]]),
+            idx.map(|i| x.output(i, &[n, c, l])),
+        ),
+        None => crate::no_grad(|| max_pool2d_composite(x, &w, routed))?,
+    };
     let Some(idx) = idx.filter(|_| routed) else {
         return Ok(y);
     };
-    let idx = x.output(idx, &[n, c, l]);
     Ok(y.record_op("max_pool2d", &[x], move |g, _| {
         // Each output's gradient goes to the input element it came from; overlapping
         // windows accumulate. Recorded under create_graph (scatter_add's backward is gather).
@@ -136,6 +140,40 @@ pub fn max_pool2d(x: &Tensor, opts: &PoolOptions) -> Result<Tensor> {
             .reshape_usize(&[n, c, h, wd])?;
         Ok(vec![Some(dx)])
     }))
+}
+
+/// Max pooling's composite: the windows as columns with -inf outside, then the max over the
+/// taps; with `index`, the first maximal tap of each window (NaN wins), the value there, and
+/// the plane index of that tap read from a `[taps, positions]` table, `[N, C, positions]`.
+fn max_pool2d_composite(x: &Tensor, w: &Window, index: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let d = x.dims();
+    let (n, c, h, wd) = (d[0], d[1], d[2], d[3]);
+    let (taps, l) = (w.taps(), w.positions());
+    let cols = super::conv::unfold(x, w, f64::NEG_INFINITY)?;
+    let shape = [n, c, w.out[0], w.out[1]];
+    if !index {
+        return Ok((cols.amax(&[2], false)?.reshape_usize(&shape)?, None));
+    }
+    let at = cols.argmax(2, true)?;
+    let vals = cols.gather(2, &at)?.reshape_usize(&shape)?;
+    let mut table = Vec::with_capacity(taps * l);
+    for kh in 0..w.k[0] {
+        for kw in 0..w.k[1] {
+            for oh in 0..w.out[0] {
+                for ow in 0..w.out[1] {
+                    // A tap outside the input holds -inf and is chosen only when the whole
+                    // window is -inf; any index inside the plane is then as good as another.
+                    let ih = w.source(0, oh, kh, h).unwrap_or(0);
+                    let iw = w.source(1, ow, kw, wd).unwrap_or(0);
+                    table.push((ih * wd + iw) as i64);
+                }
+            }
+        }
+    }
+    let table =
+        Tensor::from_vec(table, &[1, 1, taps, l], x.device())?.broadcast_to(&[n, c, taps, l])?;
+    let idx = table.gather(2, &at)?.reshape_usize(&[n, c, l])?;
+    Ok((vals, Some(idx)))
 }
 
 /// Max pooling over `[N, C, L]`.

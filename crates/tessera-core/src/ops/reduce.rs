@@ -242,8 +242,10 @@ impl Tensor {
                 .reshape_usize(&[]);
         }
         let d = normalize_dim(op, dim, self.rank())?;
-        let buf = self.device().backend().softmax(self.view(), d, log)?;
-        let out = self.output(buf, self.dims());
+        let out = match super::fused(self.device(), |k| k.softmax(self.view(), d, log))? {
+            Some(buf) => self.output(buf, self.dims()),
+            None => crate::no_grad(|| softmax_composite(self, d, log))?,
+        };
         let (x, y) = (self.clone(), out.detach());
         Ok(out.record_op(op, &[self], move |g, _| {
             let y = if is_grad_enabled() {
@@ -303,5 +305,19 @@ impl Tensor {
             self.sum(&axes, true)?
         };
         s.reshape_usize(shape)
+    }
+}
+
+/// Softmax's composite: `exp(x - m) / Σ exp(x - m)`, or `x - m - log Σ exp(x - m)` for the log
+/// form, with `m` the max along `dim` so no `exp` overflows.
+fn softmax_composite(x: &Tensor, dim: usize, log: bool) -> Result<Tensor> {
+    let d = [dim as isize];
+    let shifted = x.sub(&x.amax(&d, true)?)?;
+    let e = shifted.exp()?;
+    let total = e.sum(&d, true)?;
+    if log {
+        shifted.sub(&total.log()?)
+    } else {
+        e.div(&total)
     }
 }

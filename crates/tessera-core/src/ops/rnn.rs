@@ -101,17 +101,40 @@ fn run_direction(
 /// the gate activations `(i, f, g, o)` (as `act` or as `gates`), `tanh(c_t)`, and the states
 /// each step started from.
 struct LstmTrace {
-    /// The gate activations `[B, 4H]` per step when the trace came from the backend's fused
-    /// cell (empty when it was recorded op by op).
-    act: Vec<Tensor>,
-    /// The four gates as recorded tensors (empty for a fused trace, whose `act` holds them).
-    gates: Vec<[Tensor; 4]>,
+    /// The gate activations of each step.
+    gates: Vec<StepGates>,
     tanh_c: Vec<Tensor>,
     h_prev: Vec<Tensor>,
     c_prev: Vec<Tensor>,
     /// The whole-sequence tensors when the backend ran the sequence in one call
-    /// ([`crate::Backend::lstm_sequence`]); the per-step fields above are then empty.
+    /// ([`crate::FusedKernels::lstm_sequence`]); the per-step fields above are then empty.
     seq: Option<SeqTrace>,
+}
+
+/// One step's gate activations `σ(i), σ(f), tanh(g), σ(o)`.
+enum StepGates {
+    /// `[B, 4H]` from the backend's fused cell.
+    Act(Tensor),
+    /// The four gates `[B, H]` from the composite (recorded under `create_graph`).
+    Split([Tensor; 4]),
+}
+
+impl StepGates {
+    /// The four gates, as views of `Act`'s columns where needed.
+    fn split(&self) -> Result<[Tensor; 4]> {
+        match self {
+            StepGates::Split(g) => Ok(g.clone()),
+            StepGates::Act(a) => {
+                let h = a.dims()[1] / 4;
+                Ok([
+                    a.narrow(1, 0, h)?,
+                    a.narrow(1, h, h)?,
+                    a.narrow(1, 2 * h, h)?,
+                    a.narrow(1, 3 * h, h)?,
+                ])
+            }
+        }
+    }
 }
 
 /// [`crate::backend::LstmSequence`]'s buffers as tensors, `[T, B, ·]` in time order.
@@ -132,8 +155,9 @@ fn time_order(t_len: usize, reverse: bool) -> Vec<usize> {
 }
 
 /// The LSTM recurrence over `xp` (`[T, B, 4H]`, every bias added), from `h0`, `c0` (`[B, H]`).
-/// With `fused` (no ops to record) each step's cell is one [`crate::Backend::lstm_cell`] call;
-/// otherwise it is built from recorded ops, so gradients of gradients can flow through it.
+/// With `try_fused` (no ops to record) each step's cell is one
+/// [`crate::FusedKernels::lstm_cell`] call where the backend has it; otherwise it is the
+/// composite below, recorded under `create_graph` so gradients of gradients flow through it.
 /// Returns the trace, the outputs `h_t` in time order and the last cell state.
 fn lstm_steps(
     xp: &Tensor,
@@ -141,57 +165,51 @@ fn lstm_steps(
     h0: &Tensor,
     c0: &Tensor,
     reverse: bool,
-    fused: bool,
+    try_fused: bool,
 ) -> Result<(LstmTrace, Vec<Tensor>, Tensor)> {
     let t_len = xp.dims()[0];
     let (b, hsz) = (h0.dims()[0], h0.dims()[1]);
     let (mut h, mut c) = (h0.clone(), c0.clone());
-    // Per time index: (h_t, activations, gates, tanh(c_t), h_prev, c_prev).
-    type Slot = (
-        Tensor,
-        Option<Tensor>,
-        Option<[Tensor; 4]>,
-        Tensor,
-        Tensor,
-        Tensor,
-    );
-    let mut slots: Vec<Option<Slot>> = vec![None; t_len];
+    // Per time index: (h_t, gates, tanh(c_t), h_prev, c_prev).
+    type Slot = (Tensor, StepGates, Tensor, Tensor, Tensor);
+    let mut slots: Vec<Option<Slot>> = (0..t_len).map(|_| None).collect();
     for t in time_order(t_len, reverse) {
         let x_t = xp.narrow(0, t, 1)?.squeeze(0)?;
         let r = h.matmul(w_t)?;
-        let (act, gates, c_new, tc, h_new) = if fused {
-            let [act, c_new, tc, h_new] =
-                xp.device()
-                    .backend()
-                    .lstm_cell(x_t.view(), r.view(), c.view())?;
-            let state = |buf| xp.output(buf, &[b, hsz]);
-            (
-                Some(xp.output(act, &[b, 4 * hsz])),
-                None,
-                state(c_new),
-                state(tc),
-                state(h_new),
-            )
-        } else {
-            let z = x_t.add(&r)?;
-            let gate = |k: usize| z.narrow(1, k * hsz, hsz);
-            let (i, f, g, o) = (
-                gate(0)?.sigmoid()?,
-                gate(1)?.sigmoid()?,
-                gate(2)?.tanh()?,
-                gate(3)?.sigmoid()?,
-            );
-            let c_new = f.mul(&c)?.add(&i.mul(&g)?)?;
-            let tc = c_new.tanh()?;
-            let h_new = o.mul(&tc)?;
-            (None, Some([i, f, g, o]), c_new, tc, h_new)
+        let cell = match try_fused {
+            true => super::fused(xp.device(), |k| k.lstm_cell(x_t.view(), r.view(), c.view()))?,
+            false => None,
         };
-        slots[t] = Some((h_new.clone(), act, gates, tc, h, c));
+        let (gates, c_new, tc, h_new) = match cell {
+            Some([act, c_new, tc, h_new]) => {
+                let state = |buf| xp.output(buf, &[b, hsz]);
+                (
+                    StepGates::Act(xp.output(act, &[b, 4 * hsz])),
+                    state(c_new),
+                    state(tc),
+                    state(h_new),
+                )
+            }
+            None => {
+                let z = x_t.add(&r)?;
+                let gate = |k: usize| z.narrow(1, k * hsz, hsz);
+                let (i, f, g, o) = (
+                    gate(0)?.sigmoid()?,
+                    gate(1)?.sigmoid()?,
+                    gate(2)?.tanh()?,
+                    gate(3)?.sigmoid()?,
+                );
+                let c_new = f.mul(&c)?.add(&i.mul(&g)?)?;
+                let tc = c_new.tanh()?;
+                let h_new = o.mul(&tc)?;
+                (StepGates::Split([i, f, g, o]), c_new, tc, h_new)
+            }
+        };
+        slots[t] = Some((h_new.clone(), gates, tc, h, c));
         h = h_new;
         c = c_new;
     }
     let mut tr = LstmTrace {
-        act: Vec::with_capacity(t_len),
         gates: Vec::with_capacity(t_len),
         tanh_c: Vec::with_capacity(t_len),
         h_prev: Vec::with_capacity(t_len),
@@ -200,11 +218,10 @@ fn lstm_steps(
     };
     let mut outs = Vec::with_capacity(t_len);
     for slot in slots {
-        let (out, act, gates, tc, hp, cp) =
+        let (out, gates, tc, hp, cp) =
             slot.ok_or_else(|| Error::invalid("lstm", "empty sequence"))?;
-        tr.act.extend(act);
         outs.push(out);
-        tr.gates.extend(gates);
+        tr.gates.push(gates);
         tr.tanh_c.push(tc);
         tr.h_prev.push(hp);
         tr.c_prev.push(cp);
@@ -228,16 +245,16 @@ fn lstm_sequence_fused(
     c0: &Tensor,
     reverse: bool,
 ) -> Result<Option<(LstmTrace, Tensor)>> {
-    let be = xp.device().backend();
-    let bias_view = bias.map(|b| b.view());
-    let seq = be.lstm_sequence(
-        xp.view(),
-        bias_view,
-        w_t.view(),
-        h0.view(),
-        c0.view(),
-        reverse,
-    )?;
+    let seq = super::fused(xp.device(), |k| {
+        k.lstm_sequence(
+            xp.view(),
+            bias.map(|b| b.view()),
+            w_t.view(),
+            h0.view(),
+            c0.view(),
+            reverse,
+        )
+    })?;
     let Some(bufs) = seq else {
         return Ok(None);
     };
@@ -253,7 +270,6 @@ fn lstm_sequence_fused(
     // The per-step fields stay empty: building ~5T views costs more than a step's cell, and
     // only a backend without the sequence backward needs them (`SeqTrace::per_step`).
     let trace = LstmTrace {
-        act: vec![],
         gates: vec![],
         tanh_c: vec![],
         h_prev: vec![],
@@ -272,8 +288,7 @@ impl SeqTrace {
                 .collect()
         };
         Ok(LstmTrace {
-            act: steps(&self.act)?,
-            gates: vec![],
+            gates: steps(&self.act)?.into_iter().map(StepGates::Act).collect(),
             tanh_c: steps(&self.tanh_c)?,
             h_prev: steps(&self.h_prev)?,
             c_prev: steps(&self.c_prev)?,
@@ -353,18 +368,20 @@ fn lstm_sequence(
         let bias_grad = |dxp: &Tensor| -> Result<Option<Tensor>> {
             need_bias.then(|| dxp.sum(&[0, 1], false)).transpose()
         };
-        let be = gp.device().backend();
+        let dev = gp.device();
         if let (false, Some(seq)) = (recording, &tr.seq) {
-            let grads = be.lstm_sequence_backward(
-                w_s.view(),
-                seq.act.view(),
-                seq.c_prev.view(),
-                seq.tanh_c.view(),
-                gp.view(),
-                reverse,
-                needs[2],
-                need_bias,
-            )?;
+            let grads = super::fused(dev, |k| {
+                k.lstm_sequence_backward(
+                    w_s.view(),
+                    seq.act.view(),
+                    seq.c_prev.view(),
+                    seq.tanh_c.view(),
+                    gp.view(),
+                    reverse,
+                    needs[2],
+                    need_bias,
+                )
+            })?;
             if let Some(g) = grads {
                 let dxp = gp.output(g.dz, &[t_len, b, 4 * hsz]);
                 let dw = recurrent_weight_grad(&dxp, &seq.h_prev)?;
@@ -401,28 +418,37 @@ fn lstm_sequence(
             if let Some(d) = &dh_next {
                 dh = dh.add(d)?;
             }
-            // The step's gradient of the pre-activations and of c_prev: recorded ops under
-            // create_graph, else one fused cell backward.
-            let (dz, dc_prev) = if recording {
-                let [i, f, g, o] = &tr.gates[t];
-                let dc = dc_next.add(&dh.mul(o)?.mul(&one_minus_sq(tc)?)?)?;
-                let dzi = dc.mul(g)?.mul(&i.mul(&one_minus(i)?)?)?;
-                let dzf = dc.mul(&tr.c_prev[t])?.mul(&f.mul(&one_minus(f)?)?)?;
-                let dzg = dc.mul(i)?.mul(&one_minus_sq(g)?)?;
-                let dzo = dh.mul(tc)?.mul(&o.mul(&one_minus(o)?)?)?;
-                (Tensor::concat(&[&dzi, &dzf, &dzg, &dzo], 1)?, dc.mul(f)?)
-            } else {
-                let [dz, dc] = be.lstm_cell_backward(
-                    tr.act[t].view(),
-                    tr.c_prev[t].view(),
-                    tc.view(),
-                    dh.view(),
-                    dc_next.view(),
-                )?;
-                (
-                    gp.output(dz, tr.act[t].dims()),
-                    gp.output(dc, tr.c_prev[t].dims()),
-                )
+            // The step's gradient of the pre-activations and of c_prev: one fused cell
+            // backward where the backend has it (never under create_graph), else the composite.
+            let fused = match (&tr.gates[t], recording) {
+                (StepGates::Act(act), false) => super::fused(dev, |k| {
+                    k.lstm_cell_backward(
+                        act.view(),
+                        tr.c_prev[t].view(),
+                        tc.view(),
+                        dh.view(),
+                        dc_next.view(),
+                    )
+                })?
+                .map(|[dz, dc]| {
+                    (
+                        gp.output(dz, act.dims()),
+                        gp.output(dc, tr.c_prev[t].dims()),
+                    )
+                }),
+                _ => None,
+            };
+            let (dz, dc_prev) = match fused {
+                Some(done) => done,
+                None => {
+                    let [i, f, g, o] = &tr.gates[t].split()?;
+                    let dc = dc_next.add(&dh.mul(o)?.mul(&one_minus_sq(tc)?)?)?;
+                    let dzi = dc.mul(g)?.mul(&i.mul(&one_minus(i)?)?)?;
+                    let dzf = dc.mul(&tr.c_prev[t])?.mul(&f.mul(&one_minus(f)?)?)?;
+                    let dzg = dc.mul(i)?.mul(&one_minus_sq(g)?)?;
+                    let dzo = dh.mul(tc)?.mul(&o.mul(&one_minus(o)?)?)?;
+                    (Tensor::concat(&[&dzi, &dzf, &dzg, &dzo], 1)?, dc.mul(f)?)
+                }
             };
             dh_next = Some(dz.matmul(w_back)?);
             dc_next = dc_prev;

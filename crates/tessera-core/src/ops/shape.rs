@@ -441,7 +441,7 @@ impl Tensor {
     }
 
     /// Zeros of `shape` with this tensor's elements added at `index` along `dim`.
-    fn scatter_into(&self, shape: &[usize], d: usize, index: &Tensor) -> Result<Tensor> {
+    pub(crate) fn scatter_into(&self, shape: &[usize], d: usize, index: &Tensor) -> Result<Tensor> {
         let buf = self
             .device()
             .backend()

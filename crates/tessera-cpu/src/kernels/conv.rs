@@ -185,16 +185,6 @@ pub fn from_channel_major<T: Num>(
     });
 }
 
-/// `[N, O, L]` as channel-major `[O, N·L]` (the GEMM operand of a convolution's gradients).
-pub fn to_channel_major<T: Num>(dy: &[T], [n, o, l]: [usize; 3]) -> Vec<T> {
-    let mut out = alloc::<T>(o * n * l);
-    out.par_chunks_mut(l).enumerate().for_each(|(row, dst)| {
-        let (oi, ni) = (row / n, row % n);
-        dst.copy_from_slice(&dy[(ni * o + oi) * l..][..l]);
-    });
-    out
-}
-
 /// Max pooling of contiguous `[planes, H, W]`: the maxima `[planes, positions]` and, when
 /// `index`, the plane index `h·W + w` of each. A NaN replaces the running maximum, as in
 /// PyTorch's kernel, so NaN propagates and its gradient goes to it.
