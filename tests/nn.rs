@@ -447,7 +447,7 @@ fn scale_add_writes_only_what_nothing_else_sees() -> Result<()> {
     Ok(())
 }
 
-/// `Sequential` hands a layer followed by a ReLU to the layer's `forward_relu` (a `Linear` then
+/// `Sequential` runs a `Linear` followed by a ReLU as the layer `with_relu` (it then
 /// adds its bias and applies the ReLU in one pass): the outputs and every parameter's gradient
 /// equal the layers written out by hand, and a summary still lists the ReLU layers.
 #[test]

@@ -1,6 +1,8 @@
 //! Parameters and the `Module` trait.
 
 use crate::summary::Trace;
+use crate::{Activation, Conv2d, Linear};
+use std::any::Any;
 use std::sync::{Arc, RwLock};
 use tessera_core::{Error, Result, Tensor};
 
@@ -144,18 +146,6 @@ pub trait Module {
     /// The output for input `x`.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
-    /// `relu(forward(x))`; a layer whose last step can take the ReLU in the same pass (a
-    /// `Linear`'s bias) overrides it.
-    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward(x)?.relu()
-    }
-
-    /// Whether this layer is exactly a ReLU, so a container may hand it to the layer before
-    /// ([`Module::forward_relu`]), as [`Sequential`] does.
-    fn is_relu(&self) -> bool {
-        false
-    }
-
     /// Parameters and buffers with PyTorch's `state_dict` names, in a stable order.
     fn named_parameters(&self) -> Named;
 
@@ -215,9 +205,18 @@ pub trait Module {
 }
 
 /// Layers applied one after another; children are named `0`, `1`, ... as in PyTorch.
+///
+/// A [`Linear`] or [`Conv2d`] followed by [`Activation::Relu`] runs as one fused layer (the
+/// bias or the convolution's last pass applies the ReLU), with the same parameters, names and
+/// results; summaries still list both layers.
 #[derive(Default)]
 pub struct Sequential {
     layers: Vec<Box<dyn Module>>,
+    /// Per layer: the same layer with its ReLU fused (sharing its parameters), where it is a
+    /// `Linear` or `Conv2d`.
+    with_relu: Vec<Option<Box<dyn Module>>>,
+    /// Per layer: whether it is exactly a ReLU.
+    is_relu: Vec<bool>,
 }
 
 impl Sequential {
@@ -228,6 +227,17 @@ impl Sequential {
     /// Appends a layer.
     #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, layer: impl Module + 'static) -> Self {
+        let any: &dyn Any = &layer;
+        let fused: Option<Box<dyn Module>> = if let Some(l) = any.downcast_ref::<Linear>() {
+            Some(Box::new(l.clone().with_relu()))
+        } else if let Some(c) = any.downcast_ref::<Conv2d>() {
+            Some(Box::new(c.clone().with_relu()))
+        } else {
+            None
+        };
+        let relu = any.downcast_ref::<Activation>() == Some(&Activation::Relu);
+        self.with_relu.push(fused);
+        self.is_relu.push(relu);
         self.layers.push(Box::new(layer));
         self
     }
@@ -245,20 +255,22 @@ impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.trace(x, &mut Trace::off())
     }
-    /// Runs the layers in order; a layer followed by a ReLU runs both through its
-    /// [`Module::forward_relu`] (one pass where it can, e.g. a `Linear`'s bias and the ReLU),
-    /// except when recording a summary, which lists every layer.
+    /// Runs the layers in order; a `Linear` or `Conv2d` followed by a ReLU runs as its fused
+    /// twin, except when recording a summary, which lists every layer.
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let mut h = x.clone();
         let mut i = 0;
         while let Some(l) = self.layers.get(i) {
-            let next_relu = self.layers.get(i + 1).is_some_and(|n| n.is_relu());
-            if next_relu && !t.is_recording() {
-                h = l.forward_relu(&h)?;
-                i += 2;
-            } else {
-                h = t.call(&i.to_string(), l.as_ref(), &h)?;
-                i += 1;
+            let fused = self.with_relu[i].as_ref();
+            match fused {
+                Some(f) if self.is_relu.get(i + 1) == Some(&true) && !t.is_recording() => {
+                    h = f.forward(&h)?;
+                    i += 2;
+                }
+                _ => {
+                    h = t.call(&i.to_string(), l.as_ref(), &h)?;
+                    i += 1;
+                }
             }
         }
         Ok(h)

@@ -46,15 +46,6 @@ impl Trace {
         self.record(name, m, x, false)
     }
 
-    /// `relu(m(x))` through [`Module::forward_relu`] (the layer may fuse the ReLU), recorded as
-    /// [`Trace::call`] records `m` when tracing.
-    pub fn call_relu(&mut self, name: &str, m: &dyn Module, x: &Tensor) -> Result<Tensor> {
-        if !self.is_recording() {
-            return m.forward_relu(x);
-        }
-        self.call(name, m, x)?.relu()
-    }
-
     /// Like [`Trace::call`], with the row shown apart from the totals.
     pub fn call_separate(&mut self, name: &str, m: &dyn Module, x: &Tensor) -> Result<Tensor> {
         self.record(name, m, x, true)

@@ -46,9 +46,14 @@ impl Mlp {
                 "needs at least an input and an output width",
             ));
         }
+        let last = widths.len() - 2;
         let layers = widths
             .windows(2)
-            .map(|w| Linear::new(ctx, w[0], w[1]))
+            .enumerate()
+            .map(|(i, w)| {
+                let l = Linear::new(ctx, w[0], w[1])?;
+                Ok(if i < last { l.with_relu() } else { l })
+            })
             .collect::<Result<_>>()?;
         Ok(Mlp { layers })
     }
@@ -59,12 +64,7 @@ impl Module for Mlp {
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let mut h = x.flatten(1, -1)?;
         for (i, l) in self.layers.iter().enumerate() {
-            let name = format!("layers.{i}");
-            h = if i + 1 < self.layers.len() {
-                t.call_relu(&name, l, &h)?
-            } else {
-                t.call(&name, l, &h)?
-            };
+            h = t.call(&format!("layers.{i}"), l, &h)?;
         }
         Ok(h)
     }
@@ -92,10 +92,10 @@ impl LeNet5 {
     /// PyTorch's default initialisation from `ctx`'s generator.
     pub fn new(ctx: &mut Ctx) -> Result<LeNet5> {
         Ok(LeNet5 {
-            conv1: Conv2d::new(ctx, 1, 6, 5, ConvOptions::new().padding(2))?,
-            conv2: Conv2d::new(ctx, 6, 16, 5, ConvOptions::new())?,
-            fc1: Linear::new(ctx, 400, 120)?,
-            fc2: Linear::new(ctx, 120, 84)?,
+            conv1: Conv2d::new(ctx, 1, 6, 5, ConvOptions::new().padding(2))?.with_relu(),
+            conv2: Conv2d::new(ctx, 6, 16, 5, ConvOptions::new())?.with_relu(),
+            fc1: Linear::new(ctx, 400, 120)?.with_relu(),
+            fc2: Linear::new(ctx, 120, 84)?.with_relu(),
             fc3: Linear::new(ctx, 84, 10)?,
         })
     }
@@ -105,12 +105,12 @@ impl Module for LeNet5 {
     container!();
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(2));
-        let h = t.call_relu("conv1", &self.conv1, x)?;
+        let h = t.call("conv1", &self.conv1, x)?;
         let h = t.call("pool1", &pool, &h)?;
-        let h = t.call_relu("conv2", &self.conv2, &h)?;
+        let h = t.call("conv2", &self.conv2, &h)?;
         let h = t.call("pool2", &pool, &h)?.flatten(1, -1)?;
-        let h = t.call_relu("fc1", &self.fc1, &h)?;
-        let h = t.call_relu("fc2", &self.fc2, &h)?;
+        let h = t.call("fc1", &self.fc1, &h)?;
+        let h = t.call("fc2", &self.fc2, &h)?;
         t.call("fc3", &self.fc3, &h)
     }
     fn named_parameters(&self) -> Named {
@@ -223,13 +223,13 @@ impl AlexNet {
         let o = ConvOptions::new;
         let seed = ctx.gen.seed();
         Ok(AlexNet {
-            conv1: Conv2d::new(ctx, 3, 96, 11, o().stride(4))?,
-            conv2: Conv2d::new(ctx, 96, 256, 5, o().padding(2).groups(2))?,
-            conv3: Conv2d::new(ctx, 256, 384, 3, o().padding(1))?,
-            conv4: Conv2d::new(ctx, 384, 384, 3, o().padding(1).groups(2))?,
-            conv5: Conv2d::new(ctx, 384, 256, 3, o().padding(1).groups(2))?,
-            fc6: Linear::new(ctx, 256 * 6 * 6, 4096)?,
-            fc7: Linear::new(ctx, 4096, 4096)?,
+            conv1: Conv2d::new(ctx, 3, 96, 11, o().stride(4))?.with_relu(),
+            conv2: Conv2d::new(ctx, 96, 256, 5, o().padding(2).groups(2))?.with_relu(),
+            conv3: Conv2d::new(ctx, 256, 384, 3, o().padding(1))?.with_relu(),
+            conv4: Conv2d::new(ctx, 384, 384, 3, o().padding(1).groups(2))?.with_relu(),
+            conv5: Conv2d::new(ctx, 384, 256, 3, o().padding(1).groups(2))?.with_relu(),
+            fc6: Linear::new(ctx, 256 * 6 * 6, 4096)?.with_relu(),
+            fc7: Linear::new(ctx, 4096, 4096)?.with_relu(),
             fc8: Linear::new(ctx, 4096, classes)?,
             drop6: Dropout::new(0.5, seed ^ 6)?,
             drop7: Dropout::new(0.5, seed ^ 7)?,
@@ -242,18 +242,18 @@ impl Module for AlexNet {
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(3).stride(2));
         let lrn = LocalResponseNorm::alexnet();
-        let h = t.call_relu("conv1", &self.conv1, x)?;
+        let h = t.call("conv1", &self.conv1, x)?;
         let h = t.call("norm1", &lrn, &h)?;
         let h = t.call("pool1", &pool, &h)?;
-        let h = t.call_relu("conv2", &self.conv2, &h)?;
+        let h = t.call("conv2", &self.conv2, &h)?;
         let h = t.call("norm2", &lrn, &h)?;
         let h = t.call("pool2", &pool, &h)?;
-        let h = t.call_relu("conv3", &self.conv3, &h)?;
-        let h = t.call_relu("conv4", &self.conv4, &h)?;
-        let h = t.call_relu("conv5", &self.conv5, &h)?;
+        let h = t.call("conv3", &self.conv3, &h)?;
+        let h = t.call("conv4", &self.conv4, &h)?;
+        let h = t.call("conv5", &self.conv5, &h)?;
         let h = t.call("pool5", &pool, &h)?.flatten(1, -1)?;
-        let h = t.call_relu("fc6", &self.fc6, &self.drop6.forward(&h)?)?;
-        let h = t.call_relu("fc7", &self.fc7, &self.drop7.forward(&h)?)?;
+        let h = t.call("fc6", &self.fc6, &self.drop6.forward(&h)?)?;
+        let h = t.call("fc7", &self.fc7, &self.drop7.forward(&h)?)?;
         t.call("fc8", &self.fc8, &h)
     }
     fn named_parameters(&self) -> Named {
@@ -287,7 +287,7 @@ pub struct GoogLeNetSmall {
 impl GoogLeNetSmall {
     /// For `in_channels`-channel images and `classes` outputs.
     pub fn new(ctx: &mut Ctx, in_channels: usize, classes: usize) -> Result<GoogLeNetSmall> {
-        let stem = Conv2d::new(ctx, in_channels, 32, 3, ConvOptions::new().padding(1))?;
+        let stem = Conv2d::new(ctx, in_channels, 32, 3, ConvOptions::new().padding(1))?.with_relu();
         let inception3a = Inception::new(ctx, 32, [16, 16, 24, 4, 8, 8])?;
         let inception3b = Inception::new(ctx, inception3a.out_channels(), [24, 24, 32, 8, 16, 16])?;
         let fc = Linear::new(ctx, inception3b.out_channels(), classes)?;
@@ -305,7 +305,7 @@ impl Module for GoogLeNetSmall {
     container!();
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(2));
-        let h = t.call_relu("stem", &self.stem, x)?;
+        let h = t.call("stem", &self.stem, x)?;
         let h = t.call("pool1", &pool, &h)?;
         let h = t.call("inception3a", &self.inception3a, &h)?;
         let h = t.call("inception3b", &self.inception3b, &h)?;

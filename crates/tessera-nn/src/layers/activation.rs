@@ -37,9 +37,6 @@ impl Module for Activation {
     fn named_parameters(&self) -> Named {
         vec![]
     }
-    fn is_relu(&self) -> bool {
-        matches!(self, Activation::Relu)
-    }
 }
 
 /// Flattens every dim after the first (C, H, W order).

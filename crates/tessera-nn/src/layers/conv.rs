@@ -5,11 +5,15 @@ use tessera_core::ops::conv::{
 };
 use tessera_core::{Result, Tensor};
 
-/// 2-d convolution, weight OIHW `[out, in/groups, kh, kw]`.
+/// 2-d convolution, weight OIHW `[out, in/groups, kh, kw]`; with [`Conv2d::with_relu`]
+/// followed by a ReLU in the convolution's last pass. Clones share the parameters.
+#[derive(Clone)]
 pub struct Conv2d {
     pub weight: Parameter,
     pub bias: Option<Parameter>,
     pub options: ConvOptions,
+    /// Whether a ReLU follows (fused into the convolution; no parameters of its own).
+    pub relu: bool,
 }
 
 impl Conv2d {
@@ -52,19 +56,24 @@ impl Conv2d {
             weight,
             bias,
             options,
+            relu: false,
         })
+    }
+    /// This layer followed by a ReLU, which the backend applies in the convolution's last pass
+    /// where it can ([`conv2d_relu`]); the parameters and their names stay the same.
+    pub fn with_relu(mut self) -> Conv2d {
+        self.relu = true;
+        self
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
-        conv2d(x, &self.weight.tensor(), b.as_ref(), &self.options)
-    }
-    /// The convolution and its ReLU as one op ([`conv2d_relu`]).
-    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        let b = self.bias.as_ref().map(|b| b.tensor());
-        conv2d_relu(x, &self.weight.tensor(), b.as_ref(), &self.options)
+        match self.relu {
+            true => conv2d_relu(x, &self.weight.tensor(), b.as_ref(), &self.options),
+            false => conv2d(x, &self.weight.tensor(), b.as_ref(), &self.options),
+        }
     }
     fn kind(&self) -> String {
         "Conv2d".into()

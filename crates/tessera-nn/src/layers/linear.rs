@@ -2,10 +2,14 @@ use crate::init::{default_uniform, Ctx};
 use crate::module::{Module, Named, Parameter};
 use tessera_core::{Result, Tensor};
 
-/// `y = x·Wᵀ + b`, weight `[out, in]`.
+/// `y = x·Wᵀ + b`, weight `[out, in]`; with [`Linear::with_relu`], `relu(x·Wᵀ + b)` with the
+/// bias and the ReLU in one pass. Clones share the parameters.
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Parameter,
     pub bias: Option<Parameter>,
+    /// Whether a ReLU follows (fused with the bias; no parameters of its own).
+    pub relu: bool,
 }
 
 impl Linear {
@@ -34,18 +38,27 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight,
+            bias,
+            relu: false,
+        })
+    }
+    /// This layer followed by a ReLU, applied in the same pass as the bias (PyTorch's fused
+    /// `LinearReLU`); the parameters and their names stay the same.
+    pub fn with_relu(mut self) -> Linear {
+        self.relu = true;
+        self
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
-        x.linear(&self.weight.tensor(), b.as_ref())
-    }
-    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        let b = self.bias.as_ref().map(|b| b.tensor());
-        x.linear_relu(&self.weight.tensor(), b.as_ref())
+        match self.relu {
+            true => x.linear_relu(&self.weight.tensor(), b.as_ref()),
+            false => x.linear(&self.weight.tensor(), b.as_ref()),
+        }
     }
 
     fn kind(&self) -> String {
