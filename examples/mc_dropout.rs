@@ -89,10 +89,13 @@ fn main() -> Result<()> {
 struct Probabilities<'a>(&'a Sequential);
 
 impl Module for Probabilities<'_> {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.0.forward(x)?.softmax(1)
-    }
     fn named_parameters(&self) -> tessera::nn::Named {
         self.0.named_parameters()
+    }
+}
+
+impl Forward for Probabilities<'_> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.0.forward(x)?.softmax(1)
     }
 }

@@ -18,17 +18,20 @@ use tessera::prelude::*;
 struct Mlp(Vec<Linear>);
 
 impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.0[0].forward(x)?.relu()?;
-        let h = self.0[1].forward(&h)?.relu()?;
-        self.0[2].forward(&h)
-    }
     fn named_parameters(&self) -> Named {
         self.0
             .iter()
             .enumerate()
             .flat_map(|(i, l)| prefixed(&i.to_string(), l.named_parameters()))
             .collect()
+    }
+}
+
+impl Forward for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.0[0].forward(x)?.relu()?;
+        let h = self.0[1].forward(&h)?.relu()?;
+        self.0[2].forward(&h)
     }
 }
 
@@ -39,13 +42,6 @@ struct Cnn {
 }
 
 impl Module for Cnn {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.unsqueeze(1)?; // [N, 1, 40]
-        for c in &self.convs {
-            h = c.forward(&h)?.relu()?;
-        }
-        self.linear.forward(&h.flatten(1, -1)?)
-    }
     fn named_parameters(&self) -> Named {
         let mut p: Named = self
             .convs
@@ -58,32 +54,38 @@ impl Module for Cnn {
     }
 }
 
+impl Forward for Cnn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.unsqueeze(1)?; // [N, 1, 40]
+        for c in &self.convs {
+            h = c.forward(&h)?.relu()?;
+        }
+        self.linear.forward(&h.flatten(1, -1)?)
+    }
+}
+
 /// A bidirectional GRU of width 6 over the 40 steps, every step's state into a linear layer.
+#[derive(Module)]
 struct GruNet {
     rnn: Gru,
     linear: Linear,
 }
 
-impl Module for GruNet {
+impl Forward for GruNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let out = self.rnn.forward(&x.unsqueeze(2)?)?; // [N, 40, 12]
         self.linear.forward(&out.flatten(1, -1)?)
     }
-    fn named_parameters(&self) -> Named {
-        let mut p = prefixed("rnn", self.rnn.named_parameters());
-        p.extend(prefixed("linear", self.linear.named_parameters()));
-        p
-    }
 }
 
-fn accuracy(model: &dyn Module, data: &Arc<Dataset>, dev: &Device) -> Result<f64> {
+fn accuracy(model: &dyn Forward, data: &Arc<Dataset>, dev: &Device) -> Result<f64> {
     let (_, acc, _) = tessera::train::evaluate(model, data, dev, None)?;
     Ok(acc)
 }
 
 fn fit(
     name: &str,
-    model: &dyn Module,
+    model: &dyn Forward,
     train: &Arc<Dataset>,
     test: &Arc<Dataset>,
     steps: usize,

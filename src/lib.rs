@@ -17,6 +17,9 @@
 //! # Ok(()) }
 //! ```
 
+// So `#[derive(Module)]`'s default path, `::tessera::nn`, resolves inside this crate too.
+extern crate self as tessera;
+
 pub mod conformance;
 pub mod data;
 pub mod plot;
@@ -64,7 +67,7 @@ impl DeviceExt for Device {
 }
 
 /// A zoo model by name with a one-example input of its usual shape (for `tessera summary`).
-pub fn zoo_model(name: &str, device: &Device) -> Result<(Box<dyn tessera_nn::Module>, Tensor)> {
+pub fn zoo_model(name: &str, device: &Device) -> Result<(Box<dyn tessera_nn::Forward>, Tensor)> {
     use tessera_nn::zoo::*;
     let mut ctx = tessera_nn::Ctx::new(device, 0);
     let image = |c: usize, hw: usize| Tensor::zeros(&[1, c, hw, hw], DType::F32, device);
@@ -92,5 +95,5 @@ pub mod prelude {
     pub use crate::DeviceExt;
     pub use tessera_core::{no_grad, DType, Device, Error, Generator, Gradients, Result, Tensor};
     pub use tessera_nn::optim::{self, Optimizer};
-    pub use tessera_nn::{self as nn, Module};
+    pub use tessera_nn::{self as nn, Forward, Module};
 }

@@ -12,7 +12,7 @@ use tessera_nn::checkpoint::{load_model, save_model};
 use tessera_nn::loss::{cross_entropy, Reduction};
 use tessera_nn::optim::{Adam, Optimizer, Schedule, Sgd};
 use tessera_nn::zoo::{GoogLeNetSmall, LeNet1998, LeNet5, Mlp};
-use tessera_nn::{Ctx, Module};
+use tessera_nn::{Ctx, Forward, Module};
 
 /// Everything `tessera train` takes.
 #[derive(Clone, Debug)]
@@ -69,7 +69,7 @@ pub fn build_model(
     example_shape: &[usize],
     classes: usize,
     ctx: &mut Ctx,
-) -> Result<Box<dyn Module>> {
+) -> Result<Box<dyn Forward>> {
     let image28 = example_shape == [1, 28, 28];
     let need28 = |m: &str| {
         Error::invalid(
@@ -122,7 +122,7 @@ fn make_optimizer(opts: &TrainOptions, model: &dyn Module) -> Result<(Box<dyn Op
 /// Mean loss and accuracy of `model` on `data` (eval mode, no gradients), and the confusion
 /// matrix `[true][predicted]`.
 pub fn evaluate(
-    model: &dyn Module,
+    model: &dyn Forward,
     data: &Arc<data::Dataset>,
     device: &Device,
     normalize: Option<(f32, f32)>,

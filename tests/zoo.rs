@@ -48,7 +48,7 @@ fn alexnet_summary_gives_the_published_size() -> Result<()> {
 }
 
 /// One SGD step must lower the loss on a fixed batch (each model runs forward and backward).
-fn one_step_lowers_loss(model: &dyn Module, x: &Tensor, target: &Tensor, lr: f64) -> Result<()> {
+fn one_step_lowers_loss(model: &dyn Forward, x: &Tensor, target: &Tensor, lr: f64) -> Result<()> {
     let loss_of = || -> Result<Tensor> {
         let logits = model.forward(x)?;
         let c = *logits.dims().last().unwrap();

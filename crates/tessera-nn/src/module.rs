@@ -121,31 +121,32 @@ pub fn prefixed(prefix: &str, named: Named) -> Named {
         .collect()
 }
 
-/// A building block: a layer, or a network of layers (an ordinary struct holding them).
+/// A building block's structure: its parameters with PyTorch's names, and its training mode.
+/// Usually derived: `#[derive(Module)]` names every field's parameters after the field
+/// (`block.conv1.weight`, `layers.0.weight`) and passes train/eval on to them. The forward pass
+/// is a method of the block's own, with whatever inputs it takes (query, key, value and a mask
+/// are as good as one tensor); a block with one tensor in and one out also implements
+/// [`Forward`], which is what [`Sequential`], summaries and the training loop call.
 ///
 /// ```
 /// use tessera_core::{Result, Tensor};
-/// use tessera_nn::{prefixed, Linear, Module, Named};
+/// use tessera_nn::{Forward, Linear, Module};
 ///
 /// /// A custom architecture: a residual MLP block.
-/// struct Residual { fc1: Linear, fc2: Linear }
+/// #[derive(Module)]
+/// struct Residual {
+///     fc1: Linear,
+///     fc2: Linear,
+/// }
 ///
-/// impl Module for Residual {
+/// impl Forward for Residual {
 ///     fn forward(&self, x: &Tensor) -> Result<Tensor> {
 ///         let h = self.fc1.forward(x)?.relu()?;
 ///         self.fc2.forward(&h)?.add(x)
 ///     }
-///     fn named_parameters(&self) -> Named {
-///         let mut p = prefixed("fc1", self.fc1.named_parameters());
-///         p.extend(prefixed("fc2", self.fc2.named_parameters()));
-///         p
-///     }
 /// }
 /// ```
 pub trait Module {
-    /// The output for input `x`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
-
     /// Parameters and buffers with PyTorch's `state_dict` names, in a stable order.
     fn named_parameters(&self) -> Named;
 
@@ -167,26 +168,9 @@ pub trait Module {
         "Module".into()
     }
 
-    /// Connections (multiply-adds, bias included) of one forward pass per example, for
-    /// summaries; 0 for layers that only move data.
-    fn connections(&self, _x: &Tensor, _y: &Tensor) -> u64 {
-        0
-    }
-
     /// Parameters that count in a summary (a masked layer counts only its live connections).
     fn summary_params(&self) -> usize {
         self.num_parameters()
-    }
-
-    /// Whether summaries list this module's children instead of the module itself.
-    fn is_container(&self) -> bool {
-        false
-    }
-
-    /// Runs the forward pass through `trace`, so each child gets a summary row. Containers
-    /// implement it (and `forward` as `self.trace(x, &mut Trace::off())`); leaves keep this.
-    fn trace(&self, x: &Tensor, _trace: &mut Trace) -> Result<Tensor> {
-        self.forward(x)
     }
 
     /// The trainable parameters.
@@ -204,6 +188,110 @@ pub trait Module {
     }
 }
 
+/// A module with one tensor in and one tensor out (layers, whole classifiers): what
+/// [`Sequential`], [`crate::summary`] and the training loop run.
+pub trait Forward: Module {
+    /// The output for input `x`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// Connections (multiply-adds, bias included) of one forward pass per example, for
+    /// summaries; 0 for layers that only move data.
+    fn connections(&self, _x: &Tensor, _y: &Tensor) -> u64 {
+        0
+    }
+
+    /// Whether summaries list this module's children instead of the module itself.
+    fn is_container(&self) -> bool {
+        false
+    }
+
+    /// Runs the forward pass through `trace`, so each child gets a summary row. Containers
+    /// implement it (and `forward` as `self.trace(x, &mut Trace::off())`); leaves keep this.
+    fn trace(&self, x: &Tensor, _trace: &mut Trace) -> Result<Tensor> {
+        self.forward(x)
+    }
+}
+
+/// A field of a module that `#[derive(Module)]` visits: a child module, a [`Parameter`], or a
+/// `Vec` / `Option` / `Box` of those. Its parameters are named under the field's name.
+pub trait ModuleField {
+    /// Appends this field's parameters to `out`, named under `name` (`name.weight`,
+    /// `name.0.weight`; a parameter field is named `name` itself).
+    fn collect_named(&self, name: &str, out: &mut Named);
+    /// Passes the training mode on.
+    fn set_field_training(&mut self, training: bool);
+}
+
+impl<M: Module + ?Sized> ModuleField for M {
+    fn collect_named(&self, name: &str, out: &mut Named) {
+        out.extend(prefixed(name, self.named_parameters()));
+    }
+    fn set_field_training(&mut self, training: bool) {
+        self.set_training(training)
+    }
+}
+
+impl ModuleField for Parameter {
+    fn collect_named(&self, name: &str, out: &mut Named) {
+        out.push((name.to_string(), self.clone()));
+    }
+    fn set_field_training(&mut self, _training: bool) {}
+}
+
+impl<T: ModuleField> ModuleField for Vec<T> {
+    fn collect_named(&self, name: &str, out: &mut Named) {
+        for (i, t) in self.iter().enumerate() {
+            t.collect_named(&format!("{name}.{i}"), out);
+        }
+    }
+    fn set_field_training(&mut self, training: bool) {
+        self.iter_mut().for_each(|t| t.set_field_training(training));
+    }
+}
+
+impl<T: ModuleField> ModuleField for Option<T> {
+    fn collect_named(&self, name: &str, out: &mut Named) {
+        if let Some(t) = self {
+            t.collect_named(name, out);
+        }
+    }
+    fn set_field_training(&mut self, training: bool) {
+        if let Some(t) = self {
+            t.set_field_training(training);
+        }
+    }
+}
+
+impl<M: Module + ?Sized> Module for Box<M> {
+    fn named_parameters(&self) -> Named {
+        (**self).named_parameters()
+    }
+    fn set_training(&mut self, training: bool) {
+        (**self).set_training(training)
+    }
+    fn kind(&self) -> String {
+        (**self).kind()
+    }
+    fn summary_params(&self) -> usize {
+        (**self).summary_params()
+    }
+}
+
+impl<M: Forward + ?Sized> Forward for Box<M> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        (**self).forward(x)
+    }
+    fn connections(&self, x: &Tensor, y: &Tensor) -> u64 {
+        (**self).connections(x, y)
+    }
+    fn is_container(&self) -> bool {
+        (**self).is_container()
+    }
+    fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
+        (**self).trace(x, t)
+    }
+}
+
 /// Layers applied one after another; children are named `0`, `1`, ... as in PyTorch.
 ///
 /// A [`Linear`] or [`Conv2d`] followed by [`Activation::Relu`] runs as one fused layer (the
@@ -211,10 +299,10 @@ pub trait Module {
 /// results; summaries still list both layers.
 #[derive(Default)]
 pub struct Sequential {
-    layers: Vec<Box<dyn Module>>,
+    layers: Vec<Box<dyn Forward>>,
     /// Per layer: the same layer with its ReLU fused (sharing its parameters), where it is a
     /// `Linear` or `Conv2d`.
-    with_relu: Vec<Option<Box<dyn Module>>>,
+    with_relu: Vec<Option<Box<dyn Forward>>>,
     /// Per layer: whether it is exactly a ReLU.
     is_relu: Vec<bool>,
 }
@@ -226,9 +314,9 @@ impl Sequential {
     }
     /// Appends a layer.
     #[allow(clippy::should_implement_trait)]
-    pub fn add(mut self, layer: impl Module + 'static) -> Self {
+    pub fn add(mut self, layer: impl Forward + 'static) -> Self {
         let any: &dyn Any = &layer;
-        let fused: Option<Box<dyn Module>> = if let Some(l) = any.downcast_ref::<Linear>() {
+        let fused: Option<Box<dyn Forward>> = if let Some(l) = any.downcast_ref::<Linear>() {
             Some(Box::new(l.clone().with_relu()))
         } else if let Some(c) = any.downcast_ref::<Conv2d>() {
             Some(Box::new(c.clone().with_relu()))
@@ -252,6 +340,21 @@ impl Sequential {
 }
 
 impl Module for Sequential {
+    fn named_parameters(&self) -> Named {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| prefixed(&i.to_string(), l.named_parameters()))
+            .collect()
+    }
+    fn set_training(&mut self, training: bool) {
+        for l in &mut self.layers {
+            l.set_training(training);
+        }
+    }
+}
+
+impl Forward for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.trace(x, &mut Trace::off())
     }
@@ -277,17 +380,5 @@ impl Module for Sequential {
     }
     fn is_container(&self) -> bool {
         true
-    }
-    fn named_parameters(&self) -> Named {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| prefixed(&i.to_string(), l.named_parameters()))
-            .collect()
-    }
-    fn set_training(&mut self, training: bool) {
-        for l in &mut self.layers {
-            l.set_training(training);
-        }
     }
 }

@@ -2,7 +2,7 @@
 //! shape, units (output activations of layers with parameters), parameters and connections
 //! (multiply-adds, bias included) per example — with totals.
 
-use crate::module::Module;
+use crate::module::Forward;
 use std::fmt;
 use tessera_core::{no_grad, Result, Tensor};
 
@@ -42,16 +42,22 @@ impl Trace {
     }
 
     /// Runs child `m` (named `name`) on `x`, recording its row (or its children's rows).
-    pub fn call(&mut self, name: &str, m: &dyn Module, x: &Tensor) -> Result<Tensor> {
+    pub fn call(&mut self, name: &str, m: &dyn Forward, x: &Tensor) -> Result<Tensor> {
         self.record(name, m, x, false)
     }
 
     /// Like [`Trace::call`], with the row shown apart from the totals.
-    pub fn call_separate(&mut self, name: &str, m: &dyn Module, x: &Tensor) -> Result<Tensor> {
+    pub fn call_separate(&mut self, name: &str, m: &dyn Forward, x: &Tensor) -> Result<Tensor> {
         self.record(name, m, x, true)
     }
 
-    fn record(&mut self, name: &str, m: &dyn Module, x: &Tensor, separate: bool) -> Result<Tensor> {
+    fn record(
+        &mut self,
+        name: &str,
+        m: &dyn Forward,
+        x: &Tensor,
+        separate: bool,
+    ) -> Result<Tensor> {
         if !self.is_recording() {
             return m.forward(x);
         }
@@ -113,7 +119,7 @@ impl Summary {
 }
 
 /// Runs `model` once on `input` (no gradients) and returns its per-layer table.
-pub fn summary(model: &dyn Module, input: &Tensor) -> Result<Summary> {
+pub fn summary(model: &dyn Forward, input: &Tensor) -> Result<Summary> {
     let mut t = Trace {
         rows: Some(vec![]),
         prefix: vec![],

@@ -1,25 +1,18 @@
-//! Ready-made models with PyTorch-style parameter names. Each runs its layers through a
-//! [`Trace`], so `summary()` lists them.
+//! Ready-made models with PyTorch-style parameter names, derived from their fields
+//! (`#[derive(Module)]`). Each runs its layers through a [`Trace`], so `summary()` lists them.
 
 use crate::init::Ctx;
 use crate::layers::{
     Conv1d, Conv2d, Dropout, Embedding, Inception, Linear, LocalResponseNorm, Lstm, MaxPool2d,
     PartialConv2d, Rbf, Squash, Subsampling, C3_TABLE,
 };
-use crate::module::{prefixed, Module, Named};
+use crate::module::{Forward, Named};
 use crate::summary::Trace;
+use crate::Module;
 use tessera_core::ops::conv::ConvOptions;
 use tessera_core::ops::pool::PoolOptions;
 use tessera_core::ops::rnn::{RnnOptions, RnnOutput};
 use tessera_core::{Error, Result, Tensor};
-
-/// Concatenates children's named parameters under their names.
-fn named(children: &[(&str, &dyn Module)]) -> Named {
-    children
-        .iter()
-        .flat_map(|(n, m)| prefixed(n, m.named_parameters()))
-        .collect()
-}
 
 macro_rules! container {
     () => {
@@ -33,6 +26,7 @@ macro_rules! container {
 }
 
 /// A multilayer perceptron: Linear layers with ReLU between them; parameters `layers.{i}.*`.
+#[derive(Module)]
 pub struct Mlp {
     pub layers: Vec<Linear>,
 }
@@ -59,7 +53,7 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
+impl Forward for Mlp {
     container!();
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let mut h = x.flatten(1, -1)?;
@@ -68,18 +62,12 @@ impl Module for Mlp {
         }
         Ok(h)
     }
-    fn named_parameters(&self) -> Named {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| prefixed(&format!("layers.{i}"), l.named_parameters()))
-            .collect()
-    }
 }
 
 /// LeNet-5 as commonly used today (ReLU, max pooling), for 1×28×28 inputs: conv 1→6 5×5
 /// padding 2 → pool → conv 6→16 5×5 → pool → 400 → 120 → 84 → 10. Parameter names `conv1`,
 /// `conv2`, `fc1`, `fc2`, `fc3`, as in the usual PyTorch definition.
+#[derive(Module)]
 pub struct LeNet5 {
     pub conv1: Conv2d,
     pub conv2: Conv2d,
@@ -101,7 +89,7 @@ impl LeNet5 {
     }
 }
 
-impl Module for LeNet5 {
+impl Forward for LeNet5 {
     container!();
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(2));
@@ -113,15 +101,6 @@ impl Module for LeNet5 {
         let h = t.call("fc2", &self.fc2, &h)?;
         t.call("fc3", &self.fc3, &h)
     }
-    fn named_parameters(&self) -> Named {
-        named(&[
-            ("conv1", &self.conv1),
-            ("conv2", &self.conv2),
-            ("fc1", &self.fc1),
-            ("fc2", &self.fc2),
-            ("fc3", &self.fc3),
-        ])
-    }
 }
 
 /// The output layer of [`LeNet1998`].
@@ -132,9 +111,19 @@ pub enum LeNetOutput {
     Softmax(Linear),
 }
 
+impl Module for LeNetOutput {
+    fn named_parameters(&self) -> Named {
+        match self {
+            LeNetOutput::Rbf(r) => r.named_parameters(),
+            LeNetOutput::Softmax(l) => l.named_parameters(),
+        }
+    }
+}
+
 /// LeNet-5 as published (LeCun et al., 1998): 32×32 input, scaled-tanh squashing, trainable
 /// subsampling S2/S4, C3's partial connection table, C5, F6, and an RBF or softmax output
 /// (counted apart in the summary, as the paper's 60,000 parameters do not include it).
+#[derive(Module)]
 pub struct LeNet1998 {
     pub c1: Conv2d,
     pub s2: Subsampling,
@@ -162,7 +151,7 @@ impl LeNet1998 {
             },
         })
     }
-    fn output(&self) -> &dyn Module {
+    fn output(&self) -> &dyn Forward {
         match &self.output {
             LeNetOutput::Rbf(r) => r,
             LeNetOutput::Softmax(l) => l,
@@ -170,7 +159,7 @@ impl LeNet1998 {
     }
 }
 
-impl Module for LeNet1998 {
+impl Forward for LeNet1998 {
     container!();
     /// `x` is `[N, 1, 32, 32]`, or `[N, 1, 28, 28]` (padded by 2, as the paper did for MNIST).
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
@@ -189,21 +178,11 @@ impl Module for LeNet1998 {
         let h = Squash.forward(&t.call("f6", &self.f6, &h)?)?;
         t.call_separate("output", self.output(), &h)
     }
-    fn named_parameters(&self) -> Named {
-        named(&[
-            ("c1", &self.c1),
-            ("s2", &self.s2),
-            ("c3", &self.c3),
-            ("s4", &self.s4),
-            ("c5", &self.c5),
-            ("f6", &self.f6),
-            ("output", self.output()),
-        ])
-    }
 }
 
 /// AlexNet as published (Krizhevsky et al., 2012): two towers (grouped convolutions 2, 4 and 5),
 /// local response normalisation, overlapping max pooling, dropout; 227×227×3 input, 1000 classes.
+#[derive(Module)]
 pub struct AlexNet {
     pub conv1: Conv2d,
     pub conv2: Conv2d,
@@ -237,7 +216,7 @@ impl AlexNet {
     }
 }
 
-impl Module for AlexNet {
+impl Forward for AlexNet {
     container!();
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(3).stride(2));
@@ -256,26 +235,11 @@ impl Module for AlexNet {
         let h = t.call("fc7", &self.fc7, &self.drop7.forward(&h)?)?;
         t.call("fc8", &self.fc8, &h)
     }
-    fn named_parameters(&self) -> Named {
-        named(&[
-            ("conv1", &self.conv1),
-            ("conv2", &self.conv2),
-            ("conv3", &self.conv3),
-            ("conv4", &self.conv4),
-            ("conv5", &self.conv5),
-            ("fc6", &self.fc6),
-            ("fc7", &self.fc7),
-            ("fc8", &self.fc8),
-        ])
-    }
-    fn set_training(&mut self, training: bool) {
-        self.drop6.set_training(training);
-        self.drop7.set_training(training);
-    }
 }
 
 /// A small GoogLeNet-style network for small images: a 3×3 stem, two Inception modules,
 /// global average pooling, dropout and a linear classifier.
+#[derive(Module)]
 pub struct GoogLeNetSmall {
     pub stem: Conv2d,
     pub inception3a: Inception,
@@ -301,7 +265,7 @@ impl GoogLeNetSmall {
     }
 }
 
-impl Module for GoogLeNetSmall {
+impl Forward for GoogLeNetSmall {
     container!();
     fn trace(&self, x: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let pool = MaxPool2d(PoolOptions::new(2));
@@ -313,21 +277,11 @@ impl Module for GoogLeNetSmall {
         let h = tessera_core::ops::pool::global_avg_pool2d(&h, false)?;
         t.call("fc", &self.fc, &self.dropout.forward(&h)?)
     }
-    fn named_parameters(&self) -> Named {
-        named(&[
-            ("stem", &self.stem),
-            ("inception3a", &self.inception3a),
-            ("inception3b", &self.inception3b),
-            ("fc", &self.fc),
-        ])
-    }
-    fn set_training(&mut self, training: bool) {
-        self.dropout.set_training(training);
-    }
 }
 
 /// A text CNN (Kim, 2014): embedding → 1-D convolutions of several widths → ReLU →
 /// max-over-time pooling → dropout → linear. Input: token ids `[N, L]` (i64).
+#[derive(Module)]
 pub struct TextCnn {
     pub embedding: Embedding,
     pub convs: Vec<Conv1d>,
@@ -360,7 +314,7 @@ impl TextCnn {
     }
 }
 
-impl Module for TextCnn {
+impl Forward for TextCnn {
     container!();
     fn trace(&self, tokens: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let e = t
@@ -379,21 +333,11 @@ impl Module for TextCnn {
         let h = Tensor::concat(&pooled.iter().collect::<Vec<_>>(), 1)?;
         t.call("fc", &self.fc, &self.dropout.forward(&h)?)
     }
-    fn named_parameters(&self) -> Named {
-        let mut p = prefixed("embedding", self.embedding.named_parameters());
-        for (i, c) in self.convs.iter().enumerate() {
-            p.extend(prefixed(&format!("convs.{i}"), c.named_parameters()));
-        }
-        p.extend(prefixed("fc", self.fc.named_parameters()));
-        p
-    }
-    fn set_training(&mut self, training: bool) {
-        self.dropout.set_training(training);
-    }
 }
 
 /// A character-level LSTM language model: embedding → LSTM (batch first) → linear to the
 /// vocabulary. Input: ids `[N, T]`; output: logits `[N, T, vocab]`.
+#[derive(Module)]
 pub struct CharLstm {
     pub embedding: Embedding,
     pub lstm: Lstm,
@@ -438,18 +382,11 @@ impl CharLstm {
     }
 }
 
-impl Module for CharLstm {
+impl Forward for CharLstm {
     container!();
     fn trace(&self, ids: &Tensor, t: &mut Trace) -> Result<Tensor> {
         let e = t.call("embedding", &self.embedding, ids)?;
         let h = t.call("lstm", &self.lstm, &e)?;
         t.call("head", &self.head, &h)
-    }
-    fn named_parameters(&self) -> Named {
-        named(&[
-            ("embedding", &self.embedding),
-            ("lstm", &self.lstm),
-            ("head", &self.head),
-        ])
     }
 }

@@ -1,4 +1,4 @@
-use crate::module::{Module, Named};
+use crate::module::{Forward, Module, Named};
 use tessera_core::{Result, Tensor};
 
 /// Parameter-free elementwise layers.
@@ -22,6 +22,12 @@ impl Module for Activation {
     fn kind(&self) -> String {
         format!("{self:?}")
     }
+    fn named_parameters(&self) -> Named {
+        vec![]
+    }
+}
+
+impl Forward for Activation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match *self {
             Activation::Relu => x.relu(),
@@ -34,9 +40,6 @@ impl Module for Activation {
             Activation::LogSoftmax(d) => x.log_softmax(d),
         }
     }
-    fn named_parameters(&self) -> Named {
-        vec![]
-    }
 }
 
 /// Flattens every dim after the first (C, H, W order).
@@ -46,10 +49,13 @@ impl Module for Flatten {
     fn kind(&self) -> String {
         "Flatten".into()
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.flatten(1, -1)
-    }
     fn named_parameters(&self) -> Named {
         vec![]
+    }
+}
+
+impl Forward for Flatten {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.flatten(1, -1)
     }
 }

@@ -4,7 +4,7 @@
 
 use super::Conv2d;
 use crate::init::{default_uniform, Ctx};
-use crate::module::{Module, Named, Parameter};
+use crate::module::{Forward, Module, Named, Parameter};
 use tessera_core::ops::conv::ConvOptions;
 use tessera_core::ops::pool::{avg_pool2d, PoolOptions};
 use tessera_core::{Error, HostData, Result, Tensor};
@@ -13,14 +13,17 @@ use tessera_core::{Error, HostData, Result, Tensor};
 pub struct Squash;
 
 impl Module for Squash {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.mul_scalar(2.0 / 3.0)?.tanh()?.mul_scalar(1.7159)
-    }
     fn named_parameters(&self) -> Named {
         vec![]
     }
     fn kind(&self) -> String {
         "Squash".into()
+    }
+}
+
+impl Forward for Squash {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.mul_scalar(2.0 / 3.0)?.tanh()?.mul_scalar(1.7159)
     }
 }
 
@@ -42,12 +45,6 @@ impl Subsampling {
 }
 
 impl Module for Subsampling {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c = self.weight.dims()[0];
-        let sums = avg_pool2d(x, &PoolOptions::new(2))?.mul_scalar(4.0)?;
-        let y = sums.mul(&self.weight.tensor().reshape_usize(&[1, c, 1, 1])?)?;
-        Squash.forward(&y.add(&self.bias.tensor().reshape_usize(&[1, c, 1, 1])?)?)
-    }
     fn named_parameters(&self) -> Named {
         vec![
             ("weight".into(), self.weight.clone()),
@@ -56,6 +53,15 @@ impl Module for Subsampling {
     }
     fn kind(&self) -> String {
         "Subsampling".into()
+    }
+}
+
+impl Forward for Subsampling {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.weight.dims()[0];
+        let sums = avg_pool2d(x, &PoolOptions::new(2))?.mul_scalar(4.0)?;
+        let y = sums.mul(&self.weight.tensor().reshape_usize(&[1, c, 1, 1])?)?;
+        Squash.forward(&y.add(&self.bias.tensor().reshape_usize(&[1, c, 1, 1])?)?)
     }
     fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
         // Four inputs and a bias per output unit.
@@ -125,11 +131,6 @@ impl PartialConv2d {
 }
 
 impl Module for PartialConv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.conv.weight.tensor().mul(&self.mask)?;
-        let b = self.conv.bias.as_ref().map(|b| b.tensor());
-        tessera_core::ops::conv::conv2d(x, &w, b.as_ref(), &self.conv.options)
-    }
     fn named_parameters(&self) -> Named {
         self.conv.named_parameters()
     }
@@ -138,6 +139,14 @@ impl Module for PartialConv2d {
     }
     fn summary_params(&self) -> usize {
         self.live
+    }
+}
+
+impl Forward for PartialConv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.conv.weight.tensor().mul(&self.mask)?;
+        let b = self.conv.bias.as_ref().map(|b| b.tensor());
+        tessera_core::ops::conv::conv2d(x, &w, b.as_ref(), &self.conv.options)
     }
     fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
         // Per output position, every live weight and each map's bias once.
@@ -165,6 +174,15 @@ impl Rbf {
 }
 
 impl Module for Rbf {
+    fn named_parameters(&self) -> Named {
+        vec![("weight".into(), self.weight.clone())]
+    }
+    fn kind(&self) -> String {
+        "Rbf".into()
+    }
+}
+
+impl Forward for Rbf {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.rank() != 2 {
             return Err(Error::invalid(
@@ -178,12 +196,6 @@ impl Module for Rbf {
         let ww = w.square()?.sum(&[1], false)?;
         let d = xx.sub(&x.matmul(&w.t()?)?.mul_scalar(2.0)?)?.add(&ww)?;
         d.neg()
-    }
-    fn named_parameters(&self) -> Named {
-        vec![("weight".into(), self.weight.clone())]
-    }
-    fn kind(&self) -> String {
-        "Rbf".into()
     }
     fn connections(&self, _x: &Tensor, _y: &Tensor) -> u64 {
         self.weight.numel() as u64
@@ -212,6 +224,15 @@ impl LocalResponseNorm {
 }
 
 impl Module for LocalResponseNorm {
+    fn named_parameters(&self) -> Named {
+        vec![]
+    }
+    fn kind(&self) -> String {
+        "LocalResponseNorm".into()
+    }
+}
+
+impl Forward for LocalResponseNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.rank() != 4 || self.size == 0 {
             return Err(Error::invalid(
@@ -238,11 +259,5 @@ impl Module for LocalResponseNorm {
                 .add_scalar(self.k)?
                 .powf(self.beta)?,
         )
-    }
-    fn named_parameters(&self) -> Named {
-        vec![]
-    }
-    fn kind(&self) -> String {
-        "LocalResponseNorm".into()
     }
 }

@@ -1,5 +1,5 @@
 use crate::init::{default_uniform, Ctx};
-use crate::module::{Module, Named, Parameter};
+use crate::module::{Forward, Module, Named, Parameter};
 use tessera_core::ops::conv::{
     conv1d, conv2d, conv2d_relu, conv_transpose2d, ConvOptions, ConvTransposeOptions,
 };
@@ -68,6 +68,15 @@ impl Conv2d {
 }
 
 impl Module for Conv2d {
+    fn kind(&self) -> String {
+        "Conv2d".into()
+    }
+    fn named_parameters(&self) -> Named {
+        super::weight_and_bias(&self.weight, &self.bias)
+    }
+}
+
+impl Forward for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
         match self.relu {
@@ -75,14 +84,8 @@ impl Module for Conv2d {
             false => conv2d(x, &self.weight.tensor(), b.as_ref(), &self.options),
         }
     }
-    fn kind(&self) -> String {
-        "Conv2d".into()
-    }
     fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
         super::dense_connections(&self.weight, self.bias.is_some(), y)
-    }
-    fn named_parameters(&self) -> Named {
-        super::weight_and_bias(&self.weight, &self.bias)
     }
 }
 
@@ -123,18 +126,21 @@ impl Conv1d {
 }
 
 impl Module for Conv1d {
+    fn kind(&self) -> String {
+        "Conv1d".into()
+    }
+    fn named_parameters(&self) -> Named {
+        super::weight_and_bias(&self.weight, &self.bias)
+    }
+}
+
+impl Forward for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
         conv1d(x, &self.weight.tensor(), b.as_ref(), &self.options)
     }
-    fn kind(&self) -> String {
-        "Conv1d".into()
-    }
     fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
         super::dense_connections(&self.weight, self.bias.is_some(), y)
-    }
-    fn named_parameters(&self) -> Named {
-        super::weight_and_bias(&self.weight, &self.bias)
     }
 }
 
@@ -176,12 +182,18 @@ impl ConvTranspose2d {
 }
 
 impl Module for ConvTranspose2d {
+    fn kind(&self) -> String {
+        "ConvTranspose2d".into()
+    }
+    fn named_parameters(&self) -> Named {
+        super::weight_and_bias(&self.weight, &self.bias)
+    }
+}
+
+impl Forward for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
         conv_transpose2d(x, &self.weight.tensor(), b.as_ref(), &self.options)
-    }
-    fn kind(&self) -> String {
-        "ConvTranspose2d".into()
     }
     fn connections(&self, x: &Tensor, y: &Tensor) -> u64 {
         // Every input unit feeds out/groups · kh · kw outputs; every output adds a bias.
@@ -193,8 +205,5 @@ impl Module for ConvTranspose2d {
             } else {
                 0
             }) as u64
-    }
-    fn named_parameters(&self) -> Named {
-        super::weight_and_bias(&self.weight, &self.bias)
     }
 }

@@ -1,7 +1,8 @@
 use super::Conv2d;
 use crate::init::Ctx;
-use crate::module::{prefixed, Module, Named};
+use crate::module::Forward;
 use crate::summary::Trace;
+use crate::Module;
 use tessera_core::ops::conv::ConvOptions;
 use tessera_core::ops::pool::{max_pool2d, PoolOptions};
 use tessera_core::{Result, Tensor};
@@ -9,6 +10,7 @@ use tessera_core::{Result, Tensor};
 /// GoogLeNet v1 Inception module: 1×1, 1×1→3×3, 1×1→5×5 and 3×3 max-pool→1×1 branches, each
 /// followed by ReLU, concatenated on channels. Parameter names `b1`, `b3r`, `b3`, `b5r`, `b5`,
 /// `bp`.
+#[derive(Module)]
 pub struct Inception {
     pub b1: Conv2d,
     pub b3r: Conv2d,
@@ -43,7 +45,7 @@ impl Inception {
     }
 }
 
-impl Module for Inception {
+impl Forward for Inception {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.trace(x, &mut Trace::off())
     }
@@ -60,21 +62,5 @@ impl Module for Inception {
     }
     fn is_container(&self) -> bool {
         true
-    }
-    fn kind(&self) -> String {
-        "Inception".into()
-    }
-    fn named_parameters(&self) -> Named {
-        [
-            ("b1", &self.b1),
-            ("b3r", &self.b3r),
-            ("b3", &self.b3),
-            ("b5r", &self.b5r),
-            ("b5", &self.b5),
-            ("bp", &self.bp),
-        ]
-        .into_iter()
-        .flat_map(|(n, c)| prefixed(n, c.named_parameters()))
-        .collect()
     }
 }

@@ -1,5 +1,5 @@
 use crate::init::{default_uniform, Ctx};
-use crate::module::{Module, Named, Parameter};
+use crate::module::{Forward, Module, Named, Parameter};
 use tessera_core::{Result, Tensor};
 
 /// `y = x·Wᵀ + b`, weight `[out, in]`; with [`Linear::with_relu`], `relu(x·Wᵀ + b)` with the
@@ -53,6 +53,15 @@ impl Linear {
 }
 
 impl Module for Linear {
+    fn kind(&self) -> String {
+        "Linear".into()
+    }
+    fn named_parameters(&self) -> Named {
+        super::weight_and_bias(&self.weight, &self.bias)
+    }
+}
+
+impl Forward for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.bias.as_ref().map(|b| b.tensor());
         match self.relu {
@@ -60,14 +69,7 @@ impl Module for Linear {
             false => x.linear(&self.weight.tensor(), b.as_ref()),
         }
     }
-
-    fn kind(&self) -> String {
-        "Linear".into()
-    }
     fn connections(&self, _x: &Tensor, y: &Tensor) -> u64 {
         super::dense_connections(&self.weight, self.bias.is_some(), y)
-    }
-    fn named_parameters(&self) -> Named {
-        super::weight_and_bias(&self.weight, &self.bias)
     }
 }

@@ -1,5 +1,5 @@
 use crate::init::{normal, Ctx};
-use crate::module::{Module, Named, Parameter};
+use crate::module::{Forward, Module, Named, Parameter};
 use std::cell::Cell;
 use std::sync::Mutex;
 use tessera_core::ops::norm::{batch_norm, dropout, embedding, layer_norm};
@@ -38,6 +38,28 @@ impl Module for BatchNorm {
     fn kind(&self) -> String {
         "BatchNorm".into()
     }
+    fn named_parameters(&self) -> Named {
+        let mut p = Vec::new();
+        p.extend(
+            self.weight
+                .iter()
+                .map(|w| ("weight".to_string(), w.clone())),
+        );
+        p.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
+        p.push(("running_mean".into(), self.running_mean.clone()));
+        p.push(("running_var".into(), self.running_var.clone()));
+        p.push((
+            "num_batches_tracked".into(),
+            self.num_batches_tracked.clone(),
+        ));
+        p
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+}
+
+impl Forward for BatchNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (w, b) = (
             self.weight.as_ref().map(|p| p.tensor()),
@@ -60,25 +82,6 @@ impl Module for BatchNorm {
             self.num_batches_tracked.set(n)?;
         }
         Ok(y)
-    }
-    fn named_parameters(&self) -> Named {
-        let mut p = Vec::new();
-        p.extend(
-            self.weight
-                .iter()
-                .map(|w| ("weight".to_string(), w.clone())),
-        );
-        p.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
-        p.push(("running_mean".into(), self.running_mean.clone()));
-        p.push(("running_var".into(), self.running_var.clone()));
-        p.push((
-            "num_batches_tracked".into(),
-            self.num_batches_tracked.clone(),
-        ));
-        p
-    }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
     }
 }
 
@@ -106,6 +109,15 @@ impl Module for LayerNorm {
     fn kind(&self) -> String {
         "LayerNorm".into()
     }
+    fn named_parameters(&self) -> Named {
+        vec![
+            ("weight".into(), self.weight.clone()),
+            ("bias".into(), self.bias.clone()),
+        ]
+    }
+}
+
+impl Forward for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm(
             x,
@@ -114,12 +126,6 @@ impl Module for LayerNorm {
             Some(&self.bias.tensor()),
             self.eps,
         )
-    }
-    fn named_parameters(&self) -> Named {
-        vec![
-            ("weight".into(), self.weight.clone()),
-            ("bias".into(), self.bias.clone()),
-        ]
     }
 }
 
@@ -165,13 +171,6 @@ impl Module for Dropout {
     fn kind(&self) -> String {
         format!("Dropout({})", self.p)
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !(self.training || MC_DROPOUT.with(|c| c.get())) {
-            return Ok(x.clone());
-        }
-        let mut gen = self.gen.lock().unwrap_or_else(|e| e.into_inner());
-        dropout(x, self.p, &mut gen)
-    }
     fn named_parameters(&self) -> Named {
         vec![]
     }
@@ -180,9 +179,19 @@ impl Module for Dropout {
     }
 }
 
+impl Forward for Dropout {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !(self.training || MC_DROPOUT.with(|c| c.get())) {
+            return Ok(x.clone());
+        }
+        let mut gen = self.gen.lock().unwrap_or_else(|e| e.into_inner());
+        dropout(x, self.p, &mut gen)
+    }
+}
+
 /// Monte Carlo dropout ("bagging over dropout masks"): the mean and the variance (over the
 /// `t` passes, divided by `t`) of `t` stochastic forward passes of `model`.
-pub fn mc_forward(model: &dyn Module, x: &Tensor, t: usize) -> Result<(Tensor, Tensor)> {
+pub fn mc_forward(model: &dyn Forward, x: &Tensor, t: usize) -> Result<(Tensor, Tensor)> {
     if t == 0 {
         return Err(Error::invalid("mc_forward", "needs at least one pass"));
     }
@@ -235,10 +244,13 @@ impl Module for Embedding {
     fn kind(&self) -> String {
         "Embedding".into()
     }
-    fn forward(&self, indices: &Tensor) -> Result<Tensor> {
-        embedding(indices, &self.weight.tensor(), self.padding_idx)
-    }
     fn named_parameters(&self) -> Named {
         vec![("weight".into(), self.weight.clone())]
+    }
+}
+
+impl Forward for Embedding {
+    fn forward(&self, indices: &Tensor) -> Result<Tensor> {
+        embedding(indices, &self.weight.tensor(), self.padding_idx)
     }
 }

@@ -1,4 +1,4 @@
-use crate::module::{Module, Named};
+use crate::module::{Forward, Module, Named};
 use tessera_core::ops::pool::{
     adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool1d, max_pool2d, PoolOptions,
 };
@@ -9,14 +9,16 @@ macro_rules! pool_layer {
         $(#[$doc])*
         pub struct $name(pub PoolOptions);
         impl Module for $name {
-            fn forward(&self, x: &Tensor) -> Result<Tensor> {
-                $f(x, &self.0)
-            }
             fn kind(&self) -> String {
                 stringify!($name).into()
             }
             fn named_parameters(&self) -> Named {
                 vec![]
+            }
+        }
+        impl Forward for $name {
+            fn forward(&self, x: &Tensor) -> Result<Tensor> {
+                $f(x, &self.0)
             }
         }
     };
@@ -38,9 +40,6 @@ pool_layer!(
 pub struct AdaptiveAvgPool2d(pub [usize; 2]);
 
 impl Module for AdaptiveAvgPool2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        adaptive_avg_pool2d(x, self.0)
-    }
     fn kind(&self) -> String {
         "AdaptiveAvgPool2d".into()
     }
@@ -49,17 +48,26 @@ impl Module for AdaptiveAvgPool2d {
     }
 }
 
+impl Forward for AdaptiveAvgPool2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        adaptive_avg_pool2d(x, self.0)
+    }
+}
+
 /// Global average pooling `[N, C, H, W]` → `[N, C]`.
 pub struct GlobalAvgPool2d;
 
 impl Module for GlobalAvgPool2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        global_avg_pool2d(x, false)
-    }
     fn kind(&self) -> String {
         "GlobalAvgPool2d".into()
     }
     fn named_parameters(&self) -> Named {
         vec![]
+    }
+}
+
+impl Forward for GlobalAvgPool2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        global_avg_pool2d(x, false)
     }
 }

@@ -1,5 +1,5 @@
 use crate::init::{default_uniform, Ctx};
-use crate::module::{Module, Named, Parameter};
+use crate::module::{Forward, Module, Named, Parameter};
 use tessera_core::ops::rnn::{rnn, Cell, RnnOptions, RnnOutput, RnnWeights};
 use tessera_core::{Result, Tensor};
 
@@ -118,6 +118,12 @@ macro_rules! recurrent_layer {
             fn kind(&self) -> String {
                 stringify!($name).into()
             }
+            fn named_parameters(&self) -> Named {
+                self.0.params.clone()
+            }
+        }
+
+        impl Forward for $name {
             fn connections(&self, x: &Tensor, _y: &Tensor) -> u64 {
                 // Each weight and bias is used once per time step and direction.
                 let steps = x.dims().get(if self.0.options.batch_first { 1 } else { 0 }).copied().unwrap_or(0);
@@ -126,9 +132,6 @@ macro_rules! recurrent_layer {
             /// The per-step outputs from zero initial states.
             fn forward(&self, x: &Tensor) -> Result<Tensor> {
                 Ok(self.0.run(x, None, None)?.output)
-            }
-            fn named_parameters(&self) -> Named {
-                self.0.params.clone()
             }
         }
     };
