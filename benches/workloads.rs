@@ -225,8 +225,8 @@ fn run(args: &Args) -> Result<()> {
             continue;
         }
         eprintln!("{id} ...");
-        let a = Tensor::randn(&[n, n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
-        let b = Tensor::randn(&[n, n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let a = Tensor::randn_with(&[n, n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let b = Tensor::randn_with(&[n, n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let m = measure(&sync, || {
             black_box(a.matmul(&b)?);
             Ok(())
@@ -263,11 +263,12 @@ fn run(args: &Args) -> Result<()> {
         }
         eprintln!("{id} ...");
         use tessera::ops::conv::{conv2d, ConvOptions};
-        let x = Tensor::randn(&[n, ci, hw, hw], 0.0, 1.0, DType::F32, &mut gen, &device)?
+        let x = Tensor::randn_with(&[n, ci, hw, hw], 0.0, 1.0, DType::F32, &mut gen, &device)?
             .requires_grad_()?;
-        let w = Tensor::randn(&[co, ci, k, k], 0.0, 1.0, DType::F32, &mut gen, &device)?
+        let w = Tensor::randn_with(&[co, ci, k, k], 0.0, 1.0, DType::F32, &mut gen, &device)?
             .requires_grad_()?;
-        let b = Tensor::randn(&[co], 0.0, 1.0, DType::F32, &mut gen, &device)?.requires_grad_()?;
+        let b =
+            Tensor::randn_with(&[co], 0.0, 1.0, DType::F32, &mut gen, &device)?.requires_grad_()?;
         let opts = ConvOptions::new().padding(pad);
         let m = measure(&sync, || {
             let g = conv2d(&x, &w, Some(&b), &opts)?.sum_all()?.backward()?;
@@ -290,7 +291,7 @@ fn run(args: &Args) -> Result<()> {
             &[784, 512, 256, 10],
         )?;
         let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.01);
-        let x = Tensor::randn(&[128, 784], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let x = Tensor::randn_with(&[128, 784], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let y = labels(128)?;
         let m = measure(&sync, || {
             let loss = ce(&model.forward(&x)?, &y)?;
@@ -310,7 +311,7 @@ fn run(args: &Args) -> Result<()> {
         eprintln!("W4_lenet5_train_step ...");
         let model = tessera::nn::zoo::LeNet5::new(&mut tessera::nn::Ctx::new(&device, 1))?;
         let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.01).momentum(0.9);
-        let x = Tensor::randn(&[64, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let x = Tensor::randn_with(&[64, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let y = labels(64)?;
         let m = measure(&sync, || {
             let loss = ce(&model.forward(&x)?, &y)?;
@@ -330,7 +331,7 @@ fn run(args: &Args) -> Result<()> {
         eprintln!("W4 memory check (1,000 steps) ...");
         let model = tessera::nn::zoo::LeNet5::new(&mut tessera::nn::Ctx::new(&device, 1))?;
         let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.01).momentum(0.9);
-        let x = Tensor::randn(&[64, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let x = Tensor::randn_with(&[64, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let y = labels(64)?;
         let mut peaks = vec![];
         // Measure this model's peak, not that of the workloads run before it.
@@ -362,7 +363,7 @@ fn run(args: &Args) -> Result<()> {
             bias: true,
         };
         let lstm = tessera::nn::Lstm::new(&mut tessera::nn::Ctx::new(&device, 1), 128, opts)?;
-        let x = Tensor::randn(&[35, 32, 128], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let x = Tensor::randn_with(&[35, 32, 128], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let m = measure(&sync, || {
             let g = lstm.forward(&x)?.sum_all()?.backward()?;
             black_box(g.len());
@@ -381,7 +382,7 @@ fn run(args: &Args) -> Result<()> {
     if wanted("W7_lenet5_infer") {
         eprintln!("W7_lenet5_infer ...");
         let model = tessera::nn::zoo::LeNet5::new(&mut tessera::nn::Ctx::new(&device, 1))?;
-        let x = Tensor::randn(&[256, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let x = Tensor::randn_with(&[256, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let m = measure(&sync, || {
             black_box(no_grad(|| model.forward(&x))?);
             Ok(())
@@ -399,9 +400,9 @@ fn run(args: &Args) -> Result<()> {
     if wanted("W6_elementwise") {
         eprintln!("W6_elementwise ...");
         let n = 16_777_216;
-        let a = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
-        let b = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
-        let c = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let a = Tensor::randn_with(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let b = Tensor::randn_with(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
+        let c = Tensor::randn_with(&[n], 0.0, 1.0, DType::F32, &mut gen, &device)?;
         let m = measure(&sync, || {
             black_box(a.mul(&b)?.add(&c)?.relu()?);
             Ok(())

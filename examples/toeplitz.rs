@@ -51,7 +51,7 @@ fn main() -> Result<()> {
 
     // 1-D: conv1d(x, w) == T(w) · x
     let n = 12;
-    let x = Tensor::randn(&[n], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
+    let x = Tensor::randn_with(&[n], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
     let w = vec![0.5, -1.0, 2.0];
     let t = Tensor::from_vec(toeplitz(&w, n), &[n - w.len() + 1, n], &dev)?;
     let by_matrix = t.matmul(&x)?;
@@ -71,7 +71,7 @@ fn main() -> Result<()> {
 
     // 2-D: conv2d(x, k) == B(k) · vec(x)
     let (h, wd) = (6, 7);
-    let img = Tensor::randn(&[1, 1, h, wd], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
+    let img = Tensor::randn_with(&[1, 1, h, wd], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
     let kernel = vec![vec![1.0, 0.0, -1.0], vec![2.0, 0.5, -2.0]];
     let b = Tensor::from_vec(
         doubly_block_toeplitz(&kernel, h, wd),
@@ -89,7 +89,7 @@ fn main() -> Result<()> {
 
     // Equivariance: shifting the input by s shifts the output by s (away from the borders).
     let s = 2;
-    let long = Tensor::randn(&[1, 1, 20], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
+    let long = Tensor::randn_with(&[1, 1, 20], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
     let shifted = long.narrow(2, 0, 20 - s)?.pad(&[s, 0], 0.0)?; // x[t - s]
     let y = conv1d(&long, &wt, None, &ConvOptions::new())?;
     let y_shifted = conv1d(&shifted, &wt, None, &ConvOptions::new())?;

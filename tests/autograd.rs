@@ -92,15 +92,15 @@ fn mlp_loss(p: &[Tensor], x: &Tensor) -> Result<Tensor> {
 fn hessian_vector_product_of_an_mlp_matches_finite_differences() -> Result<()> {
     let dev = cpu();
     let mut gen = Generator::new(3);
-    let x = Tensor::randn(&[4, 3], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
+    let x = Tensor::randn_with(&[4, 3], 0.0, 1.0, DType::F64, &mut gen, &dev)?;
     let params = [
-        Tensor::randn(&[5, 3], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
-        Tensor::randn(&[5], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
-        Tensor::randn(&[2, 5], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
+        Tensor::randn_with(&[5, 3], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
+        Tensor::randn_with(&[5], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
+        Tensor::randn_with(&[2, 5], 0.0, 0.5, DType::F64, &mut gen, &dev)?,
     ];
     let vs: Vec<Tensor> = params
         .iter()
-        .map(|p| Tensor::randn(p.dims(), 0.0, 1.0, DType::F64, &mut gen, &dev))
+        .map(|p| Tensor::randn_with(p.dims(), 0.0, 1.0, DType::F64, &mut gen, &dev))
         .collect::<Result<_>>()?;
 
     // Hv by double backward.
@@ -184,11 +184,12 @@ fn rss_kib() -> Option<usize> {
 fn memory_stays_flat_over_2000_training_steps() -> Result<()> {
     let dev = cpu();
     let mut gen = Generator::new(11);
-    let x = Tensor::randn(&[32, 16], 0.0, 1.0, DType::F32, &mut gen, &dev)?;
-    let target = Tensor::randn(&[32, 4], 0.0, 1.0, DType::F32, &mut gen, &dev)?;
+    let x = Tensor::randn_with(&[32, 16], 0.0, 1.0, DType::F32, &mut gen, &dev)?;
+    let target = Tensor::randn_with(&[32, 4], 0.0, 1.0, DType::F32, &mut gen, &dev)?;
     let mut w1 =
-        Tensor::randn(&[32, 16], 0.0, 0.2, DType::F32, &mut gen, &dev)?.requires_grad_()?;
-    let mut w2 = Tensor::randn(&[4, 32], 0.0, 0.2, DType::F32, &mut gen, &dev)?.requires_grad_()?;
+        Tensor::randn_with(&[32, 16], 0.0, 0.2, DType::F32, &mut gen, &dev)?.requires_grad_()?;
+    let mut w2 =
+        Tensor::randn_with(&[4, 32], 0.0, 0.2, DType::F32, &mut gen, &dev)?.requires_grad_()?;
     let mut rss_at_100 = 0;
     let mut first_loss = 0.0;
     let mut last_loss = 0.0;

@@ -73,15 +73,17 @@ impl Derived {
     }
 }
 
-fn fixture() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/derived_names.safetensors")
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 #[test]
 fn derived_names_are_pytorchs_state_dict_keys_in_order() -> Result<()> {
     let dev = Device::parse("cpu")?;
     let model = Derived::new(&mut Ctx::new(&dev, 0))?;
-    let torch = load(&fixture(), &dev)?;
+    let torch = load(&fixture("derived_names.safetensors"), &dev)?;
     let order = torch
         .metadata
         .get("order")
@@ -97,9 +99,10 @@ fn derived_names_are_pytorchs_state_dict_keys_in_order() -> Result<()> {
     assert_eq!(model.kind(), "Derived");
 
     // The state_dict loads, and the model then computes what PyTorch computed.
-    load_model(&fixture(), &model, None, &dev)?;
-    let y = no_grad(|| model.forward(&torch.tensors["x"]))?;
-    let want = &torch.tensors["y"];
+    load_model(&fixture("derived_names.safetensors"), &model, None, &dev)?;
+    let io = load(&fixture("derived_io.safetensors"), &dev)?;
+    let y = no_grad(|| model.forward(&io.tensors["x"]))?;
+    let want = &io.tensors["y"];
     assert_eq!(y.dims(), want.dims());
     let diff = y
         .sub(want)?

@@ -35,9 +35,9 @@ fn cpu() -> Device {
 
 fn draw(shape: &[usize], positive: bool, gen: &mut Generator) -> Result<Tensor> {
     if positive {
-        Tensor::rand(shape, 0.5, 2.0, DType::F64, gen, &cpu())
+        Tensor::rand_with(shape, 0.5, 2.0, DType::F64, gen, &cpu())
     } else {
-        Tensor::randn(shape, 0.0, 1.0, DType::F64, gen, &cpu())
+        Tensor::randn_with(shape, 0.0, 1.0, DType::F64, gen, &cpu())
     }
 }
 
@@ -218,7 +218,7 @@ fn pair_same(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
     }
     Ok(vec![
         draw(&s, false, gen)?,
-        Tensor::rand(&s, 0.0, 1.0, DType::F64, gen, &cpu())?,
+        Tensor::rand_with(&s, 0.0, 1.0, DType::F64, gen, &cpu())?,
     ])
 }
 
@@ -569,7 +569,7 @@ fn rows() -> Vec<Row> {
             tessera::ops::norm::layer_norm(&x[0], &x[0].dims()[1..], Some(&w), None, 1e-5)
         }),
         row!("dropout", u, false, |x, k| {
-            let mask = Tensor::rand(
+            let mask = Tensor::rand_with(
                 x[0].dims(),
                 0.0,
                 1.0,

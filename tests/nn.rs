@@ -93,7 +93,7 @@ fn checkpoints_round_trip_with_optimizer_state_and_metadata() -> Result<()> {
     let dev = cpu();
     let model = LeNet5::new(&mut Ctx::new(&dev, 1))?;
     let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.01).momentum(0.9);
-    let x = Tensor::randn(
+    let x = Tensor::randn_with(
         &[2, 1, 28, 28],
         0.0,
         1.0,
@@ -199,7 +199,7 @@ fn lenet5_learns_a_fixed_batch() -> Result<()> {
     let dev = cpu();
     let model = LeNet5::new(&mut Ctx::new(&dev, 0))?;
     let mut opt = tessera::optim::Sgd::new(model.parameters(), 0.05).momentum(0.9);
-    let x = Tensor::randn(
+    let x = Tensor::randn_with(
         &[16, 1, 28, 28],
         0.0,
         1.0,
@@ -302,7 +302,7 @@ fn dropout_batchnorm_modes_and_mc_dropout() -> Result<()> {
     assert!(var.mean_all()?.to_scalar()? > 0.5);
 
     let mut bn = tessera::nn::BatchNorm::new(&mut ctx, 2)?;
-    let xb = Tensor::randn(
+    let xb = Tensor::randn_with(
         &[8, 2, 3],
         5.0,
         2.0,
@@ -326,7 +326,7 @@ fn frozen_parameters_take_no_gradient() -> Result<()> {
     let model = LeNet5::new(&mut Ctx::new(&dev, 0))?;
     model.conv1.weight.set_trainable(false)?;
     assert_eq!(model.parameters().len(), 9);
-    let x = Tensor::randn(
+    let x = Tensor::randn_with(
         &[2, 1, 28, 28],
         0.0,
         1.0,
@@ -355,7 +355,7 @@ fn optimizer_updates_reuse_each_parameters_buffer_and_match_new_buffers() -> Res
         ("rmsprop", |p| Box::new(RmsProp::new(p, 0.01).momentum(0.5))),
     ];
     let dev = cpu();
-    let x = Tensor::randn(
+    let x = Tensor::randn_with(
         &[4, 1, 28, 28],
         0.0,
         1.0,
@@ -463,7 +463,7 @@ fn sequential_fuses_a_layer_and_its_relu_with_the_same_results() -> Result<()> {
         .add(Linear::new(&mut ctx, 4, 3)?)
         .add(Activation::Tanh);
     let mut gen = Generator::new(4);
-    let x = Tensor::randn(&[7, 6], 0.0, 2.0, DType::F32, &mut gen, &device)?;
+    let x = Tensor::randn_with(&[7, 6], 0.0, 2.0, DType::F32, &mut gen, &device)?;
     let params: BTreeMap<String, Tensor> = net
         .named_parameters()
         .into_iter()

@@ -462,9 +462,9 @@ fn model(x: &Tensor, w1: &Tensor, w2: &Tensor, labels: &Tensor) -> Result<Tensor
 fn a_backend_defined_outside_core_runs_composite_ops_and_backward() -> Result<()> {
     let (toy, cpu) = (toy(), Device::parse("cpu")?);
     let mut gen = Generator::new(5);
-    let x = Tensor::randn(&[4, 3], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
-    let w1 = Tensor::randn(&[3, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
-    let w2 = Tensor::randn(&[5, 2], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let x = Tensor::randn_with(&[4, 3], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
+    let w1 = Tensor::randn_with(&[3, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let w2 = Tensor::randn_with(&[5, 2], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
     let labels = Tensor::from_vec(vec![0i64, 1, 1, 0], &[4, 1], &toy)?;
 
     assert_eq!(x.device().name(), "toy");
@@ -508,8 +508,10 @@ fn convolution_and_pooling_fall_back_to_primitives() -> Result<()> {
     use tessera::ops::pool::{max_pool2d, PoolOptions};
     let (toy, cpu) = (toy(), Device::parse("cpu")?);
     let mut gen = Generator::new(9);
-    let x = Tensor::randn(&[2, 2, 6, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
-    let w = Tensor::randn(&[3, 2, 3, 3], 0.0, 1.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let x = Tensor::randn_with(&[2, 2, 6, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?
+        .requires_grad_()?;
+    let w = Tensor::randn_with(&[3, 2, 3, 3], 0.0, 1.0, DType::F64, &mut gen, &toy)?
+        .requires_grad_()?;
     // Pooling with padding (the CPU kernel's bounds-checked path), without (its tap-by-tap
     // path), and dilated.
     for (conv, pool) in [
@@ -556,10 +558,11 @@ fn batch_norm_composes_from_primitives_where_the_backend_has_no_fused_kernel() -
     use tessera::ops::norm::batch_norm;
     let (toy, cpu) = (toy(), Device::parse("cpu")?);
     let mut gen = Generator::new(4);
-    let x = Tensor::randn(&[3, 4, 5], 1.0, 2.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
-    let w = Tensor::randn(&[4], 1.0, 0.5, DType::F64, &mut gen, &toy)?.requires_grad_()?;
-    let b = Tensor::randn(&[4], 0.0, 0.5, DType::F64, &mut gen, &toy)?.requires_grad_()?;
-    let r = Tensor::randn(&[3, 4, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
+    let x =
+        Tensor::randn_with(&[3, 4, 5], 1.0, 2.0, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let w = Tensor::randn_with(&[4], 1.0, 0.5, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let b = Tensor::randn_with(&[4], 0.0, 0.5, DType::F64, &mut gen, &toy)?.requires_grad_()?;
+    let r = Tensor::randn_with(&[3, 4, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
     let (rm, rv) = (
         Tensor::zeros(&[4], DType::F64, &toy)?,
         Tensor::ones(&[4], DType::F64, &toy)?,
@@ -634,10 +637,10 @@ fn batch_norm_composes_from_primitives_where_the_backend_has_no_fused_kernel() -
 fn bias_and_relu_compose_from_primitives_where_the_backend_has_no_fused_kernel() -> Result<()> {
     let (toy, cpu) = (toy(), Device::parse("cpu")?);
     let mut gen = Generator::new(6);
-    let x = Tensor::randn(&[4, 7], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
-    let w = Tensor::randn(&[5, 7], 0.0, 0.5, DType::F64, &mut gen, &toy)?;
-    let b = Tensor::randn(&[5], 0.0, 0.5, DType::F64, &mut gen, &toy)?;
-    let r = Tensor::randn(&[4, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
+    let x = Tensor::randn_with(&[4, 7], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
+    let w = Tensor::randn_with(&[5, 7], 0.0, 0.5, DType::F64, &mut gen, &toy)?;
+    let b = Tensor::randn_with(&[5], 0.0, 0.5, DType::F64, &mut gen, &toy)?;
+    let r = Tensor::randn_with(&[4, 5], 0.0, 1.0, DType::F64, &mut gen, &toy)?;
     // The toy backend composes add + relu and gt + mul; the CPU runs one pass each. Both
     // must agree with the unfused ops, in values and gradients, for a weighted loss and for a
     // plain sum (whose gradient reaches the ReLU as a broadcast).
@@ -692,7 +695,8 @@ fn lstm_runs_step_by_step_where_the_backend_has_no_sequence_kernel() -> Result<(
         batch_first: false,
         bias: true,
     };
-    let mut randn = |shape: &[usize]| Tensor::randn(shape, 0.0, 0.5, DType::F64, &mut gen, &toy);
+    let mut randn =
+        |shape: &[usize]| Tensor::randn_with(shape, 0.0, 0.5, DType::F64, &mut gen, &toy);
     let x = randn(&[t_len, b, i])?;
     let params: Vec<Tensor> = (0..4)
         .flat_map(|k| {
@@ -852,9 +856,9 @@ fn conv_relu_matches_conv_then_relu_on_every_path() -> Result<()> {
     for (dtype, [n, c, o], k, opts) in cases {
         let mut gen = Generator::new(11);
         let g = opts.groups;
-        let x = Tensor::randn(&[n, c, 9, 8], 0.0, 1.0, dtype, &mut gen, &cpu)?;
-        let w = Tensor::randn(&[o, c / g, k, k], 0.0, 0.3, dtype, &mut gen, &cpu)?;
-        let b = Tensor::randn(&[o], 0.0, 0.3, dtype, &mut gen, &cpu)?;
+        let x = Tensor::randn_with(&[n, c, 9, 8], 0.0, 1.0, dtype, &mut gen, &cpu)?;
+        let w = Tensor::randn_with(&[o, c / g, k, k], 0.0, 0.3, dtype, &mut gen, &cpu)?;
+        let b = Tensor::randn_with(&[o], 0.0, 0.3, dtype, &mut gen, &cpu)?;
         let run = |dev: &Device, fused: bool| -> Result<Vec<Vec<f64>>> {
             let on = |t: &Tensor| t.detach().to_device(dev)?.requires_grad_();
             let (x, w, b) = (on(&x)?, on(&w)?, on(&b)?);
@@ -865,7 +869,7 @@ fn conv_relu_matches_conv_then_relu_on_every_path() -> Result<()> {
             };
             // A weighted loss, so each output's gradient differs.
             let mut rg = Generator::new(5);
-            let r = Tensor::randn(y.dims(), 0.0, 1.0, dtype, &mut rg, &cpu)?.to_device(dev)?;
+            let r = Tensor::randn_with(y.dims(), 0.0, 1.0, dtype, &mut rg, &cpu)?.to_device(dev)?;
             let grads = y.mul(&r)?.sum_all()?.backward()?;
             let mut out = vec![y.to_dtype(DType::F64)?.to_vec::<f64>()?];
             for t in [&x, &w, &b] {
@@ -922,7 +926,7 @@ fn cross_entropy_kernels_match_the_composed_default() -> Result<()> {
     for dtype in [DType::F32, DType::F64] {
         for (k, &(shape, reduction, smoothing, ignore, scale)) in cases.iter().enumerate() {
             let mut gen = Generator::new(k as u64);
-            let x = Tensor::randn(shape, 0.0, scale, DType::F64, &mut gen, &cpu)?;
+            let x = Tensor::randn_with(shape, 0.0, scale, DType::F64, &mut gen, &cpu)?;
             let c = shape[1];
             let mut tshape = vec![shape[0]];
             tshape.extend(&shape[2..]);

@@ -51,17 +51,17 @@ fn views_share_the_buffer_and_read_correctly() -> Result<()> {
 #[test]
 fn random_numbers_depend_only_on_the_seed() -> Result<()> {
     let mut g1 = Generator::new(42);
-    let a = Tensor::randn(&[100_000], 0.0, 1.0, DType::F32, &mut g1, &cpu())?;
-    let b = Tensor::randn(&[7], 0.0, 1.0, DType::F32, &mut g1, &cpu())?;
+    let a = Tensor::randn_with(&[100_000], 0.0, 1.0, DType::F32, &mut g1, &cpu())?;
+    let b = Tensor::randn_with(&[7], 0.0, 1.0, DType::F32, &mut g1, &cpu())?;
     // Drawing in another split gives the same stream: element i is a function of (seed, i).
     let mut g2 = Generator::new(42);
-    let c = Tensor::randn(&[100_007], 0.0, 1.0, DType::F32, &mut g2, &cpu())?;
+    let c = Tensor::randn_with(&[100_007], 0.0, 1.0, DType::F32, &mut g2, &cpu())?;
     let (a, b, c) = (a.to_vec::<f32>()?, b.to_vec::<f32>()?, c.to_vec::<f32>()?);
     assert_eq!(&c[..100_000], &a[..]);
     assert_eq!(&c[100_000..], &b[..]);
     let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
     assert!(mean.abs() < 0.02);
-    let u = Tensor::rand(
+    let u = Tensor::rand_with(
         &[1000],
         2.0,
         3.0,
@@ -253,8 +253,8 @@ fn matmul_follows_torch_semantics_for_every_rank() -> Result<()> {
 fn half_precision_tensors_compute_in_f32_and_round_once() -> Result<()> {
     use tessera::core::half::{bf16, f16};
     let mut gen = Generator::new(4);
-    let a = Tensor::randn(&[8, 300], 0.0, 1.0, DType::F32, &mut gen, &cpu())?;
-    let b = Tensor::randn(&[300, 5], 0.0, 1.0, DType::F32, &mut gen, &cpu())?;
+    let a = Tensor::randn_with(&[8, 300], 0.0, 1.0, DType::F32, &mut gen, &cpu())?;
+    let b = Tensor::randn_with(&[300, 5], 0.0, 1.0, DType::F32, &mut gen, &cpu())?;
     for (dtype, eps) in [(DType::F16, 2f64.powi(-11)), (DType::BF16, 2f64.powi(-8))] {
         let (ah, bh) = (a.to_dtype(dtype)?, b.to_dtype(dtype)?);
         assert_eq!(ah.dtype(), dtype);

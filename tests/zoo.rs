@@ -79,7 +79,7 @@ fn every_zoo_model_trains() -> Result<()> {
     let dev = cpu();
     let mut ctx = Ctx::new(&dev, 4);
     let mut gen = Generator::new(8);
-    let images = Tensor::randn(&[4, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &dev)?;
+    let images = Tensor::randn_with(&[4, 1, 28, 28], 0.0, 1.0, DType::F32, &mut gen, &dev)?;
     let labels = Tensor::from_vec(vec![1i64, 7, 3, 0], &[4], &dev)?;
     one_step_lowers_loss(&Mlp::new(&mut ctx, &[784, 32, 10])?, &images, &labels, 0.1)?;
     one_step_lowers_loss(&LeNet5::new(&mut ctx)?, &images, &labels, 0.05)?;

@@ -61,7 +61,7 @@ pub fn gradcheck(
     let vars = variables(inputs)?;
     let y = f(&vars)?;
     let mut gen = Generator::new(opts.seed);
-    let v = Tensor::randn(y.dims(), 0.0, 1.0, y.dtype(), &mut gen, y.device())?;
+    let v = Tensor::randn_with(y.dims(), 0.0, 1.0, y.dtype(), &mut gen, y.device())?;
     let grads = if y.requires_grad() {
         Some(y.backward_with(&v)?)
     } else {
@@ -125,10 +125,10 @@ pub fn gradgradcheck(
 ) -> Result<f64> {
     let mut gen = Generator::new(opts.seed ^ 0x9e37_79b9);
     let probe = f(&variables(inputs)?)?;
-    let v = Tensor::randn(probe.dims(), 0.0, 1.0, DType::F64, &mut gen, probe.device())?;
+    let v = Tensor::randn_with(probe.dims(), 0.0, 1.0, DType::F64, &mut gen, probe.device())?;
     let us = inputs
         .iter()
-        .map(|x| Tensor::randn(x.dims(), 0.0, 1.0, DType::F64, &mut gen, x.device()))
+        .map(|x| Tensor::randn_with(x.dims(), 0.0, 1.0, DType::F64, &mut gen, x.device()))
         .collect::<Result<Vec<_>>>()?;
     let first_order = move |xs: &[Tensor]| -> Result<Tensor> {
         let y = f(xs)?;

@@ -111,3 +111,24 @@ mod tests {
         assert!((var - 1.0).abs() < 0.01, "{var}");
     }
 }
+
+thread_local! {
+    /// The generator of [`crate::Tensor::randn`] and [`crate::Tensor::rand`] on this thread.
+    static THREAD_GENERATOR: std::cell::RefCell<Generator> =
+        std::cell::RefCell::new(Generator::new(DEFAULT_SEED));
+}
+
+/// The seed of each thread's generator until [`manual_seed`] (PyTorch's default seed).
+pub const DEFAULT_SEED: u64 = 67_280_421_310_721;
+
+/// Seeds this thread's generator, which [`crate::Tensor::randn`] and [`crate::Tensor::rand`]
+/// draw from (PyTorch's `torch.manual_seed`): the same seed gives the same values on every
+/// device and thread count.
+pub fn manual_seed(seed: u64) {
+    THREAD_GENERATOR.with(|g| *g.borrow_mut() = Generator::new(seed));
+}
+
+/// Runs `f` with this thread's generator.
+pub(crate) fn with_thread_generator<T>(f: impl FnOnce(&mut Generator) -> T) -> T {
+    THREAD_GENERATOR.with(|g| f(&mut g.borrow_mut()))
+}

@@ -298,6 +298,21 @@ impl Gradients {
     pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
         self.map.get(&t.id())
     }
+    /// The gradient of `t`, or an error saying that `t` (its shape) got none: it does not
+    /// require grad, or the loss does not depend on it.
+    pub fn of(&self, t: &Tensor) -> Result<&Tensor> {
+        self.get(t).ok_or_else(|| {
+            Error::invalid(
+                "gradient",
+                format!(
+                    "the tensor of shape {} got no gradient: it does not require grad \
+                     (requires_grad_), or the loss does not depend on it",
+                    t.shape()
+                ),
+            )
+        })
+    }
+
     /// The gradient with respect to `t`, or zeros of its shape if it did not take part.
     pub fn get_or_zeros(&self, t: &Tensor) -> Result<Tensor> {
         match self.get(t) {

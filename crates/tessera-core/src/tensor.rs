@@ -218,8 +218,26 @@ impl Tensor {
         Ok(Tensor::make(buf, Layout::contiguous(shape), device.clone()))
     }
 
+    /// Standard normal f32 values (mean 0, std 1) from this thread's generator, which
+    /// [`crate::manual_seed`] seeds: PyTorch's `torch.randn(shape)`. For another dtype,
+    /// distribution or generator, [`Tensor::randn_with`].
+    pub fn randn(shape: &[usize], device: &Device) -> Result<Tensor> {
+        crate::random::with_thread_generator(|gen| {
+            Tensor::randn_with(shape, 0.0, 1.0, DType::F32, gen, device)
+        })
+    }
+
+    /// Uniform f32 values on `[0, 1)` from this thread's generator ([`crate::manual_seed`]):
+    /// PyTorch's `torch.rand(shape)`. For other bounds, dtypes or generators,
+    /// [`Tensor::rand_with`].
+    pub fn rand(shape: &[usize], device: &Device) -> Result<Tensor> {
+        crate::random::with_thread_generator(|gen| {
+            Tensor::rand_with(shape, 0.0, 1.0, DType::F32, gen, device)
+        })
+    }
+
     /// Uniform on `[low, high)`, from a counter-based generator (same values on every device).
-    pub fn rand(
+    pub fn rand_with(
         shape: &[usize],
         low: f64,
         high: f64,
@@ -237,7 +255,7 @@ impl Tensor {
     }
 
     /// Normal with `mean` and `std`, from a counter-based generator (same values on every device).
-    pub fn randn(
+    pub fn randn_with(
         shape: &[usize],
         mean: f64,
         std: f64,

@@ -218,7 +218,7 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 let mut g = Generator::new(9);
-                Tensor::randn(&[70_001], 0.0, 1.0, DType::F32, &mut g, &cpu())
+                Tensor::randn_with(&[70_001], 0.0, 1.0, DType::F32, &mut g, &cpu())
                     .unwrap()
                     .to_vec::<f32>()
                     .unwrap()

@@ -64,8 +64,8 @@ fn elementwise_reductions_and_shapes_match_the_cpu() {
     };
     let mut gen = Generator::new(3);
     for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
-        let a = Tensor::randn(&[4, 5, 6], 0.0, 1.0, dtype, &mut gen, &cpu()).unwrap();
-        let b = Tensor::rand(&[6, 5], 0.5, 2.0, dtype, &mut gen, &cpu()).unwrap();
+        let a = Tensor::randn_with(&[4, 5, 6], 0.0, 1.0, dtype, &mut gen, &cpu()).unwrap();
+        let b = Tensor::rand_with(&[6, 5], 0.5, 2.0, dtype, &mut gen, &cpu()).unwrap();
         let x = &[a.clone(), b.clone()];
         // Strided and broadcast operands: a permuted view against a transposed one.
         both("add (views)", &g, x, tol, |t| {
@@ -136,7 +136,7 @@ fn elementwise_reductions_and_shapes_match_the_cpu() {
         });
     }
     let idx = Tensor::from_vec(vec![2i64, 0, 1, 1, 2, 0], &[2, 3], &cpu()).unwrap();
-    let x = Tensor::randn(&[2, 3], 0.0, 1.0, DType::F64, &mut gen, &cpu()).unwrap();
+    let x = Tensor::randn_with(&[2, 3], 0.0, 1.0, DType::F64, &mut gen, &cpu()).unwrap();
     let ins = &[x, idx];
     both("gather", &g, ins, 0.0, |t| t[0].gather(1, &t[1]));
     both("scatter_add", &g, ins, 1e-12, |t| {
@@ -178,11 +178,13 @@ fn random_numbers_match_the_cpu() {
         return;
     };
     for dtype in [DType::F32, DType::F64] {
-        let a = Tensor::randn(&[1000], 0.5, 2.0, dtype, &mut Generator::new(11), &g).unwrap();
-        let b = Tensor::randn(&[1000], 0.5, 2.0, dtype, &mut Generator::new(11), &cpu()).unwrap();
+        let a = Tensor::randn_with(&[1000], 0.5, 2.0, dtype, &mut Generator::new(11), &g).unwrap();
+        let b =
+            Tensor::randn_with(&[1000], 0.5, 2.0, dtype, &mut Generator::new(11), &cpu()).unwrap();
         close("randn", &a, &b, 1e-6);
-        let a = Tensor::rand(&[1000], -1.0, 3.0, dtype, &mut Generator::new(5), &g).unwrap();
-        let b = Tensor::rand(&[1000], -1.0, 3.0, dtype, &mut Generator::new(5), &cpu()).unwrap();
+        let a = Tensor::rand_with(&[1000], -1.0, 3.0, dtype, &mut Generator::new(5), &g).unwrap();
+        let b =
+            Tensor::rand_with(&[1000], -1.0, 3.0, dtype, &mut Generator::new(5), &cpu()).unwrap();
         close("rand", &a, &b, 1e-12);
     }
 }
@@ -194,8 +196,8 @@ fn convolution_pooling_and_their_gradients_match_the_cpu() {
     };
     let mut gen = Generator::new(7);
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
-        let x = Tensor::randn(&[2, 3, 9, 8], 0.0, 1.0, dtype, &mut gen, &cpu()).unwrap();
-        let w = Tensor::randn(&[4, 3, 3, 2], 0.0, 1.0, dtype, &mut gen, &cpu()).unwrap();
+        let x = Tensor::randn_with(&[2, 3, 9, 8], 0.0, 1.0, dtype, &mut gen, &cpu()).unwrap();
+        let w = Tensor::randn_with(&[4, 3, 3, 2], 0.0, 1.0, dtype, &mut gen, &cpu()).unwrap();
         let ins = &[x, w];
         let opts = ConvOptions::new().stride(2).padding(1).dilation(2);
         both("conv2d", &g, ins, tol, |t| {
@@ -226,12 +228,12 @@ fn the_allocator_stops_calling_the_driver_after_warm_up() {
     };
     let be = tessera_cuda::backend(0).unwrap();
     let mut gen = Generator::new(1);
-    let w = Tensor::randn(&[256, 256], 0.0, 0.05, DType::F32, &mut gen, &g)
+    let w = Tensor::randn_with(&[256, 256], 0.0, 0.05, DType::F32, &mut gen, &g)
         .unwrap()
         .requires_grad_()
         .unwrap();
     let step = |gen: &mut Generator| {
-        let x = Tensor::randn(&[64, 256], 0.0, 1.0, DType::F32, gen, &g).unwrap();
+        let x = Tensor::randn_with(&[64, 256], 0.0, 1.0, DType::F32, gen, &g).unwrap();
         let loss = x
             .matmul(&w)
             .unwrap()
@@ -266,8 +268,8 @@ fn half_precision_matches_the_cpu() {
     };
     let mut gen = Generator::new(12);
     for (dtype, tol) in [(DType::F16, 2e-3), (DType::BF16, 1.6e-2)] {
-        let a = Tensor::randn(&[6, 40], 0.0, 1.0, DType::F32, &mut gen, &cpu()).unwrap();
-        let b = Tensor::randn(&[40, 7], 0.0, 1.0, DType::F32, &mut gen, &cpu()).unwrap();
+        let a = Tensor::randn_with(&[6, 40], 0.0, 1.0, DType::F32, &mut gen, &cpu()).unwrap();
+        let b = Tensor::randn_with(&[40, 7], 0.0, 1.0, DType::F32, &mut gen, &cpu()).unwrap();
         let x = &[a.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap()];
         both("half add", &g, x, tol, |t| t[0].add(&t[0].mul_scalar(0.5)?));
         both("half exp", &g, x, tol, |t| t[0].t()?.exp());
@@ -328,7 +330,7 @@ fn lstm_and_its_gradients_match_the_cpu() {
         }
         let inputs: Vec<Tensor> = shapes
             .iter()
-            .map(|s| Tensor::randn(s, 0.0, 0.5, dtype, &mut gen, &cpu()).unwrap())
+            .map(|s| Tensor::randn_with(s, 0.0, 0.5, dtype, &mut gen, &cpu()).unwrap())
             .collect();
         let run = |dev: &Device| -> Vec<Tensor> {
             let v: Vec<Tensor> = inputs

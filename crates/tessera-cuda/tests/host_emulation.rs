@@ -97,7 +97,7 @@ fn f64s<T: Element>(v: Vec<T>) -> Vec<f64> {
 
 /// A permuted, sliced view of a random [4, 6, 5] tensor: strided, with an offset.
 fn strided_view(dtype: DType, seed: u64) -> Tensor {
-    let t = Tensor::randn(
+    let t = Tensor::randn_with(
         &[4, 6, 5],
         0.0,
         1.5,
@@ -192,7 +192,7 @@ macro_rules! elementwise_for {
             );
         }
         // Binary: a strided view against a broadcast row.
-        let y = Tensor::rand(&[3], 0.5, 2.0, $dtype, &mut Generator::new(2), &cpu()).unwrap();
+        let y = Tensor::rand_with(&[3], 0.5, 2.0, $dtype, &mut Generator::new(2), &cpu()).unwrap();
         let yb = y.broadcast_to(x.dims()).unwrap();
         let s = Strided::joint("t", &[x.layout(), yb.layout()]).unwrap();
         let ybase = base::<$T>(&y);
@@ -549,7 +549,7 @@ fn gather_scatter_and_copy_kernels_match_the_cpu_backend() {
 #[test]
 fn im2col_col2im_and_integer_matmul_kernels_match_the_cpu_backend() {
     let Some(lib) = build("conv") else { return };
-    let x = Tensor::randn(
+    let x = Tensor::randn_with(
         &[2, 3, 7, 6],
         0.0,
         1.0,
@@ -795,7 +795,7 @@ fn lstm_cell_kernels_match_the_cpu_backend() {
     let (b, h) = (3usize, 5usize);
     for (dtype, tol) in [(DType::F64, 1e-14), (DType::F32, 1e-6)] {
         let draw = |shape: &[usize], seed: u64| {
-            Tensor::randn(shape, 0.0, 1.5, dtype, &mut Generator::new(seed), &cpu()).unwrap()
+            Tensor::randn_with(shape, 0.0, 1.5, dtype, &mut Generator::new(seed), &cpu()).unwrap()
         };
         let (x, r, c) = (draw(&[b, 4 * h], 1), draw(&[b, 4 * h], 2), draw(&[b, h], 3));
         let (dh, dc) = (draw(&[b, h], 4), draw(&[b, h], 5));
@@ -922,7 +922,7 @@ fn elementwise_vector_path_matches_the_cpu_backend() {
     };
     let n = 4 * 5 + 3;
     let draw = |seed: u64| {
-        Tensor::randn(
+        Tensor::randn_with(
             &[n],
             0.0,
             2.0,
@@ -988,7 +988,7 @@ fn elementwise_vector_path_matches_the_cpu_backend() {
 fn cross_entropy_kernels_match_the_cpu_backend() {
     let Some(lib) = build("reduce") else { return };
     let (m, c) = (6usize, 5usize);
-    let x = Tensor::randn(
+    let x = Tensor::randn_with(
         &[m, c],
         0.0,
         2.0,

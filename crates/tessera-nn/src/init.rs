@@ -29,12 +29,12 @@ impl Ctx {
 
 /// Uniform on `[-bound, bound)`.
 pub fn uniform(ctx: &mut Ctx, shape: &[usize], bound: f64) -> Result<Tensor> {
-    Tensor::rand(shape, -bound, bound, ctx.dtype, &mut ctx.gen, &ctx.device)
+    Tensor::rand_with(shape, -bound, bound, ctx.dtype, &mut ctx.gen, &ctx.device)
 }
 
 /// Normal with mean 0 and standard deviation `std`.
 pub fn normal(ctx: &mut Ctx, shape: &[usize], std: f64) -> Result<Tensor> {
-    Tensor::randn(shape, 0.0, std, ctx.dtype, &mut ctx.gen, &ctx.device)
+    Tensor::randn_with(shape, 0.0, std, ctx.dtype, &mut ctx.gen, &ctx.device)
 }
 
 /// PyTorch's default for Linear/Conv weights and biases: `U(±1/√fan_in)` (what
