@@ -250,9 +250,7 @@ fn run(args: &Args) -> Result<()> {
             &device,
         )
     };
-    let ce = |logits: &Tensor, y: &Tensor| {
-        tessera::nn::loss::cross_entropy(logits, y, tessera::nn::loss::Reduction::Mean, 0.0, -100)
-    };
+    let ce = |logits: &Tensor, y: &Tensor| tessera::nn::loss::cross_entropy(logits, y);
 
     for (id, n, ci, co, hw, k, pad) in [
         ("W2a_conv_lenet", 64, 6, 16, 14, 5, 0),

@@ -5,7 +5,7 @@
 //! `cargo run --release --example char_lstm [FILE] [STEPS]`
 
 use std::collections::BTreeSet;
-use tessera::nn::loss::{cross_entropy, Reduction};
+use tessera::nn::loss::{cross_entropy, CrossEntropy, Reduction};
 use tessera::nn::zoo::CharLstm;
 use tessera::nn::{Ctx, Module};
 use tessera::optim::clip_grad_norm;
@@ -75,9 +75,6 @@ fn main() -> Result<()> {
         let loss = cross_entropy(
             &logits.reshape(&[-1, vocab.len() as isize])?,
             &y.reshape(&[-1])?,
-            Reduction::Mean,
-            0.0,
-            -100,
         )?;
         let mut grads = loss.backward()?;
         clip_grad_norm(&mut grads, &model.parameters(), 1.0)?;
@@ -104,14 +101,13 @@ fn main() -> Result<()> {
         let (x, y) = chunk(&eval_streams, at, &dev)?;
         let (logits, out) =
             no_grad(|| model.forward_with_state(&x, state.as_ref().map(|(h, c)| (h, c))))?;
-        nats += cross_entropy(
-            &logits.reshape(&[-1, vocab.len() as isize])?,
-            &y.reshape(&[-1])?,
-            Reduction::Sum,
-            0.0,
-            -100,
-        )?
-        .to_scalar()?;
+        nats += CrossEntropy::new()
+            .reduction(Reduction::Sum)
+            .forward(
+                &logits.reshape(&[-1, vocab.len() as isize])?,
+                &y.reshape(&[-1])?,
+            )?
+            .to_scalar()?;
         count += y.numel();
         state = Some((out.h_n, out.c_n.unwrap_or_else(|| x.clone())));
         at += SEQ;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use tessera::data::{DataLoader, LoaderOptions};
-use tessera::nn::loss::{cross_entropy, Reduction};
+use tessera::nn::loss::cross_entropy;
 use tessera::nn::{summary, Conv2d, Ctx, Dropout, Inception, Linear, MaxPool2d, Trace};
 use tessera::ops::conv::ConvOptions;
 use tessera::ops::pool::PoolOptions;
@@ -78,13 +78,7 @@ fn main() -> Result<()> {
         for b in loader.epoch(epoch, &dev) {
             let b = b?;
             opt.set_lr(schedule.lr(base, step));
-            let loss = cross_entropy(
-                &model.forward(&b.inputs)?,
-                &b.labels,
-                Reduction::Mean,
-                0.0,
-                -100,
-            )?;
+            let loss = cross_entropy(&model.forward(&b.inputs)?, &b.labels)?;
             opt.step(&loss.backward()?)?;
             step += 1;
         }

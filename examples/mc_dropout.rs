@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use tessera::data::{DataLoader, LoaderOptions};
-use tessera::nn::loss::{cross_entropy, Reduction};
+use tessera::nn::loss::cross_entropy;
 use tessera::nn::{mc_forward, Activation, Ctx, Dropout, Flatten, Linear, Module, Sequential};
 use tessera::prelude::*;
 
@@ -31,13 +31,7 @@ fn main() -> Result<()> {
         model.train();
         for b in loader.epoch(epoch, &dev) {
             let b = b?;
-            let loss = cross_entropy(
-                &model.forward(&b.inputs)?,
-                &b.labels,
-                Reduction::Mean,
-                0.0,
-                -100,
-            )?;
+            let loss = cross_entropy(&model.forward(&b.inputs)?, &b.labels)?;
             opt.step(&loss.backward()?)?;
         }
         eprintln!("epoch {} done", epoch + 1);

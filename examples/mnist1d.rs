@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 use tessera::data::{DataLoader, Dataset, LoaderOptions};
-use tessera::nn::loss::{cross_entropy, Reduction};
+use tessera::nn::loss::cross_entropy;
 use tessera::nn::{prefixed, Conv1d, Ctx, Gru, Linear, Module, Named};
 use tessera::ops::conv::ConvOptions;
 use tessera::ops::rnn::RnnOptions;
@@ -104,13 +104,7 @@ fn fit(
         for batch in loader.epoch(epoch, dev) {
             opt.set_lr(schedule.lr(1e-2, step));
             let b = batch?;
-            let loss = cross_entropy(
-                &model.forward(&b.inputs)?,
-                &b.labels,
-                Reduction::Mean,
-                0.0,
-                -100,
-            )?;
+            let loss = cross_entropy(&model.forward(&b.inputs)?, &b.labels)?;
             opt.step(&loss.backward()?)?;
             step += 1;
             if step % 1000 == 0 {

@@ -439,13 +439,7 @@ fn lenet5_loss(inp: &Inputs<'_>) -> Result<Produced> {
     let h = h.linear(p("fc1.weight")?, Some(p("fc1.bias")?))?.relu()?;
     let h = h.linear(p("fc2.weight")?, Some(p("fc2.bias")?))?.relu()?;
     let logits = h.linear(p("fc3.weight")?, Some(p("fc3.bias")?))?;
-    let loss = ops::loss::cross_entropy(
-        &logits,
-        inp.req("target")?,
-        ops::loss::Reduction::Mean,
-        0.0,
-        -100,
-    )?;
+    let loss = ops::loss::cross_entropy(&logits, inp.req("target")?)?;
     Ok(Produced {
         outputs: vec![logits, loss],
         extra: vec![],
@@ -584,27 +578,21 @@ pub fn apply(op: &str, attrs: &Value, inp: &Inputs<'_>) -> Result<Option<Produce
         }
         "lstm" => return recurrent(ops::rnn::Cell::Lstm, attrs, inp).map(Some),
         "gru" => return recurrent(ops::rnn::Cell::Gru, attrs, inp).map(Some),
-        "cross_entropy" => ops::loss::cross_entropy(
-            inp.req("input")?,
-            inp.req("target")?,
-            reduction(attrs)?,
-            float(attrs, "label_smoothing")?,
-            int(attrs, "ignore_index")? as i64,
-        )?,
-        "nll_loss" => ops::loss::nll_loss(
-            inp.req("input")?,
-            inp.req("target")?,
-            reduction(attrs)?,
-            int(attrs, "ignore_index")? as i64,
-        )?,
-        "mse_loss" => {
-            ops::loss::mse_loss(inp.req("input")?, inp.req("target")?, reduction(attrs)?)?
-        }
-        "binary_cross_entropy_with_logits" => ops::loss::binary_cross_entropy_with_logits(
-            inp.req("input")?,
-            inp.req("target")?,
-            reduction(attrs)?,
-        )?,
+        "cross_entropy" => ops::loss::CrossEntropy::new()
+            .reduction(reduction(attrs)?)
+            .label_smoothing(float(attrs, "label_smoothing")?)
+            .ignore_index(int(attrs, "ignore_index")? as i64)
+            .forward(inp.req("input")?, inp.req("target")?)?,
+        "nll_loss" => ops::loss::NllLoss::new()
+            .reduction(reduction(attrs)?)
+            .ignore_index(int(attrs, "ignore_index")? as i64)
+            .forward(inp.req("input")?, inp.req("target")?)?,
+        "mse_loss" => ops::loss::MseLoss::new()
+            .reduction(reduction(attrs)?)
+            .forward(inp.req("input")?, inp.req("target")?)?,
+        "binary_cross_entropy_with_logits" => ops::loss::BceWithLogits::new()
+            .reduction(reduction(attrs)?)
+            .forward(inp.req("input")?, inp.req("target")?)?,
         "inception_block" => inception(inp)?,
         "lenet5_loss" => return lenet5_loss(inp).map(Some),
         _ => return Ok(None),

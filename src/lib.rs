@@ -27,8 +27,8 @@ pub mod train;
 
 pub use tessera_core as core;
 pub use tessera_core::{
-    backend, clear_tape, no_grad, ops, random, tape_len, Backend, Composed, DType, Device, Error,
-    FusedKernels, Generator, Gradients, HostData, Layout, Result, Shape, Tensor,
+    backend, clear_tape, manual_seed, no_grad, ops, random, tape_len, Backend, Composed, DType,
+    Device, Error, FusedKernels, Generator, Gradients, HostData, Layout, Result, Shape, Tensor,
 };
 pub use tessera_cpu as cpu;
 pub use tessera_cuda as cuda;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tessera_core::{no_grad, DType, Device, Error, Result};
 use tessera_nn::checkpoint::{load_model, save_model};
-use tessera_nn::loss::{cross_entropy, Reduction};
+use tessera_nn::loss::{cross_entropy, CrossEntropy, Reduction};
 use tessera_nn::optim::{Adam, Optimizer, Schedule, Sgd};
 use tessera_nn::zoo::{GoogLeNetSmall, LeNet1998, LeNet5, Mlp};
 use tessera_nn::{Ctx, Forward, Module};
@@ -141,7 +141,10 @@ pub fn evaluate(
     for batch in loader.epoch(0, device) {
         let Batch { inputs, labels } = batch?;
         let logits = no_grad(|| model.forward(&inputs))?;
-        loss += cross_entropy(&logits, &labels, Reduction::Sum, 0.0, -100)?.to_scalar()?;
+        loss += CrossEntropy::new()
+            .reduction(Reduction::Sum)
+            .forward(&logits, &labels)?
+            .to_scalar()?;
         let pred = logits.argmax(1, false)?.to_vec::<i64>()?;
         for (p, t) in pred.iter().zip(labels.to_vec::<i64>()?) {
             correct += (*p == t) as usize;
@@ -317,7 +320,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             optimizer.set_lr(schedule.lr(base_lr, step));
             let Batch { inputs, labels } = batch?;
             let logits = model.forward(&inputs)?;
-            let loss = cross_entropy(&logits, &labels, Reduction::Mean, 0.0, -100)?;
+            let loss = cross_entropy(&logits, &labels)?;
             let value = loss.to_scalar()?;
             if !value.is_finite() {
                 progress.finish();

@@ -593,38 +593,32 @@ fn rows() -> Vec<Row> {
             |x, _| tessera::ops::norm::embedding(&x[0], &x[1], None)
         ),
         row!("cross_entropy", Custom(class_inputs), true, |x, k| {
-            use tessera::ops::loss::{cross_entropy, Reduction};
+            use tessera::ops::loss::{CrossEntropy, Reduction};
             let r = [Reduction::Mean, Reduction::Sum, Reduction::None][(k % 3) as usize];
-            cross_entropy(
-                &x[0],
-                &x[1],
-                r,
-                if k & 4 != 0 { 0.1 } else { 0.0 },
-                if k & 8 != 0 { 2 } else { -100 },
-            )
+            CrossEntropy::new()
+                .reduction(r)
+                .label_smoothing(if k & 4 != 0 { 0.1 } else { 0.0 })
+                .ignore_index(if k & 8 != 0 { 2 } else { -100 })
+                .forward(&x[0], &x[1])
         }),
         row!("nll_loss", Custom(class_inputs), false, |x, k| {
-            use tessera::ops::loss::{nll_loss, Reduction};
-            nll_loss(
-                &x[0],
-                &x[1],
-                [Reduction::Mean, Reduction::Sum, Reduction::None][(k % 3) as usize],
-                1,
-            )
+            use tessera::ops::loss::{NllLoss, Reduction};
+            NllLoss::new()
+                .reduction([Reduction::Mean, Reduction::Sum, Reduction::None][(k % 3) as usize])
+                .ignore_index(1)
+                .forward(&x[0], &x[1])
         }),
         row!("mse_loss", Custom(pair_same), true, |x, _| {
-            tessera::ops::loss::mse_loss(&x[0], &x[1], tessera::ops::loss::Reduction::Mean)
+            tessera::ops::loss::mse_loss(&x[0], &x[1])
         }),
         row!(
             "binary_cross_entropy_with_logits",
             Custom(pair_same),
             true,
             |x, _| {
-                tessera::ops::loss::binary_cross_entropy_with_logits(
-                    &x[0],
-                    &x[1],
-                    tessera::ops::loss::Reduction::Sum,
-                )
+                tessera::ops::loss::BceWithLogits::new()
+                    .reduction(tessera::ops::loss::Reduction::Sum)
+                    .forward(&x[0], &x[1])
             }
         ),
         row!("lstm", Custom(rnn_inputs), true, |x, _| run_rnn(

@@ -214,13 +214,7 @@ fn lenet5_learns_a_fixed_batch() -> Result<()> {
     )?;
     let mut losses = vec![];
     for _ in 0..45 {
-        let loss = tessera::nn::loss::cross_entropy(
-            &model.forward(&x)?,
-            &y,
-            tessera::nn::loss::Reduction::Mean,
-            0.0,
-            -100,
-        )?;
+        let loss = tessera::nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
         losses.push(loss.to_scalar()?);
         opt.step(&loss.backward()?)?;
     }

@@ -913,7 +913,7 @@ fn conv_relu_matches_conv_then_relu_on_every_path() -> Result<()> {
 /// `backward_create_graph`. A target out of range is an error on both.
 #[test]
 fn cross_entropy_kernels_match_the_composed_default() -> Result<()> {
-    use tessera::ops::loss::{cross_entropy, Reduction};
+    use tessera::ops::loss::{cross_entropy, CrossEntropy, Reduction};
     let (toy, cpu) = (toy(), Device::parse("cpu")?);
     let cases: [(&[usize], Reduction, f64, i64, f64); 6] = [
         (&[7, 5], Reduction::Mean, 0.0, -100, 1.0),
@@ -935,7 +935,11 @@ fn cross_entropy_kernels_match_the_composed_default() -> Result<()> {
             let run = |dev: &Device, graph: bool| -> Result<[Vec<f64>; 2]> {
                 let x = x.to_device(dev)?.to_dtype(dtype)?.requires_grad_()?;
                 let t = Tensor::from_vec(t.clone(), &tshape, dev)?;
-                let loss = cross_entropy(&x, &t, reduction, smoothing, ignore)?;
+                let loss = CrossEntropy::new()
+                    .reduction(reduction)
+                    .label_smoothing(smoothing)
+                    .ignore_index(ignore)
+                    .forward(&x, &t)?;
                 // A weighted sum, so each row's gradient differs.
                 let wts = Tensor::arange(0.5, 0.5 + loss.numel() as f64, 1.0, dtype, dev)?
                     .reshape_usize(loss.dims())?;
@@ -973,7 +977,7 @@ fn cross_entropy_kernels_match_the_composed_default() -> Result<()> {
     for dev in [&toy, &cpu] {
         let x = Tensor::zeros(&[2, 3], DType::F32, dev)?;
         let t = Tensor::from_vec(vec![1i64, 3], &[2], dev)?;
-        let e = cross_entropy(&x, &t, Reduction::Mean, 0.0, -100).unwrap_err();
+        let e = cross_entropy(&x, &t).unwrap_err();
         assert!(
             matches!(e, Error::IndexOutOfRange { index: 3, .. }),
             "{dev:?}: {e}"

@@ -53,13 +53,7 @@ fn one_step_lowers_loss(model: &dyn Forward, x: &Tensor, target: &Tensor, lr: f6
         let logits = model.forward(x)?;
         let c = *logits.dims().last().unwrap();
         let logits = logits.reshape(&[-1, c as isize])?;
-        tessera::nn::loss::cross_entropy(
-            &logits,
-            &target.reshape(&[-1])?,
-            tessera::nn::loss::Reduction::Mean,
-            0.0,
-            -100,
-        )
+        tessera::nn::loss::cross_entropy(&logits, &target.reshape(&[-1])?)
     };
     let before = loss_of()?;
     let mut opt = tessera::optim::Sgd::new(model.parameters(), lr);

@@ -7,6 +7,10 @@
 //! | nll_loss | `-x[t]`, 0 where ignored |
 //! | mse_loss | `(x - y)²` |
 //! | binary_cross_entropy_with_logits | `max(x, 0) - x·t + log(1 + e^-|x|)`; `dx = σ(x) - t`, `dt = -x` |
+//!
+//! Each loss is a function with PyTorch's defaults (`cross_entropy(&logits, &labels)`: mean,
+//! no smoothing, `ignore_index` -100) and an options builder for the rest
+//! (`CrossEntropy::new().label_smoothing(0.1).ignore_index(3).forward(&logits, &labels)`).
 
 use super::when;
 use crate::dtype::DType;
@@ -14,11 +18,170 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// How per-element losses are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Reduction {
     None,
     Sum,
+    /// The default, as in PyTorch.
+    #[default]
     Mean,
+}
+
+/// Options of [`cross_entropy`], PyTorch's `nn.CrossEntropyLoss`: defaults mean, no label
+/// smoothing, `ignore_index` -100.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CrossEntropy {
+    pub reduction: Reduction,
+    /// `ε` in `[0, 1)`: the target's weight becomes `1 - ε`, spread `ε / C` over all classes.
+    pub label_smoothing: f64,
+    /// Targets with this class contribute nothing (and do not count in the mean).
+    pub ignore_index: i64,
+}
+
+impl Default for CrossEntropy {
+    fn default() -> Self {
+        CrossEntropy {
+            reduction: Reduction::Mean,
+            label_smoothing: 0.0,
+            ignore_index: -100,
+        }
+    }
+}
+
+impl CrossEntropy {
+    /// PyTorch's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// How the per-target losses are combined.
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+    /// Label smoothing `ε`.
+    pub fn label_smoothing(mut self, eps: f64) -> Self {
+        self.label_smoothing = eps;
+        self
+    }
+    /// The ignored class.
+    pub fn ignore_index(mut self, i: i64) -> Self {
+        self.ignore_index = i;
+        self
+    }
+    /// The loss of logits `[N, C]` or `[N, C, d...]` against class indices `[N]` /
+    /// `[N, d...]` (i64).
+    pub fn forward(&self, input: &Tensor, target: &Tensor) -> Result<Tensor> {
+        cross_entropy_with(
+            input,
+            target,
+            self.reduction,
+            self.label_smoothing,
+            self.ignore_index,
+        )
+    }
+}
+
+/// Cross-entropy of logits against class indices with PyTorch's defaults; see
+/// [`CrossEntropy`] for the options.
+pub fn cross_entropy(input: &Tensor, target: &Tensor) -> Result<Tensor> {
+    CrossEntropy::new().forward(input, target)
+}
+
+/// Options of [`nll_loss`], PyTorch's `nn.NLLLoss`: defaults mean, `ignore_index` -100.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NllLoss {
+    pub reduction: Reduction,
+    pub ignore_index: i64,
+}
+
+impl Default for NllLoss {
+    fn default() -> Self {
+        NllLoss {
+            reduction: Reduction::Mean,
+            ignore_index: -100,
+        }
+    }
+}
+
+impl NllLoss {
+    /// PyTorch's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// How the per-target losses are combined.
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+    /// The ignored class.
+    pub fn ignore_index(mut self, i: i64) -> Self {
+        self.ignore_index = i;
+        self
+    }
+    /// The loss of log-probabilities `[N, C]` or `[N, C, d...]` against class indices.
+    pub fn forward(&self, input: &Tensor, target: &Tensor) -> Result<Tensor> {
+        nll_loss_with(input, target, self.reduction, self.ignore_index)
+    }
+}
+
+/// Negative log-likelihood with PyTorch's defaults; see [`NllLoss`].
+pub fn nll_loss(input: &Tensor, target: &Tensor) -> Result<Tensor> {
+    NllLoss::new().forward(input, target)
+}
+
+/// Options of [`mse_loss`], PyTorch's `nn.MSELoss`: default mean.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct MseLoss {
+    pub reduction: Reduction,
+}
+
+impl MseLoss {
+    /// PyTorch's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// How the per-element losses are combined.
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+    /// The loss of `input` against `target` (one shape; both get gradients).
+    pub fn forward(&self, input: &Tensor, target: &Tensor) -> Result<Tensor> {
+        mse_loss_with(input, target, self.reduction)
+    }
+}
+
+/// Mean squared error; see [`MseLoss`] for the other reductions.
+pub fn mse_loss(input: &Tensor, target: &Tensor) -> Result<Tensor> {
+    MseLoss::new().forward(input, target)
+}
+
+/// Options of [`binary_cross_entropy_with_logits`], PyTorch's `nn.BCEWithLogitsLoss`: default
+/// mean.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct BceWithLogits {
+    pub reduction: Reduction,
+}
+
+impl BceWithLogits {
+    /// PyTorch's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// How the per-element losses are combined.
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+    /// The loss of logits against targets in `[0, 1]` (one shape; both get gradients).
+    pub fn forward(&self, input: &Tensor, target: &Tensor) -> Result<Tensor> {
+        bce_with_logits_with(input, target, self.reduction)
+    }
+}
+
+/// Binary cross-entropy on logits, mean over elements; see [`BceWithLogits`].
+pub fn binary_cross_entropy_with_logits(input: &Tensor, target: &Tensor) -> Result<Tensor> {
+    BceWithLogits::new().forward(input, target)
 }
 
 impl Reduction {
@@ -92,12 +255,12 @@ fn reduce(
     }
 }
 
-/// Cross-entropy of logits `[N, C]` or `[N, C, d...]` against class indices `[N]` / `[N, d...]`,
-/// with label smoothing and an ignored class. One tape node: a backend's fused
+/// [`CrossEntropy::forward`]: cross-entropy of logits `[N, C]` or `[N, C, d...]` against class
+/// indices `[N]` / `[N, d...]`, with label smoothing and an ignored class. One tape node: a backend's fused
 /// [`crate::FusedKernels::cross_entropy`] gives every row's loss in one pass (log-softmax, the
 /// target's term, the smoothing term), and its backward is one pass too, instead of a dozen
 /// ops each way; elsewhere the composite [`cross_entropy_rows`] runs.
-pub fn cross_entropy(
+fn cross_entropy_with(
     input: &Tensor,
     target: &Tensor,
     reduction: Reduction,
@@ -213,8 +376,8 @@ fn cross_entropy_rows(
     Ok((loss, lp, w))
 }
 
-/// Negative log-likelihood of log-probabilities `[N, C]` or `[N, C, d...]`.
-pub fn nll_loss(
+/// [`NllLoss::forward`].
+fn nll_loss_with(
     input: &Tensor,
     target: &Tensor,
     reduction: Reduction,
@@ -226,8 +389,8 @@ pub fn nll_loss(
     reduce(picked.neg()?, Some(&w), reduction, target.dims())
 }
 
-/// Mean squared error; both inputs get gradients.
-pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
+/// [`MseLoss::forward`].
+fn mse_loss_with(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
     if input.dims() != target.dims() {
         return Err(Error::shape(
             "mse_loss",
@@ -239,12 +402,8 @@ pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result
     reduce(input.sub(target)?.square()?, None, reduction, input.dims())
 }
 
-/// Binary cross-entropy on logits in the stable form; the target gets a gradient too.
-pub fn binary_cross_entropy_with_logits(
-    input: &Tensor,
-    target: &Tensor,
-    reduction: Reduction,
-) -> Result<Tensor> {
+/// [`BceWithLogits::forward`], in the stable form; the target gets a gradient too.
+fn bce_with_logits_with(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
     super::same_kind("binary_cross_entropy_with_logits", input, target)?;
     if input.dims() != target.dims() {
         return Err(Error::shape(
