@@ -22,7 +22,9 @@ extern crate self as tessera;
 
 pub mod conformance;
 pub mod data;
+#[cfg(feature = "cli")]
 pub mod plot;
+#[cfg(feature = "cli")]
 pub mod train;
 
 pub use tessera_core as core;
@@ -31,6 +33,7 @@ pub use tessera_core::{
     Device, Error, FusedKernels, Generator, Gradients, HostData, Layout, Result, Shape, Tensor,
 };
 pub use tessera_cpu as cpu;
+#[cfg(feature = "cuda")]
 pub use tessera_cuda as cuda;
 pub use tessera_nn as nn;
 pub use tessera_nn::optim;
@@ -57,7 +60,13 @@ impl DeviceExt for Device {
                 .and_then(|i| i.parse::<usize>().ok()),
         };
         match ordinal {
+            #[cfg(feature = "cuda")]
             Some(i) => tessera_cuda::device(i),
+            #[cfg(not(feature = "cuda"))]
+            Some(_) => Err(Error::Device {
+                device: name.to_string(),
+                msg: "tessera was built without its `cuda` feature".into(),
+            }),
             None => Err(Error::Device {
                 device: name.to_string(),
                 msg: "unknown device; expected cpu, cuda or cuda:N".into(),
