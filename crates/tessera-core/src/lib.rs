@@ -1,8 +1,10 @@
 //! # tessera-core
 //!
-//! Tensors (shape, strides, dtype), tape-based reverse-mode autodiff and the [`Backend`] trait
-//! that every device implements. Nothing here is device-specific: backends live in their own
-//! crates (`tessera-cpu`, `tessera-cuda`, or yours) and plug in through [`Device::new`].
+//! Tensors (shape, strides, dtype), tape-based reverse-mode autodiff, every op with its
+//! backward rule and composite, and the contract every device implements: [`Backend`]'s
+//! required primitives and the optional [`FusedKernels`]. Nothing here is device-specific:
+//! backends live in their own crates (`tessera-cpu`, `tessera-cuda`, or yours) and plug in
+//! through [`Device::new`].
 //!
 //! ```
 //! use tessera_core::*;
@@ -10,7 +12,7 @@
 //! let x = Tensor::from_vec(vec![1.0f64, 2.0, 3.0], &[3], dev)?.requires_grad_()?;
 //! let y = x.tanh()?.sum_all()?;            // recorded on the tape
 //! let grads = y.backward()?;               // walks it in reverse
-//! let dx = grads.get(&x).unwrap();         // 1 - tanh(x)^2
+//! let dx = grads.of(&x)?;                 // 1 - tanh(x)^2
 //! # Ok(()) }
 //! ```
 

@@ -189,7 +189,7 @@ pub trait Module {
 }
 
 /// A module with one tensor in and one tensor out (layers, whole classifiers): what
-/// [`Sequential`], [`crate::summary`] and the training loop run.
+/// [`Sequential`], [`crate::summary()`] and the training loop run.
 pub trait Forward: Module {
     /// The output for input `x`.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
