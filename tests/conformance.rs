@@ -19,18 +19,24 @@ const IMPLEMENTED_FAMILIES: &[&str] = &[
     "shape.json",
 ];
 
+/// Every vector on `dev`: none fails or is skipped, and all 321 run.
+fn all_pass_on(dev: &Device) -> Result<()> {
+    let report = tessera::conformance::run_dir(&vectors_dir(), dev)?;
+    for line in report.failure_lines() {
+        eprintln!("{line}");
+    }
+    eprintln!("{dev}: {}", report.summary());
+    assert_eq!(report.failed, 0, "{}", report.failure_lines().join("\n"));
+    assert_eq!(report.skipped, 0, "skipped ops: {:?}", report.skipped_ops);
+    assert!(report.passed >= 321, "{}", report.summary());
+    Ok(())
+}
+
 #[test]
 fn conformance_vectors_pass_on_cpu() -> Result<()> {
     let dir = vectors_dir();
     let dev = Device::parse("cpu")?;
-    let report = tessera::conformance::run_dir(&dir, &dev)?;
-    for line in report.failure_lines() {
-        eprintln!("{line}");
-    }
-    eprintln!("cpu: {}", report.summary());
-    assert_eq!(report.failed, 0, "{}", report.failure_lines().join("\n"));
-    assert!(report.passed >= 321, "{}", report.summary());
-    assert_eq!(report.skipped, 0, "skipped ops: {:?}", report.skipped_ops);
+    all_pass_on(&dev)?;
 
     for family in IMPLEMENTED_FAMILIES {
         let mut r = tessera::conformance::Report::default();
@@ -49,15 +55,7 @@ fn conformance_vectors_pass_on_cpu() -> Result<()> {
 fn conformance_vectors_pass_on_the_cpu_primitives_alone() -> Result<()> {
     let dev = tessera::Composed::device(&Device::parse("cpu")?);
     assert!(dev.fused().is_none());
-    let report = tessera::conformance::run_dir(&vectors_dir(), &dev)?;
-    for line in report.failure_lines() {
-        eprintln!("{line}");
-    }
-    eprintln!("{dev}: {}", report.summary());
-    assert_eq!(report.failed, 0, "{}", report.failure_lines().join("\n"));
-    assert_eq!(report.skipped, 0, "skipped ops: {:?}", report.skipped_ops);
-    assert!(report.passed >= 321, "{}", report.summary());
-    Ok(())
+    all_pass_on(&dev)
 }
 
 /// The same vectors on the GPU when one is usable; otherwise the error must say why.
@@ -72,14 +70,5 @@ fn conformance_vectors_pass_on_cuda_when_present() -> Result<()> {
             return Ok(());
         }
     };
-    let dir = vectors_dir();
-    let report = tessera::conformance::run_dir(&dir, &dev)?;
-    for line in report.failure_lines() {
-        eprintln!("{line}");
-    }
-    eprintln!("cuda: {}", report.summary());
-    assert_eq!(report.failed, 0, "{}", report.failure_lines().join("\n"));
-    assert_eq!(report.skipped, 0, "skipped ops: {:?}", report.skipped_ops);
-    assert!(report.passed >= 321, "{}", report.summary());
-    Ok(())
+    all_pass_on(&dev)
 }

@@ -28,9 +28,14 @@ struct Row {
     second_order: bool,
 }
 
-/// The device under test: `TESSERA_TEST_DEVICE` (e.g. `cuda`), CPU by default.
+/// The device under test: `TESSERA_TEST_DEVICE` (e.g. `cuda`, or `composed`: the CPU's
+/// primitives alone, so every op's composite is checked), CPU by default.
 fn cpu() -> Device {
-    Device::parse(&std::env::var("TESSERA_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap()
+    match std::env::var("TESSERA_TEST_DEVICE").as_deref() {
+        Ok("composed") => tessera::Composed::device(&Device::parse("cpu").unwrap()),
+        Ok(name) => Device::parse(name).unwrap(),
+        Err(_) => Device::parse("cpu").unwrap(),
+    }
 }
 
 fn draw(shape: &[usize], positive: bool, gen: &mut Generator) -> Result<Tensor> {
