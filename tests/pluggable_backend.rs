@@ -491,7 +491,8 @@ fn a_backend_defined_outside_core_runs_composite_ops_and_backward() -> Result<()
             assert!((p - q).abs() < 1e-12, "{p} vs {q}");
         }
     }
-    // Composite ops through the provided (fallback) bodies: softmax, logsumexp, var, concat.
+    // Composite ops on the primitives alone (the toy backend has no FusedKernels): softmax,
+    // logsumexp, var, concat.
     let s = x.softmax(0)?.sum(&[0], false)?.to_vec::<f64>()?;
     assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-12));
     let lse = x.logsumexp(&[1], false)?.to_vec::<f64>()?;

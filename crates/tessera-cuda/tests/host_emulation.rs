@@ -14,7 +14,11 @@ use tessera_cuda::kernels::{conv::Win, family_source, reduce::split, shape, Stri
 
 /// The family compiled to a shared library, or `None` (with a `skipped:` line) without g++.
 fn build(family: &str) -> Option<Library> {
-    let dir = std::env::temp_dir().join(format!("tessera-host-{}", std::process::id()));
+    // One folder per call: tests run in parallel and two of them may build the same family
+    // (sharing a folder, one test's g++ read or removed the other's files).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tessera-host-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{family}.cpp"));
     let shim = include_str!("host_shim.h");
@@ -45,7 +49,7 @@ fn build(family: &str) -> Option<Library> {
     // A loaded library stays mapped after its file is removed.
     let _ = std::fs::remove_file(&src);
     let _ = std::fs::remove_file(&lib);
-    let _ = std::fs::remove_dir(&dir); // only once the last family's files are gone
+    let _ = std::fs::remove_dir(&dir);
     Some(loaded)
 }
 

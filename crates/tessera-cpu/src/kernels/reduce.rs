@@ -257,7 +257,7 @@ pub fn arg_reduce<T: Num>(op: ReduceOp, x: &[T], l: &Layout, axis: usize) -> Vec
 }
 
 /// Cross-entropy of the contiguous rows of `x` (`c` classes each) against `target`, as
-/// `Backend::cross_entropy` defines it: the losses, `lp = log_softmax(x)` and the weights (0
+/// `FusedKernels::cross_entropy` defines it: the losses, `lp = log_softmax(x)` and the weights (0
 /// where ignored, else 1). `Err(t)` for the first target outside `[0, c)` not ignored.
 pub fn cross_entropy<T: Float>(
     x: &[T],

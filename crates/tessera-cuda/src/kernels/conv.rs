@@ -47,7 +47,7 @@ fn rank4(op: &'static str, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// im2col of `x` `[N, C, H, W]` into `[N, C, taps, positions]` (`Backend::unfold2d`).
+/// im2col of `x` `[N, C, H, W]` into `[N, C, taps, positions]` (`FusedKernels::unfold2d`).
 pub fn unfold(be: &CudaBackend, x: View<'_>, w: &Window, fill: f64) -> Result<CudaBuffer> {
     let s = x.layout.shape();
     rank4("unfold2d", s)?;
@@ -133,7 +133,7 @@ pub fn unfold(be: &CudaBackend, x: View<'_>, w: &Window, fill: f64) -> Result<Cu
     Ok(out)
 }
 
-/// col2im, the adjoint of [`unfold`] (`Backend::fold2d`), summed without atomics.
+/// col2im, the adjoint of [`unfold`] (`FusedKernels::fold2d`), summed without atomics.
 pub fn fold(be: &CudaBackend, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Result<CudaBuffer> {
     let s = cols.layout.shape();
     rank4("fold2d", s)?;

@@ -139,7 +139,7 @@ pub fn softmax(be: &CudaBackend, x: View<'_>, log: bool) -> Result<CudaBuffer> {
     Ok(out)
 }
 
-/// `Backend::cross_entropy` for f32/f64 logits `[M, C]` and i64 targets `[M]`: the log-softmax
+/// `FusedKernels::cross_entropy` for f32/f64 logits `[M, C]` and i64 targets `[M]`: the log-softmax
 /// (the row kernel above), then one block per row for the losses and weights; a target out of
 /// range is `IndexOutOfRange` (read back after the launch, as gather does).
 pub fn cross_entropy(
@@ -180,7 +180,7 @@ pub fn cross_entropy(
     Ok([loss, lp, w])
 }
 
-/// `Backend::cross_entropy_backward` for f32/f64: one thread per element of `dx` `[M, C]`; `g`
+/// `FusedKernels::cross_entropy_backward` for f32/f64: one thread per element of `dx` `[M, C]`; `g`
 /// `[M]` may be one value broadcast (stride 0).
 pub fn cross_entropy_backward(
     be: &CudaBackend,

@@ -4,7 +4,7 @@ use super::{grid, rows_ptr, suffix};
 use crate::{launch, CudaBackend, CudaBuffer};
 use tessera_core::{Result, View};
 
-/// `Backend::lstm_cell` for f32/f64: `x`, `r` `[B, 4H]`, `c` `[B, H]` → act, c', tanh(c'), h'.
+/// `FusedKernels::lstm_cell` for f32/f64: `x`, `r` `[B, 4H]`, `c` `[B, H]` → act, c', tanh(c'), h'.
 pub fn lstm_cell(
     be: &CudaBackend,
     x: View<'_>,
@@ -48,7 +48,7 @@ pub fn lstm_cell(
     Ok(out)
 }
 
-/// `Backend::lstm_cell_backward` for f32/f64: from act `[B, 4H]`, c_prev, tanh(c'), dh and dc
+/// `FusedKernels::lstm_cell_backward` for f32/f64: from act `[B, 4H]`, c_prev, tanh(c'), dh and dc
 /// `[B, H]` → dz `[B, 4H]` and dc_prev `[B, H]`.
 pub fn lstm_cell_backward(be: &CudaBackend, v: [View<'_>; 5]) -> Result<[CudaBuffer; 2]> {
     let op = "lstm_cell_backward";
