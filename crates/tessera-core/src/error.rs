@@ -42,6 +42,13 @@ pub enum Error {
     /// A device that cannot be used (unknown name, no driver, out of memory).
     #[error("{device}: {msg}")]
     Device { device: String, msg: String },
+    /// An allocation the device could not make (the request, not a crash).
+    #[error("{device}: out of memory: {op} asked for {bytes} bytes")]
+    OutOfMemory {
+        op: &'static str,
+        device: String,
+        bytes: usize,
+    },
     /// An error reported by a backend's own library (cuBLAS, NVRTC, ...).
     #[error("{device}: {source}")]
     Backend {

@@ -15,7 +15,7 @@ impl Shape {
     }
     /// Number of elements (1 for a 0-d shape).
     pub fn numel(&self) -> usize {
-        self.0.iter().product()
+        numel(&self.0)
     }
 }
 
@@ -49,13 +49,55 @@ pub struct Layout {
     offset: usize,
 }
 
+/// The element count of a shape that [`checked_numel`] accepted: 0 with a zero dim (whose
+/// other dims may multiply past `usize`), else the product.
+fn numel(shape: &[usize]) -> usize {
+    if shape.contains(&0) {
+        0
+    } else {
+        shape.iter().product()
+    }
+}
+
+/// The element count of `shape`, or an error naming `op` when the count overflows or its bytes
+/// (`elem_bytes` each; 1 where only the count matters) pass `isize::MAX`, the most one
+/// allocation can hold. Every op that makes a shape from user input checks it here, so no
+/// product wraps around to a small (or zero) size.
+pub fn checked_numel(op: &'static str, shape: &[usize], elem_bytes: usize) -> Result<usize> {
+    // A zero dim makes the count 0 whatever the others are (PyTorch allows [2^32, 2^32, 0]).
+    if shape.contains(&0) {
+        return Ok(0);
+    }
+    let n = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            Error::invalid(
+                op,
+                format!("shape {shape:?} has more elements than fit in a usize"),
+            )
+        })?;
+    match n.checked_mul(elem_bytes.max(1)) {
+        Some(b) if b <= isize::MAX as usize => Ok(n),
+        _ => Err(Error::invalid(
+            op,
+            format!(
+                "shape {shape:?} ({n} elements of {} bytes) needs more bytes than one allocation can hold ({})",
+                elem_bytes.max(1),
+                isize::MAX
+            ),
+        )),
+    }
+}
+
 /// Row-major strides of `shape`.
 pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![0; shape.len()];
-    let mut s = 1;
+    let mut s: usize = 1;
     for i in (0..shape.len()).rev() {
         strides[i] = s;
-        s *= shape[i].max(1);
+        // Saturating: only an empty shape (a zero dim) can get here with a product past usize.
+        s = s.saturating_mul(shape[i].max(1));
     }
     strides
 }
@@ -101,6 +143,7 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
             ));
         };
     }
+    checked_numel(op, &out, 1)?;
     Ok(out)
 }
 
@@ -142,11 +185,15 @@ impl Layout {
     }
     /// Number of elements.
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        numel(&self.shape)
     }
 
     /// Whether the elements are laid out row-major without gaps (size-1 dims may have any stride).
     pub fn is_contiguous(&self) -> bool {
+        // No elements: nothing to be out of order (and a copy would not be "more" contiguous).
+        if self.numel() == 0 {
+            return true;
+        }
         let mut expected = 1;
         for i in (0..self.rank()).rev() {
             if self.shape[i] != 1 && self.strides[i] != expected {

@@ -36,7 +36,9 @@ pub use device::Device;
 pub use dtype::{DType, Element, HostData};
 pub use error::{Error, Result};
 pub use half;
-pub use layout::{broadcast_shapes, coalesce, contiguous_strides, normalize_dim, Layout, Shape};
+pub use layout::{
+    broadcast_shapes, checked_numel, coalesce, contiguous_strides, normalize_dim, Layout, Shape,
+};
 pub use random::{manual_seed, Generator};
 pub use tape::{
     clear_tape, is_grad_enabled, no_grad, tape_len, BackwardFn, GradModeGuard, Gradients,

@@ -117,7 +117,7 @@ impl Tensor {
 
     /// A tensor of `shape` from host data in row-major order.
     pub fn from_host(data: HostData, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = crate::layout::checked_numel("from_vec", shape, data.dtype().size_in_bytes())?;
         if data.len() != n {
             return Err(Error::invalid(
                 "from_vec",
@@ -153,7 +153,7 @@ impl Tensor {
 
     /// A tensor of `shape` filled with `value`.
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
-        let n = shape.iter().product();
+        let n = crate::layout::checked_numel("full", shape, dtype.size_in_bytes())?;
         let buf = device.backend().fill(n, dtype, value)?;
         Ok(Tensor::make(buf, Layout::contiguous(shape), device.clone()))
     }
@@ -193,7 +193,14 @@ impl Tensor {
             ));
         }
         let n = ((end - start) / step).ceil().max(0.0) as usize;
-        let v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+        crate::layout::checked_numel("arange", &[n], dtype.size_in_bytes())?;
+        let mut v: Vec<f64> = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+            op: "arange",
+            device: "host".into(),
+            bytes: n.saturating_mul(8),
+        })?;
+        v.extend((0..n).map(|i| start + i as f64 * step));
         Tensor::from_host(HostData::from_f64(dtype, &v), &[n], device)
     }
 
@@ -210,7 +217,7 @@ impl Tensor {
                 format!("random tensors are floating point, got {dtype}"),
             ));
         }
-        let n: usize = shape.iter().product();
+        let n = crate::layout::checked_numel("random", shape, dtype.size_in_bytes())?;
         let offset = gen.advance(n);
         let buf = device
             .backend()

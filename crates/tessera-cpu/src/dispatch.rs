@@ -118,6 +118,51 @@ pub(crate) fn binary_typed<T: Num>(
     out(ew::binary(op, x, a.layout, y, b.layout, pow))
 }
 
+/// From this many bytes up a new buffer is first reserved with `try_reserve`: a request the
+/// machine cannot meet is then [`Error::OutOfMemory`] instead of a process abort (Rust's
+/// allocator aborts on failure). Below it the cost of the probe is not worth paying.
+const CHECKED_ALLOC_BYTES: usize = 1 << 30;
+
+/// Checks that `len` elements of `dtype` can be allocated (see [`CHECKED_ALLOC_BYTES`]).
+pub(crate) fn ensure_memory(op: &'static str, len: usize, dtype: DType) -> Result<()> {
+    let bytes = len.saturating_mul(dtype.size_in_bytes());
+    if bytes < CHECKED_ALLOC_BYTES {
+        return Ok(());
+    }
+    let oom = || Error::OutOfMemory {
+        op,
+        device: "cpu".into(),
+        bytes,
+    };
+    if bytes > isize::MAX as usize {
+        return Err(oom());
+    }
+    // Reserved and freed at once: with Linux's overcommit the pages are not touched, so this
+    // costs two system calls, and the kernel's allocation right after reuses the mapping.
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(bytes).map_err(|_| oom())
+}
+
+/// i64 arithmetic as PyTorch does it: wrapping on overflow (`i64::MIN / -1` is `i64::MIN`),
+/// division truncating toward zero, and a zero divisor an error (PyTorch raises too) — never a
+/// panic.
+pub(crate) fn int_binary(op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+    let (x, y) = (typed::<i64>("binary", a)?, typed::<i64>("binary", b)?);
+    let wrapping: fn(i64, i64) -> i64 = match op {
+        BinaryOp::Add => i64::wrapping_add,
+        BinaryOp::Sub => i64::wrapping_sub,
+        BinaryOp::Mul => i64::wrapping_mul,
+        BinaryOp::Div => {
+            if kernels::map1(y, b.layout, |v: i64| v).contains(&0) {
+                return Err(Error::invalid("div", "integer division by zero"));
+            }
+            i64::wrapping_div
+        }
+        _ => return out(ew::binary(op, x, a.layout, y, b.layout, int_pow)),
+    };
+    out(kernels::map2(x, a.layout, y, b.layout, wrapping))
+}
+
 /// `a^b` for i64: 0 for a negative exponent, wrapping on overflow.
 pub(crate) fn int_pow(a: i64, b: i64) -> i64 {
     if b < 0 {

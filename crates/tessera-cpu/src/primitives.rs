@@ -1,6 +1,6 @@
 //! The CPU's required primitives ([`Backend`]): every op of tessera runs on these alone.
 
-use crate::dispatch::{binary_typed, int_pow, out, pow_f, typed, unary_typed};
+use crate::dispatch::{binary_typed, ensure_memory, int_binary, out, pow_f, typed, unary_typed};
 use crate::kernels::{self, elementwise as ew, matmul as mm, reduce as rd, shape as sh};
 use crate::{CpuBackend, CpuBuffer, CpuStorage};
 use std::sync::Arc;
@@ -32,6 +32,7 @@ impl Backend for CpuBackend {
     }
 
     fn fill(&self, len: usize, dtype: DType, value: f64) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("fill", len, dtype)?;
         with_dtype!(dtype, "fill", |T| out(ew::fill::<T>(len, value)))
     }
 
@@ -43,10 +44,12 @@ impl Backend for CpuBackend {
         seed: u64,
         offset: u64,
     ) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("random", len, dtype)?;
         with_dtype!(float dtype, "random", |T| out(ew::random::<T>(len, dist, seed, offset)))
     }
 
     fn cast(&self, x: View<'_>, dtype: DType) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("copy", x.layout.numel(), dtype)?;
         with_dtype!(x.buf.dtype(), "cast", |S| {
             let src = typed::<S>("cast", x)?;
             with_dtype!(dtype, "cast", |D| out(ew::cast::<S, D>(src, x.layout)))
@@ -54,6 +57,7 @@ impl Backend for CpuBackend {
     }
 
     fn unary(&self, op: UnaryOp, x: View<'_>) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("unary", x.layout.numel(), x.buf.dtype())?;
         match x.buf.dtype() {
             DType::F32 => match kernels::vmath::unary(op, typed::<f32>("unary", x)?, x.layout) {
                 Some(v) => out(v),
@@ -73,16 +77,18 @@ impl Backend for CpuBackend {
     }
 
     fn binary(&self, op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("binary", a.layout.numel(), a.buf.dtype())?;
         match a.buf.dtype() {
             DType::F32 => binary_typed::<f32>(op, a, b, pow_f),
             DType::F64 => binary_typed::<f64>(op, a, b, pow_f),
-            DType::I64 => binary_typed::<i64>(op, a, b, int_pow),
+            DType::I64 => int_binary(op, a, b),
             DType::F16 => binary_typed::<half::f16>(op, a, b, pow_f),
             DType::BF16 => binary_typed::<half::bf16>(op, a, b, pow_f),
         }
     }
 
     fn where_cond(&self, cond: View<'_>, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("where", a.layout.numel(), a.buf.dtype())?;
         with_dtype!(cond.buf.dtype(), "where", |C| {
             let c = typed::<C>("where", cond)?;
             with_dtype!(a.buf.dtype(), "where", |T| {
@@ -114,6 +120,10 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
+        let (sa, sb) = (a.layout.shape(), b.layout.shape());
+        let rows: usize = sa[..sa.len().saturating_sub(1)].iter().product();
+        let out_len = rows.saturating_mul(sb.last().copied().unwrap_or(1));
+        ensure_memory("matmul", out_len, a.buf.dtype())?;
         match a.buf.dtype() {
             d @ (DType::F16 | DType::BF16) => {
                 let b32 = self.cast(b, DType::F32)?;
@@ -148,6 +158,7 @@ impl Backend for CpuBackend {
     }
 
     fn gather(&self, x: View<'_>, dim: usize, index: View<'_>) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("gather", index.layout.numel(), x.buf.dtype())?;
         let idx = typed::<i64>("gather", index)?;
         with_dtype!(x.buf.dtype(), "gather", |T| out(sh::gather(
             typed::<T>("gather", x)?,
@@ -165,6 +176,7 @@ impl Backend for CpuBackend {
         index: View<'_>,
         src: View<'_>,
     ) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("scatter_add", shape.iter().product(), src.buf.dtype())?;
         let idx = typed::<i64>("scatter_add", index)?;
         with_dtype!(src.buf.dtype(), "scatter_add", |T| {
             out(sh::scatter_add(
@@ -185,6 +197,7 @@ impl Backend for CpuBackend {
         fill: f64,
         parts: &[(Layout, View<'_>)],
     ) -> Result<Arc<dyn Buffer>> {
+        ensure_memory("assemble", len, dtype)?;
         with_dtype!(dtype, "assemble", |T| {
             let typed_parts = parts
                 .iter()

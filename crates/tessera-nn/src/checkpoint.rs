@@ -225,11 +225,12 @@ pub fn load_model(
             format!("unexpected key {extra} (not a parameter of this model)"),
         ));
     }
-    for (p, t) in staged {
-        p.set(t)?;
-    }
+    // The optimizer's state first: if it does not fit, the model is still untouched.
     if let Some(o) = optimizer {
         o.load_state(&optim_state)?;
+    }
+    for (p, t) in staged {
+        p.set(t)?;
     }
     Ok(loaded.metadata)
 }

@@ -22,10 +22,11 @@ fn col_major(t: &Tensor) -> bool {
 impl Tensor {
     /// Product of `[..., m, k]` and `[..., k, n]` with identical batch dims.
     fn bmm(&self, rhs: &Tensor) -> Result<Tensor> {
-        let buf = self.device().backend().matmul(self.view(), rhs.view())?;
         let r = self.rank();
         let mut shape = self.dims().to_vec();
         shape[r - 1] = rhs.dims()[r - 1];
+        crate::layout::checked_numel("matmul", &shape, self.dtype().size_in_bytes())?;
+        let buf = self.device().backend().matmul(self.view(), rhs.view())?;
         let out = self.output(buf, &shape);
         let (a, b) = (self.clone(), rhs.clone());
         Ok(out.record_op("matmul", &[self, rhs], move |g, n| {

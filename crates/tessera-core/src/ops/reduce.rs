@@ -134,7 +134,8 @@ impl Tensor {
     /// Mean of all elements, shape `[]`.
     pub fn mean_all(&self) -> Result<Tensor> {
         float_only("mean", self)?;
-        self.sum_all()?.mul_scalar(1.0 / self.numel().max(1) as f64)
+        // Over no elements this is 0·∞ = NaN, as in PyTorch.
+        self.sum_all()?.mul_scalar(1.0 / self.numel() as f64)
     }
 
     fn extreme(

@@ -50,7 +50,7 @@ impl Tensor {
                     format!("negative size in {shape:?}"),
                 ));
             } else {
-                known *= d as usize;
+                known = known.saturating_mul(d as usize);
             }
         }
         let mut dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
@@ -71,7 +71,7 @@ impl Tensor {
 
     /// [`Tensor::reshape`] with every size given.
     pub fn reshape_usize(&self, dims: &[usize]) -> Result<Tensor> {
-        let n: usize = dims.iter().product();
+        let n = crate::layout::checked_numel("reshape", dims, 1)?;
         if n != self.numel() {
             return Err(Error::shape(
                 "reshape",
@@ -174,12 +174,14 @@ impl Tensor {
     /// `len` elements from `start` along `dim`.
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
         let d = normalize_dim("narrow", dim, self.rank())?;
-        if start + len > self.dims()[d] {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > self.dims()[d])
+        {
             return Err(Error::invalid(
                 "narrow",
                 format!(
-                    "{start}..{} is out of range for dim {d} of shape {}",
-                    start + len,
+                    "start {start}, length {len} is out of range for dim {d} of shape {}",
                     self.shape()
                 ),
             ));
@@ -218,6 +220,7 @@ impl Tensor {
                 shape,
             ));
         }
+        crate::layout::checked_numel("expand", shape, 1)?;
         let l = self.layout().broadcast_to(shape);
         let src = self.dims().to_vec();
         Ok(self.view_op("expand", l, move |g| g.sum_to_shape(&src)))
@@ -300,7 +303,7 @@ impl Tensor {
         let first = parts[0].1;
         let views: Vec<(Layout, View<'_>)> =
             parts.iter().map(|(l, t)| (l.clone(), t.view())).collect();
-        let n = shape.iter().product();
+        let n = crate::layout::checked_numel(op, shape, first.dtype().size_in_bytes())?;
         let buf = first
             .device()
             .backend()

@@ -510,6 +510,10 @@ fn map1_transposed<T: CpuElem, U: CpuElem>(
 
 /// Copies `src` (any layout) into the region `ld` of `dst`.
 pub(crate) fn copy_into<T: CpuElem>(src: &[T], ls: &Layout, dst: &mut [T], ld: &Layout) {
+    // An empty part copies nothing (its strides and offset may point anywhere).
+    if ls.numel() == 0 {
+        return;
+    }
     let rows = Rows::new(&[ls, ld]);
     let (ss, sd) = (rows.inner_strides[0], rows.inner_strides[1]);
     let n_rows: usize = rows.outer.iter().product();
