@@ -51,61 +51,74 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
 
 /// Reads an IDX file of unsigned bytes (gzipped or not): its dims and its data.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = std::fs::read(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
+    let raw = tessera_nn::checkpoint::read_bounded(path, IDX_MAX_BYTES as u64 + 4096)?;
     parse_idx(path, &raw)
 }
 
+/// The most data bytes one IDX file may declare (16 GiB; MNIST's largest is 47 MB).
+const IDX_MAX_BYTES: usize = 1 << 34;
+
+/// An IDX file's dims and data. The header is read first and the data (inflated, for gzip)
+/// only up to the size it declares, so a header that lies or a gzip bomb is an error, never an
+/// unbounded read or allocation.
 fn parse_idx(path: &Path, raw: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(raw)
-            .read_to_end(&mut out)
-            .map_err(|e| bad(path, format!("corrupt gzip data: {e}")))?;
-        out
+    let gz = raw.starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read + '_> = if gz {
+        Box::new(GzDecoder::new(raw))
     } else {
-        raw.to_vec()
+        Box::new(raw)
     };
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+    let read_err = |e: std::io::Error| bad(path, format!("corrupt gzip data: {e}"));
+    let mut magic = [0u8; 4];
+    if reader.read_exact(&mut magic).is_err() || magic[0] != 0 || magic[1] != 0 {
         return Err(bad(path, "not an IDX file (wrong magic number)"));
     }
-    if bytes[2] != 0x08 {
+    if magic[2] != 0x08 {
         return Err(bad(
             path,
             format!(
                 "IDX element type 0x{:02x} is not unsigned bytes (0x08)",
-                bytes[2]
+                magic[2]
             ),
         ));
     }
-    let nd = bytes[3] as usize;
-    let header = 4 + 4 * nd;
-    if nd == 0 || bytes.len() < header {
+    let nd = magic[3] as usize;
+    let mut head = vec![0u8; 4 * nd];
+    if nd == 0 || reader.read_exact(&mut head).is_err() {
         return Err(bad(path, "IDX header is truncated"));
     }
-    let dims: Vec<usize> = (0..nd)
-        .map(|i| {
-            u32::from_be_bytes([
-                bytes[4 + 4 * i],
-                bytes[5 + 4 * i],
-                bytes[6 + 4 * i],
-                bytes[7 + 4 * i],
-            ]) as usize
-        })
+    let dims: Vec<usize> = head
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() - header != n {
+    let n = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= IDX_MAX_BYTES)
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!("IDX dims {dims:?} declare more data than tessera reads ({IDX_MAX_BYTES} bytes)"),
+            )
+        })?;
+    // One byte more than declared, to tell "exactly n" from "more".
+    let mut data = Vec::new();
+    reader
+        .take(n as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    if data.len() != n {
+        let has = if data.len() > n {
+            "more".to_string()
+        } else {
+            data.len().to_string()
+        };
         return Err(bad(
             path,
-            format!(
-                "IDX dims {dims:?} need {n} bytes of data, the file has {}",
-                bytes.len() - header
-            ),
+            format!("IDX dims {dims:?} need {n} bytes of data, the file has {has}"),
         ));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    Ok((dims, data))
 }
 
 fn idx_dataset(images: (PathBuf, Vec<u8>), labels: (PathBuf, Vec<u8>)) -> Result<Dataset> {
@@ -150,10 +163,7 @@ pub fn load_idx_dir(dir: &Path) -> Result<Split> {
         for name in [format!("{stem}.gz"), stem.to_string()] {
             let p = dir.join(&name);
             if p.exists() {
-                let raw = std::fs::read(&p).map_err(|e| Error::Io {
-                    path: p.display().to_string(),
-                    source: e,
-                })?;
+                let raw = tessera_nn::checkpoint::read_bounded(&p, IDX_MAX_BYTES as u64 + 4096)?;
                 return Ok((p, raw));
             }
         }
@@ -304,10 +314,10 @@ pub fn load(name: &str) -> Result<Split> {
             if p.is_dir() {
                 load_idx_dir(p)
             } else if p.extension().is_some_and(|e| e == "safetensors") {
-                let raw = std::fs::read(p).map_err(|e| Error::Io {
-                    path: path.into(),
-                    source: e,
-                })?;
+                let raw = tessera_nn::checkpoint::read_bounded(
+                    p,
+                    tessera_nn::checkpoint::MAX_CHECKPOINT_BYTES,
+                )?;
                 load_safetensors_split(p, &raw)
             } else {
                 Err(bad(p, "unknown dataset: use mnist-10k, mnist1d, fashion-mnist, a directory of IDX files or a .safetensors file"))

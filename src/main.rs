@@ -1,179 +1,242 @@
-//! The `tessera` command line.
+//! The `tessera` command line (clap): every subcommand has `--help`, unknown commands and flags
+//! are errors (exit 2), and flag values are checked before any work starts.
 
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use tessera::prelude::*;
 
-const USAGE: &str = "usage:
-  tessera train [--model lenet5|lenet1998|googlenet|mlp] [--data mnist-10k|mnist1d|fashion-mnist|DIR]
-                [--epochs N] [--batch-size B] [--lr X] [--optimizer sgd|adam|adamw]
-                [--schedule cosine|constant] [--normalize MEAN,STD] [--crop-padding P] [--hflip]
-                [--device cpu|cuda] [--seed S]
-                [--out DIR] [--resume CKPT]      train (defaults: LeNet-5 on the embedded MNIST-10k)
-  tessera eval CKPT [--model M] [--data D] [--device cpu|cuda]
-                                           test accuracy and confusion matrix
-  tessera predict CKPT IMAGE.png [--model M]   classify one 28×28 grayscale PNG
-  tessera conformance DIR [--device cpu|cuda]
-                                           run PyTorch-generated test vectors (*.json in DIR)
-  tessera summary MODEL [--device cpu|cuda]
-                                           per-layer table of a zoo model: lenet5, lenet1998,
-                                           lenet1998-softmax, alexnet, googlenet, mlp, textcnn, charlstm
-  tessera help";
+/// A deep-learning framework in Rust: train, evaluate and inspect models.
+#[derive(Parser)]
+#[command(name = "tessera", version, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (defaults: LeNet-5 on the embedded MNIST-10k, 10 epochs).
+    Train(TrainArgs),
+    /// Test accuracy and confusion matrix of a checkpoint.
+    Eval {
+        /// A checkpoint written by `tessera train`, or a PyTorch state_dict (with --model).
+        ckpt: PathBuf,
+        /// The model, when the checkpoint does not say (a PyTorch state_dict).
+        #[arg(long, value_parser = MODELS)]
+        model: Option<String>,
+        /// The data set (default: the one the checkpoint was trained on).
+        #[arg(long)]
+        data: Option<String>,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// Classify one 28×28 grayscale PNG.
+    Predict {
+        ckpt: PathBuf,
+        image: PathBuf,
+        #[arg(long, value_parser = MODELS)]
+        model: Option<String>,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// Run PyTorch-generated test vectors (*.json in DIR).
+    Conformance {
+        dir: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// Per-layer table of a zoo model.
+    Summary {
+        #[arg(value_parser = ["lenet5", "lenet1998", "lenet1998-softmax", "alexnet", "googlenet", "mlp", "textcnn", "charlstm"])]
+        model: String,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+}
+
+/// The models `train` builds.
+const MODELS: [&str; 4] = ["lenet5", "lenet1998", "googlenet", "mlp"];
+
+#[derive(Args)]
+struct DeviceArg {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = device_name)]
+    device: String,
+}
+
+impl DeviceArg {
+    fn open(&self) -> Result<Device> {
+        Device::parse(&self.device)
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long, default_value = "lenet5", value_parser = MODELS)]
+    model: String,
+    /// mnist-10k, mnist1d, fashion-mnist, or a folder of IDX files.
+    #[arg(long, default_value = "mnist-10k")]
+    data: String,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
+    epochs: u64,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
+    batch_size: u64,
+    /// Learning rate (default: 0.05 for SGD, 0.001 for Adam and AdamW).
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
+    lr: Option<f64>,
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adam", "adamw"])]
+    optimizer: String,
+    #[arg(long, default_value = "cosine", value_parser = ["cosine", "constant"])]
+    schedule: String,
+    /// Normalise pixels (after scaling to [0, 1]) as (x - MEAN) / STD.
+    #[arg(long, value_name = "MEAN,STD", value_parser = mean_std)]
+    normalize: Option<(f32, f32)>,
+    /// Random crops after padding by P pixels.
+    #[arg(long, default_value_t = 0)]
+    crop_padding: usize,
+    /// Random horizontal flips.
+    #[arg(long)]
+    hflip: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where the run's checkpoints, metrics and curves go (default: runs/<model>-<data>-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from a checkpoint written by `tessera train` (its model, data and optimizer).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Train into an --out folder that already holds a run, replacing it.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// `println!` for results: a closed or full stdout (`> /dev/full`) is an error, not a panic.
+macro_rules! say {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout(), $($t)*).map_err(|e| Error::Io {
+            path: "stdout".into(),
+            source: e,
+        })?
+    };
+}
+
+fn device_name(s: &str) -> std::result::Result<String, String> {
+    let ok = s == "cpu"
+        || s == "cuda"
+        || s.strip_prefix("cuda:")
+            .is_some_and(|i| i.parse::<usize>().is_ok());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("expected cpu, cuda or cuda:N".into())
+    }
+}
+
+fn positive(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("expected a finite number above 0".into()),
+    }
+}
+
+fn mean_std(s: &str) -> std::result::Result<(f32, f32), String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    match parts[..] {
+        [m, d] => match (m.parse::<f32>(), d.parse::<f32>()) {
+            (Ok(m), Ok(d)) if m.is_finite() && d.is_finite() && d > 0.0 => Ok((m, d)),
+            _ => Err("expected MEAN,STD: finite numbers, STD above 0".into()),
+        },
+        _ => Err("expected MEAN,STD".into()),
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Usage errors exit 2 with clap's message; --help and --version exit 0.
+    let cli = Cli::parse();
     // This thread joins the CPU pool as one of its workers (see `set_num_threads`).
     if let Err(e) = tessera::cpu::set_num_threads(0) {
         eprintln!("error: {e}");
-        return ExitCode::from(2);
+        return ExitCode::FAILURE;
     }
-    match run(&args) {
+    match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }
 
-fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn run(args: &[String]) -> Result<ExitCode> {
-    match args.first().map(String::as_str) {
-        Some("conformance") => {
-            let Some(dir) = args.get(1).filter(|a| !a.starts_with("--")) else {
-                eprintln!("{USAGE}");
-                return Ok(ExitCode::from(2));
-            };
-            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
-            let report = tessera::conformance::run_dir(std::path::Path::new(dir), &device)?;
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Conformance { dir, device } => {
+            let report = tessera::conformance::run_dir(&dir, &device.open()?)?;
             for line in report.failure_lines() {
-                println!("{line}");
+                say!("{line}");
             }
             if !report.skipped_ops.is_empty() {
-                println!(
+                say!(
                     "skipped ops (not implemented yet): {}",
                     report.skipped_ops.join(", ")
                 );
             }
-            println!("{}", report.summary());
+            say!("{}", report.summary());
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
-        Some("train") => {
-            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
-            let mut o = tessera::train::TrainOptions::default();
-            let num = |name: &str| -> Result<Option<f64>> {
-                flag(args, name)
-                    .map(|v| {
-                        v.parse::<f64>().map_err(|_| {
-                            Error::invalid("train", format!("{name} needs a number, got {v:?}"))
-                        })
-                    })
-                    .transpose()
+        Command::Train(a) => {
+            let device = a.device.open()?;
+            let o = tessera::train::TrainOptions {
+                model: a.model,
+                data: a.data,
+                epochs: a.epochs as usize,
+                batch_size: a.batch_size as usize,
+                lr: a.lr,
+                optimizer: a.optimizer,
+                seed: a.seed,
+                out: a.out,
+                resume: a.resume,
+                normalize: a.normalize,
+                cosine: a.schedule == "cosine",
+                augment: tessera::data::Augment {
+                    crop_padding: a.crop_padding,
+                    hflip: a.hflip,
+                },
+                overwrite: a.overwrite,
             };
-            if let Some(v) = flag(args, "--model") {
-                o.model = v;
-            }
-            if let Some(v) = flag(args, "--data") {
-                o.data = v;
-            }
-            if let Some(v) = flag(args, "--optimizer") {
-                o.optimizer = v;
-            }
-            if let Some(v) = num("--epochs")? {
-                o.epochs = v as usize;
-            }
-            if let Some(v) = num("--batch-size")? {
-                o.batch_size = v as usize;
-            }
-            if let Some(v) = num("--seed")? {
-                o.seed = v as u64;
-            }
-            o.lr = num("--lr")?;
-            o.out = flag(args, "--out").map(Into::into);
-            o.resume = flag(args, "--resume").map(Into::into);
-            if let Some(v) = flag(args, "--schedule") {
-                o.cosine = match v.as_str() {
-                    "cosine" => true,
-                    "constant" => false,
-                    other => {
-                        return Err(Error::invalid(
-                            "train",
-                            format!("--schedule cosine|constant, got {other:?}"),
-                        ))
-                    }
-                };
-            }
-            if let Some(v) = num("--crop-padding")? {
-                o.augment.crop_padding = v as usize;
-            }
-            o.augment.hflip = args.iter().any(|a| a == "--hflip");
-            if let Some(v) = flag(args, "--normalize") {
-                let parts: Vec<f32> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
-                let [m, s] = parts[..] else {
-                    return Err(Error::invalid(
-                        "train",
-                        format!("--normalize MEAN,STD, got {v:?}"),
-                    ));
-                };
-                o.normalize = Some((m, s));
-            }
             tessera::train::train(&o, &device)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some("eval") => {
-            let Some(ckpt) = args.get(1).filter(|a| !a.starts_with("--")) else {
-                eprintln!("{USAGE}");
-                return Ok(ExitCode::from(2));
-            };
-            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
-            tessera::train::eval(
-                std::path::Path::new(ckpt),
-                flag(args, "--model").as_deref(),
-                flag(args, "--data").as_deref(),
-                &device,
-            )?;
+        Command::Eval {
+            ckpt,
+            model,
+            data,
+            device,
+        } => {
+            tessera::train::eval(&ckpt, model.as_deref(), data.as_deref(), &device.open()?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some("predict") => {
-            let (Some(ckpt), Some(image)) = (args.get(1), args.get(2)) else {
-                eprintln!("{USAGE}");
-                return Ok(ExitCode::from(2));
-            };
-            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
-            tessera::train::predict(
-                std::path::Path::new(ckpt),
-                std::path::Path::new(image),
-                flag(args, "--model").as_deref(),
-                &device,
-            )?;
+        Command::Predict {
+            ckpt,
+            image,
+            model,
+            device,
+        } => {
+            tessera::train::predict(&ckpt, &image, model.as_deref(), &device.open()?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some("summary") => {
-            let Some(name) = args.get(1).filter(|a| !a.starts_with("--")) else {
-                eprintln!("{USAGE}");
-                return Ok(ExitCode::from(2));
-            };
-            let device = Device::parse(&flag(args, "--device").unwrap_or_else(|| "cpu".into()))?;
-            let (model, input) = tessera::zoo_model(name, &device)?;
-            println!("{name}");
-            println!("{}", tessera::nn::summary(model.as_ref(), &input)?);
+        Command::Summary { model, device } => {
+            let (m, input) = tessera::zoo_model(&model, &device.open()?)?;
+            say!("{model}");
+            say!("{}", tessera::nn::summary(m.as_ref(), &input)?);
             Ok(ExitCode::SUCCESS)
-        }
-        Some("help") | Some("--help") | Some("-h") => {
-            println!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            Ok(ExitCode::from(2))
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct TrainOptions {
     pub cosine: bool,
     /// Augmentation of training images (random crop with padding, horizontal flips).
     pub augment: data::Augment,
+    /// Train into an `out` folder that already holds a run, replacing it.
+    pub overwrite: bool,
 }
 
 impl Default for TrainOptions {
@@ -49,6 +51,7 @@ impl Default for TrainOptions {
             normalize: None,
             cosine: true,
             augment: data::Augment::default(),
+            overwrite: false,
         }
     }
 }
@@ -163,6 +166,90 @@ pub fn evaluate(
     ))
 }
 
+/// `println!` for the commands that print a result: a closed or full stdout is an
+/// [`Error::Io`], not a panic.
+macro_rules! say {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout(), $($t)*).map_err(|e| Error::Io {
+            path: "stdout".into(),
+            source: e,
+        })?
+    };
+}
+
+/// Standard output that a closed pipe (`tessera train | head -1`) does not turn into a panic:
+/// the first failed write marks it closed and later lines are dropped.
+#[derive(Default)]
+struct Stdout {
+    closed: bool,
+}
+
+impl Stdout {
+    fn line(&mut self, args: std::fmt::Arguments<'_>) {
+        if !self.closed {
+            self.closed = writeln!(std::io::stdout(), "{args}").is_err();
+        }
+    }
+}
+
+/// The lock of a run folder (`.lock`, holding the owner's process id), released on drop. A
+/// lock whose process is gone (a killed run) is taken over, and the killed run's temporary
+/// checkpoint files are removed.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn take(dir: &Path) -> Result<RunLock> {
+        let path = dir.join(".lock");
+        let io = |e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let me = std::process::id().to_string();
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => f.write_all(me.as_bytes()).map_err(io)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                let alive = owner
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                if alive {
+                    return Err(Error::invalid(
+                        "train",
+                        format!(
+                            "{} is in use by process {} (another run writes there)",
+                            dir.display(),
+                            owner.trim()
+                        ),
+                    ));
+                }
+                std::fs::write(&path, &me).map_err(io)?;
+            }
+            Err(e) => return Err(io(e)),
+        }
+        // Temporary files of checkpoints a killed run was writing (`.NAME.tmp.PID`).
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with('.') && name.contains(".tmp.") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(RunLock(path))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Shows progress: a bar on a terminal, a line per epoch otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -232,15 +319,30 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         None => None,
     };
     if let Some(m) = &resume_meta {
-        if let Some(v) = m.get("model") {
-            opts.model = v.clone();
-        }
-        if let Some(v) = m.get("data") {
-            opts.data = v.clone();
+        // The model, data and optimizer (whose state the checkpoint holds) stay the run's.
+        for (key, slot) in [
+            ("model", &mut opts.model),
+            ("data", &mut opts.data),
+            ("optimizer", &mut opts.optimizer),
+        ] {
+            if let Some(v) = m.get(key) {
+                *slot = v.clone();
+            }
         }
     }
     let split: Split = data::load(&opts.data)?;
     let (train, test) = (Arc::new(split.train), Arc::new(split.test));
+    for (what, set) in [("training", &train), ("test", &test)] {
+        if set.is_empty() {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "the {what} split of {} is empty: nothing to learn or measure",
+                    opts.data
+                ),
+            ));
+        }
+    }
     let mut ctx = Ctx::new(device, opts.seed);
     let mut model = build_model(&opts.model, &train.example_shape, train.classes, &mut ctx)?;
     let (mut optimizer, base_lr) = make_optimizer(&opts, model.as_ref())?;
@@ -252,6 +354,17 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             .and_then(|e| e.parse::<usize>().ok())
             .map(|e| e + 1)
             .unwrap_or(1);
+        if first_epoch > opts.epochs {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "{} already finished epoch {} of {}: nothing to train (raise --epochs)",
+                    p.display(),
+                    first_epoch - 1,
+                    opts.epochs
+                ),
+            ));
+        }
     }
     let out_dir = match &opts.out {
         Some(d) => d.clone(),
@@ -271,6 +384,22 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         path: out_dir.display().to_string(),
         source: e,
     })?;
+    // One run per folder, and none over a finished run unless asked.
+    let _lock = RunLock::take(&out_dir)?;
+    let holds_run = ["last.safetensors", "best.safetensors", "metrics.jsonl"]
+        .iter()
+        .any(|f| out_dir.join(f).exists());
+    if holds_run && opts.resume.is_none() && !opts.overwrite {
+        return Err(Error::invalid(
+            "train",
+            format!(
+                "{} already holds a run: pass --resume {}/last.safetensors to continue it, \
+                 --overwrite to replace it, or another --out",
+                out_dir.display(),
+                out_dir.display()
+            ),
+        ));
+    }
     let loader = DataLoader::new(
         train.clone(),
         LoaderOptions {
@@ -288,7 +417,8 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
     } else {
         Schedule::Constant
     };
-    println!(
+    let mut out = Stdout::default();
+    out.line(format_args!(
         "training {} on {} ({} train / {} test) on {} for {} epochs, batch {}, {} lr {}, {} parameters",
         opts.model,
         opts.data,
@@ -300,7 +430,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         opts.optimizer,
         base_lr,
         model.num_parameters()
-    );
+    ));
     let metrics_path = out_dir.join("metrics.jsonl");
     // The history continues the checkpoint's: stale lines (a previous run in the same folder,
     // or epochs after the checkpoint we resume from) would otherwise be appended to.
@@ -350,12 +480,12 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             loss_sum / seen.max(1) as f64,
             correct as f64 / seen.max(1) as f64,
         );
-        println!(
+        out.line(format_args!(
             "epoch {epoch}/{}: train loss {train_loss:.4} acc {train_acc:.4} | test loss {test_loss:.4} acc {test_acc:.4} | {:.1} s, {:.0} ex/s",
             opts.epochs,
             secs,
             seen as f64 / secs
-        );
+        ));
         let line = format!(
             "{{\"epoch\":{epoch},\"train_loss\":{train_loss},\"train_accuracy\":{train_acc},\"test_loss\":{test_loss},\"test_accuracy\":{test_acc},\"seconds\":{secs},\"lr\":{}}}\n",
             optimizer.lr()
@@ -400,13 +530,17 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             )?;
         }
         last_acc = test_acc;
+        if out.closed {
+            // Nobody reads the output any more (`| head`): stop quietly, checkpoints saved.
+            break;
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
-    println!(
+    out.line(format_args!(
         "wrote {} (best epoch {best_epoch}: {best:.4}) in {seconds:.1} s",
         out_dir.display()
-    );
-    println!("test accuracy: {last_acc:.4}");
+    ));
+    out.line(format_args!("test accuracy: {last_acc:.4}"));
     Ok(TrainReport {
         test_accuracy: last_acc,
         best_accuracy: best,
@@ -456,18 +590,18 @@ pub fn eval(
     }
     load_model(ckpt, m.as_ref(), None, device)?;
     let (loss, acc, confusion) = evaluate(m.as_ref(), &test, device, None)?;
-    println!(
+    say!(
         "{model_name} on {data_name} ({} test examples): loss {loss:.4}",
         test.len()
     );
-    println!("confusion matrix (rows: true class, columns: predicted):");
+    say!("confusion matrix (rows: true class, columns: predicted):");
     for (i, row) in confusion.iter().enumerate() {
-        println!(
+        say!(
             "{i:>3} {}",
             row.iter().map(|c| format!("{c:>5}")).collect::<String>()
         );
     }
-    println!("test accuracy: {acc:.4}");
+    say!("test accuracy: {acc:.4}");
     Ok(acc)
 }
 
@@ -531,7 +665,7 @@ pub fn predict(ckpt: &Path, image: &Path, model: Option<&str>, device: &Device) 
     let mean = px.iter().sum::<f32>() / px.len() as f32;
     if mean > 0.5 {
         px.iter_mut().for_each(|v| *v = 1.0 - *v);
-        println!("(dark digit on a light background: inverted to MNIST's light-on-dark)");
+        say!("(dark digit on a light background: inverted to MNIST's light-on-dark)");
     }
     let x = tessera_core::Tensor::from_vec(px, &[1, 1, 28, 28], device)?;
     let probs = no_grad(|| m.forward(&x)?.softmax(1))?.to_vec::<f32>()?;
@@ -540,7 +674,7 @@ pub fn predict(ckpt: &Path, image: &Path, model: Option<&str>, device: &Device) 
             (0, 0.0f32),
             |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
         );
-    println!(
+    say!(
         "probabilities: {}",
         probs
             .iter()
@@ -549,6 +683,6 @@ pub fn predict(ckpt: &Path, image: &Path, model: Option<&str>, device: &Device) 
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("predicted: {best} (p = {p:.3})");
+    say!("predicted: {best} (p = {p:.3})");
     Ok(best)
 }

@@ -8,6 +8,7 @@ use crate::module::Module;
 use crate::optim::Optimizer;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::Path;
 use tessera_core::{half, DType, Device, Error, HostData, Result, Tensor};
 
@@ -123,10 +124,36 @@ pub struct Loaded {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// The largest checkpoint [`load`] reads (64 GiB).
+pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 36;
+
+/// The bytes of a regular file of at most `cap` bytes: a device, a pipe or a folder (`/dev/zero`
+/// would be read forever) or a larger file is an error naming it, before anything is read.
+pub fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad(path, "not a regular file"));
+    }
+    if meta.len() > cap {
+        return Err(bad(
+            path,
+            format!("{} bytes, more than the {cap} tessera reads", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| std::io::Read::take(f, cap + 1).read_to_end(&mut bytes))
+        .map_err(|e| io(path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(bad(path, format!("grew past {cap} bytes while being read")));
+    }
+    Ok(bytes)
+}
+
 /// Reads a safetensors file. A truncated or corrupted file, an absurd header size or an
 /// unsupported dtype is an error naming the file.
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    let bytes = read_bounded(path, MAX_CHECKPOINT_BYTES)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(path, e.to_string()))?;
