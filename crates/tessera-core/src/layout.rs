@@ -160,6 +160,8 @@ impl Layout {
     /// A layout from its parts. Backends use it to describe regions of their own buffers.
     pub fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Layout {
         debug_assert_eq!(shape.len(), strides.len());
+        // An empty view reads nothing: offset 0 keeps every `offset..offset + numel` in bounds.
+        let offset = if numel(&shape) == 0 { 0 } else { offset };
         Layout {
             shape,
             strides,
@@ -231,11 +233,13 @@ impl Layout {
     /// Elements `start, start + step, ...` (`len` of them) along `dim`.
     pub fn slice(&self, dim: usize, start: usize, len: usize, step: usize) -> Layout {
         let mut l = self.clone();
-        if len > 0 {
-            l.offset += start * self.strides[dim];
-        }
         l.shape[dim] = len;
         l.strides[dim] *= step;
+        // An empty view reads nothing: offset 0 keeps every `offset..offset + numel` in bounds.
+        l.offset = match l.numel() {
+            0 => 0,
+            _ => l.offset + start * self.strides[dim],
+        };
         l
     }
 

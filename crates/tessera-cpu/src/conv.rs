@@ -158,6 +158,10 @@ impl CpuBackend {
         w: &Window,
         relu: bool,
     ) -> Fused {
+        // Empty operands: the composite's empty result (no kernel has a zero-size plan).
+        if w.positions() == 0 || x.layout.numel() == 0 || weight.layout.numel() == 0 {
+            return Ok(None);
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), weight.layout.shape()[0], w) {
             let (mut hx, mut hw, mut hb) = (None, None, None);
@@ -348,6 +352,10 @@ impl CpuBackend {
         w: &Window,
         hw: [usize; 2],
     ) -> Fused {
+        // Empty operands: the composite's empty result (no kernel has a zero-size plan).
+        if w.positions() == 0 || dy.layout.numel() == 0 || hw.contains(&0) {
+            return Ok(None);
+        }
         #[cfg(target_arch = "x86_64")]
         {
             let (d, ws) = (dy.layout.shape(), weight.layout.shape());
@@ -387,6 +395,10 @@ impl CpuBackend {
         dy: View<'_>,
         w: &Window,
     ) -> Fused {
+        // Empty operands: the composite's empty result (no kernel has a zero-size plan).
+        if w.positions() == 0 || x.layout.numel() == 0 || dy.layout.numel() == 0 {
+            return Ok(None);
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = direct_plan(x.buf.dtype(), x.layout.shape(), dy.layout.shape()[1], w) {
             let (mut hx, mut hd) = (None, None);

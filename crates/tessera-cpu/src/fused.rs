@@ -23,14 +23,15 @@ impl FusedKernels for CpuBackend {
     }
 
     fn unfold2d(&self, x: View<'_>, w: &Window, fill: f64) -> Fused {
-        if !x.buf.dtype().is_float() {
+        // Empty operands go to the composite (the kernels split work by non-zero sizes).
+        if !x.buf.dtype().is_float() || x.layout.numel() == 0 || w.positions() == 0 {
             return Ok(None);
         }
         self.unfold_rows(x, w, fill).map(Some)
     }
 
     fn fold2d(&self, cols: View<'_>, w: &Window, hw: [usize; 2]) -> Fused {
-        if !cols.buf.dtype().is_float() {
+        if !cols.buf.dtype().is_float() || cols.layout.numel() == 0 || hw.contains(&0) {
             return Ok(None);
         }
         self.fold_rows(cols, w, hw).map(Some)
@@ -38,7 +39,8 @@ impl FusedKernels for CpuBackend {
 
     fn max_pool2d(&self, x: View<'_>, w: &Window, index: bool) -> Result<Option<Pooled>> {
         let s = x.layout.shape();
-        if !matches!(x.buf.dtype(), DType::F32 | DType::F64) || !x.layout.is_contiguous() {
+        let empty = x.layout.numel() == 0 || w.positions() == 0;
+        if !matches!(x.buf.dtype(), DType::F32 | DType::F64) || !x.layout.is_contiguous() || empty {
             return Ok(None);
         }
         let r = x.layout.offset()..x.layout.offset() + x.layout.numel();
