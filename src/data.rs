@@ -70,8 +70,10 @@ fn parse_idx(path: &Path, raw: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
     };
     let read_err = |e: std::io::Error| bad(path, format!("corrupt gzip data: {e}"));
     let mut magic = [0u8; 4];
-    if reader.read_exact(&mut magic).is_err() || magic[0] != 0 || magic[1] != 0 {
-        return Err(bad(path, "not an IDX file (wrong magic number)"));
+    match reader.read_exact(&mut magic) {
+        Err(e) if gz => return Err(read_err(e)),
+        Ok(()) if magic[0] == 0 && magic[1] == 0 => {}
+        _ => return Err(bad(path, "not an IDX file (wrong magic number)")),
     }
     if magic[2] != 0x08 {
         return Err(bad(

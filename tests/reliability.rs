@@ -118,6 +118,39 @@ fn memory_that_cannot_be_had_is_an_error_not_an_abort() {
 }
 
 #[test]
+fn layers_too_large_to_exist_are_errors() {
+    use tessera::nn::{Ctx, Linear};
+    let dev = cpu();
+    fails_with("Linear 2^31 x 2^31", "bytes", || {
+        Linear::new(&mut Ctx::new(&dev, 0), 1 << 31, 1 << 31).map(|_| ())
+    });
+}
+
+#[test]
+fn readers_are_bounded() {
+    use std::io::Write;
+    let dev = cpu();
+    // Not a regular file: read forever before.
+    fails_with("checkpoint /dev/zero", "not a regular file", || {
+        tessera::nn::checkpoint::load(std::path::Path::new("/dev/zero"), &dev).map(|_| ())
+    });
+    // A gzip bomb: a header declaring 2 × 2 bytes, then 64 MiB of zeros in a few KiB.
+    let dir = std::env::temp_dir().join(format!("tessera-bomb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bomb-idx2-ubyte.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&[0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 2]).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        gz.write_all(&zeros).unwrap();
+    }
+    std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+    fails_with("gzip bomb", "more", || tessera::data::read_idx(&path));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn integer_division_by_zero_is_an_error_and_overflow_wraps() -> Result<()> {
     let dev = cpu();
     let a = Tensor::from_vec(vec![7i64, i64::MIN], &[2], &dev)?;

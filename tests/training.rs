@@ -11,7 +11,8 @@ fn out(name: &str) -> std::path::PathBuf {
 fn mlp_learns_embedded_mnist_and_resumes() -> Result<()> {
     let dev = Device::parse("cpu")?;
     let dir = out("mlp");
-    // A previous run's history in the folder (a reused pid on CI did this) must not be appended to.
+    // A previous run's history in the folder (a reused pid on CI did this): refused without
+    // --overwrite, and with it not appended to.
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -25,10 +26,16 @@ fn mlp_learns_embedded_mnist_and_resumes() -> Result<()> {
         out: Some(dir.clone()),
         ..TrainOptions::default()
     };
+    let once = TrainOptions {
+        epochs: 1,
+        ..opts.clone()
+    };
+    let refused = train(&once, &dev).unwrap_err().to_string();
+    assert!(refused.contains("already holds a run"), "{refused}");
     let first = train(
         &TrainOptions {
-            epochs: 1,
-            ..opts.clone()
+            overwrite: true,
+            ..once
         },
         &dev,
     )?;
