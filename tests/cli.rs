@@ -6,8 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `tessera ARGS` (stdout to `stdout`, or captured), giving up after 60 s.
+/// Runs `tessera ARGS` (stdout to `stdout`, or captured): a failing case must end within 10 s,
+/// a run that trains within 60 s.
 fn tessera_to(args: &[&str], stdout: Option<Stdio>) -> Output {
+    let limit = if args.first() == Some(&"train") {
+        60
+    } else {
+        10
+    };
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(args).stderr(Stdio::piped());
     match stdout {
@@ -18,7 +24,7 @@ fn tessera_to(args: &[&str], stdout: Option<Stdio>) -> Output {
     let start = Instant::now();
     while child.try_wait().expect("waitable").is_none() {
         assert!(
-            start.elapsed() < Duration::from_secs(60),
+            start.elapsed() < Duration::from_secs(limit),
             "tessera {args:?} hung"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -171,6 +177,67 @@ fn runs_refuse_to_overwrite_and_stop_quietly_on_a_closed_pipe() {
     let resumed = tessera(&["train", "--epochs", "2", "--resume", l, "--out", o]);
     assert_eq!(resumed.status.code(), Some(0));
     assert!(!out.join(".lock").exists() && !out.join(".last.safetensors.tmp.123").exists());
+    // The optimizer comes back with its state on --resume.
+    let adam = dir.join("adam");
+    let a = adam.to_str().unwrap();
+    let first = tessera(&[
+        "train",
+        "--model",
+        "mlp",
+        "--optimizer",
+        "adam",
+        "--epochs",
+        "1",
+        "--out",
+        a,
+    ]);
+    assert_eq!(first.status.code(), Some(0));
+    let last = adam.join("last.safetensors");
+    let again = tessera(&[
+        "train",
+        "--epochs",
+        "2",
+        "--resume",
+        last.to_str().unwrap(),
+        "--out",
+        a,
+    ]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains(", adam lr"));
+    // A closed pipe (`| head -1`) ends the run quietly after its checkpoint.
+    let piped = dir.join("piped");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "train",
+            "--model",
+            "mlp",
+            "--epochs",
+            "5",
+            "--out",
+            piped.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first_line,
+    )
+    .unwrap();
+    assert!(first_line.starts_with("training mlp"), "{first_line}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && out.status.code() == Some(0),
+        "{err}"
+    );
+    assert!(piped.join("last.safetensors").exists());
+    let epochs = std::fs::read_to_string(piped.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(epochs < 5, "kept training for nobody: {epochs} epochs");
     // A full stdout is an error, not a panic.
     let full = std::fs::File::create("/dev/full").map(Stdio::from);
     if let Ok(full) = full {
