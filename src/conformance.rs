@@ -95,10 +95,9 @@ pub fn run_file(
     skipped: &mut BTreeSet<String>,
 ) -> Result<()> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-        path: p.clone(),
-        source: e,
-    })?;
+    // A regular file of at most 1 GiB (a FIFO named *.json would be read forever).
+    let bytes = tessera_nn::checkpoint::read_bounded(path, 1 << 30)?;
+    let text = String::from_utf8(bytes).map_err(|e| bad(&p, format!("not UTF-8: {e}")))?;
     let doc: Value =
         serde_json::from_str(&text).map_err(|e| bad(&p, format!("invalid JSON: {e}")))?;
     if doc["format"] != "tessera-conformance/1" {

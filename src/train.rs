@@ -620,6 +620,11 @@ pub fn read_digit_png(path: &Path) -> Result<Vec<f32>> {
     let mut reader = decoder
         .read_info()
         .map_err(|e| bad(format!("not a PNG: {e}")))?;
+    // The size the header declares is checked before anything is allocated for it.
+    let (w, h) = (reader.info().width, reader.info().height);
+    if (w, h) != (28, 28) {
+        return Err(bad(format!("image is {w}×{h}, expected 28×28")));
+    }
     let size = reader.output_buffer_size();
     let mut buf = vec![0; size];
     let info = reader
