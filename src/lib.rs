@@ -8,12 +8,12 @@
 //!
 //! # fn main() -> Result<()> {
 //! let dev = Device::parse("cpu")?;
-//! let mut gen = Generator::new(0);
-//! let w = Tensor::randn_with(&[3, 2], 0.0, 1.0, DType::F32, &mut gen, &dev)?.requires_grad_()?;
+//! tessera::manual_seed(0);
+//! let w = Tensor::randn(&[3, 2], &dev)?.requires_grad_()?;
 //! let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[1, 3], &dev)?;
 //! let loss = x.matmul(&w)?.relu()?.sum_all()?;
 //! let grads = loss.backward()?;
-//! assert_eq!(grads.get(&w).unwrap().dims(), &[3, 2]);
+//! assert_eq!(grads.of(&w)?.dims(), &[3, 2]);
 //! # Ok(()) }
 //! ```
 

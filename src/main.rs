@@ -2,7 +2,6 @@
 //! are errors (exit 2), and flag values are checked before any work starts.
 
 use clap::{Args, Parser, Subcommand};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tessera::prelude::*;
@@ -114,13 +113,11 @@ struct TrainArgs {
     device: DeviceArg,
 }
 
-/// `println!` for results: a closed or full stdout (`> /dev/full`) is an error, not a panic.
+/// `println!` for results through [`tessera::train::print_line`]: a closed or full stdout
+/// (`> /dev/full`) is an error, not a panic.
 macro_rules! say {
     ($($t:tt)*) => {
-        writeln!(std::io::stdout(), $($t)*).map_err(|e| Error::Io {
-            path: "stdout".into(),
-            source: e,
-        })?
+        tessera::train::print_line(format_args!($($t)*))?
     };
 }
 

@@ -166,14 +166,19 @@ pub fn evaluate(
     ))
 }
 
-/// `println!` for the commands that print a result: a closed or full stdout is an
-/// [`Error::Io`], not a panic.
+/// One line on stdout for the commands that print a result: a closed or full stdout is an
+/// [`Error::Io`], not a panic (`println!` panics). The binary's `say!` calls it too.
+pub fn print_line(args: std::fmt::Arguments<'_>) -> Result<()> {
+    writeln!(std::io::stdout(), "{args}").map_err(|e| Error::Io {
+        path: "stdout".into(),
+        source: e,
+    })
+}
+
+/// `println!` through [`print_line`].
 macro_rules! say {
     ($($t:tt)*) => {
-        writeln!(std::io::stdout(), $($t)*).map_err(|e| Error::Io {
-            path: "stdout".into(),
-            source: e,
-        })?
+        print_line(format_args!($($t)*))?
     };
 }
 
@@ -187,7 +192,7 @@ struct Stdout {
 impl Stdout {
     fn line(&mut self, args: std::fmt::Arguments<'_>) {
         if !self.closed {
-            self.closed = writeln!(std::io::stdout(), "{args}").is_err();
+            self.closed = print_line(args).is_err();
         }
     }
 }
@@ -212,7 +217,10 @@ impl RunLock {
         {
             Ok(mut f) => f.write_all(me.as_bytes()).map_err(io)?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                // Bounded: a `.lock` that is not our small file reads as no owner.
+                let owner = tessera_nn::checkpoint::read_bounded(&path, 64)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
                 let alive = owner
                     .trim()
                     .parse::<u32>()
