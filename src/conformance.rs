@@ -163,10 +163,12 @@ pub fn parse_tensor(v: &Value, device: &Device) -> Result<Tensor> {
     let data = v["data"]
         .as_array()
         .ok_or_else(|| bad("case", "bad data"))?;
-    // serde_json keeps the decimal text (arbitrary_precision), so f32 values parse exactly.
+    // serde_json keeps the decimal text (arbitrary_precision), so f32 values parse exactly;
+    // infinities are the strings "inf" and "-inf" (FORMAT.md, section 3).
     let text = |x: &Value| -> Result<String> {
         match x {
             Value::Number(n) => Ok(n.to_string()),
+            Value::String(s) if s == "inf" || s == "-inf" => Ok(s.clone()),
             _ => Err(bad("case", "non-numeric data")),
         }
     };
@@ -210,6 +212,11 @@ pub fn parse_tensor(v: &Value, device: &Device) -> Result<Tensor> {
                 })
                 .collect::<Result<Vec<_>>>()?,
         ),
+        DType::Bool => HostData::Bool(
+            data.iter()
+                .map(|x| x.as_bool().ok_or_else(|| bad("case", "non-boolean data")))
+                .collect::<Result<_>>()?,
+        ),
     };
     Tensor::from_host(host, &shape, device)
 }
@@ -235,9 +242,13 @@ fn ints(attrs: &Value, key: &str) -> Result<Vec<isize>> {
 }
 
 fn float(attrs: &Value, key: &str) -> Result<f64> {
-    attrs[key]
-        .as_f64()
-        .ok_or_else(|| Error::invalid("conformance", format!("attr {key} missing")))
+    match &attrs[key] {
+        Value::String(s) if s == "inf" => Ok(f64::INFINITY),
+        Value::String(s) if s == "-inf" => Ok(f64::NEG_INFINITY),
+        v => v
+            .as_f64()
+            .ok_or_else(|| Error::invalid("conformance", format!("attr {key} missing"))),
+    }
 }
 
 fn boolean(attrs: &Value, key: &str) -> Result<bool> {
@@ -445,6 +456,80 @@ fn lenet5_loss(inp: &Inputs<'_>) -> Result<Produced> {
     })
 }
 
+fn mha_weights<'a>(inp: &'a Inputs<'_>, prefix: &str) -> Result<ops::attention::MhaWeights<'a>> {
+    let n = |k: &str| inp.named(&format!("{prefix}{k}"));
+    Ok(ops::attention::MhaWeights {
+        in_proj_weight: n("in_proj_weight"),
+        q_proj_weight: n("q_proj_weight"),
+        k_proj_weight: n("k_proj_weight"),
+        v_proj_weight: n("v_proj_weight"),
+        in_proj_bias: n("in_proj_bias"),
+        out_proj_weight: inp.req(&format!("{prefix}out_proj.weight"))?,
+        out_proj_bias: n("out_proj.bias"),
+    })
+}
+
+fn multi_head_attention(attrs: &Value, inp: &Inputs<'_>) -> Result<Produced> {
+    let query = inp.req("query")?;
+    let (key, value) = if boolean(attrs, "self_attention")? {
+        (query, query)
+    } else {
+        (inp.req("key")?, inp.req("value")?)
+    };
+    let o = ops::attention::MhaOptions {
+        num_heads: int(attrs, "num_heads")?.max(0) as usize,
+        batch_first: boolean(attrs, "batch_first")?,
+        key_padding_mask: inp.named("key_padding_mask"),
+        attn_mask: inp.named("attn_mask"),
+        need_weights: boolean(attrs, "need_weights")?,
+        average_attn_weights: boolean(attrs, "average_attn_weights")?,
+        is_causal: boolean(attrs, "is_causal")?,
+    };
+    let (y, w) =
+        ops::attention::multi_head_attention(query, key, value, &mha_weights(inp, "")?, &o)?;
+    let mut outputs = vec![y];
+    outputs.extend(w);
+    Ok(Produced {
+        outputs,
+        extra: vec![],
+    })
+}
+
+fn encoder_layer(attrs: &Value, inp: &Inputs<'_>) -> Result<Tensor> {
+    use ops::attention::{EncoderLayerOptions, EncoderLayerWeights, FfActivation};
+    let w = EncoderLayerWeights {
+        self_attn: mha_weights(inp, "self_attn.")?,
+        linear1_weight: inp.req("linear1.weight")?,
+        linear1_bias: inp.named("linear1.bias"),
+        linear2_weight: inp.req("linear2.weight")?,
+        linear2_bias: inp.named("linear2.bias"),
+        norm1_weight: inp.named("norm1.weight"),
+        norm1_bias: inp.named("norm1.bias"),
+        norm2_weight: inp.named("norm2.weight"),
+        norm2_bias: inp.named("norm2.bias"),
+    };
+    let o = EncoderLayerOptions {
+        nhead: int(attrs, "nhead")?.max(0) as usize,
+        activation: match attrs["activation"].as_str() {
+            Some("relu") => FfActivation::Relu,
+            Some("gelu") => FfActivation::Gelu,
+            a => {
+                return Err(Error::invalid(
+                    "transformer_encoder_layer",
+                    format!("unknown activation {a:?}"),
+                ))
+            }
+        },
+        layer_norm_eps: float(attrs, "layer_norm_eps")?,
+        batch_first: boolean(attrs, "batch_first")?,
+        norm_first: boolean(attrs, "norm_first")?,
+        src_mask: inp.named("src_mask"),
+        src_key_padding_mask: inp.named("src_key_padding_mask"),
+        is_causal: false,
+    };
+    ops::attention::transformer_encoder_layer(inp.req("src")?, &w, &o)
+}
+
 /// Applies one op of the vocabulary. `Ok(None)`: not implemented yet.
 pub fn apply(op: &str, attrs: &Value, inp: &Inputs<'_>) -> Result<Option<Produced>> {
     let x = || inp.pos(0);
@@ -594,6 +679,74 @@ pub fn apply(op: &str, attrs: &Value, inp: &Inputs<'_>) -> Result<Option<Produce
             .forward(inp.req("input")?, inp.req("target")?)?,
         "inception_block" => inception(inp)?,
         "lenet5_loss" => return lenet5_loss(inp).map(Some),
+        "eq" => x()?.eq(y()?)?,
+        "ne" => x()?.ne(y()?)?,
+        "lt" => x()?.lt(y()?)?,
+        "le" => x()?.le(y()?)?,
+        "gt" => x()?.gt(y()?)?,
+        "ge" => x()?.ge(y()?)?,
+        "logical_and" => x()?.logical_and(y()?)?,
+        "logical_or" => x()?.logical_or(y()?)?,
+        "logical_xor" => x()?.logical_xor(y()?)?,
+        "logical_not" => x()?.logical_not()?,
+        "where" => inp.req("cond")?.where_(inp.req("a")?, inp.req("b")?)?,
+        "masked_fill" => inp
+            .req("x")?
+            .masked_fill(inp.req("mask")?, float(attrs, "value")?)?,
+        "tril" => x()?.tril(int(attrs, "diagonal")? as i64)?,
+        "triu" => x()?.triu(int(attrs, "diagonal")? as i64)?,
+        "cumsum" => x()?.cumsum(int(attrs, "dim")?)?,
+        "cumprod" => x()?.cumprod(int(attrs, "dim")?)?,
+        "sort" => {
+            let (v, i) = x()?.sort(int(attrs, "dim")?, boolean(attrs, "descending")?)?;
+            return Ok(Some(Produced {
+                outputs: vec![v, i],
+                extra: vec![],
+            }));
+        }
+        "argsort" => x()?.argsort(int(attrs, "dim")?, boolean(attrs, "descending")?)?,
+        "topk" => {
+            let k = int(attrs, "k")?;
+            let k = usize::try_from(k).map_err(|_| Error::invalid("topk", "negative k"))?;
+            let (v, i) = x()?.topk(k, int(attrs, "dim")?, boolean(attrs, "largest")?)?;
+            return Ok(Some(Produced {
+                outputs: vec![v, i],
+                extra: vec![],
+            }));
+        }
+        "any" => x()?.any(&dims()?, keep()?)?,
+        "all" => x()?.all(&dims()?, keep()?)?,
+        "flip" => x()?.flip(&dims()?)?,
+        "roll" => {
+            let shifts: Vec<i64> = ints(attrs, "shifts")?.iter().map(|&v| v as i64).collect();
+            x()?.roll(&shifts, &dims()?)?
+        }
+        "repeat" => {
+            let r = ints(attrs, "repeats")?;
+            let r = r
+                .iter()
+                .map(|&v| {
+                    usize::try_from(v).map_err(|_| Error::invalid("repeat", "negative count"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            x()?.repeat(&r)?
+        }
+        "einsum" => ops::einsum::einsum(
+            attrs["equation"]
+                .as_str()
+                .ok_or_else(|| Error::invalid("einsum", "no equation"))?,
+            &inp.all(),
+        )?,
+        "scaled_dot_product_attention" => ops::attention::scaled_dot_product_attention(
+            inp.req("q")?,
+            inp.req("k")?,
+            inp.req("v")?,
+            inp.named("attn_mask"),
+            boolean(attrs, "is_causal")?,
+            attrs["scale"].as_f64(),
+        )?,
+        "multi_head_attention" => return multi_head_attention(attrs, inp).map(Some),
+        "transformer_encoder_layer" => encoder_layer(attrs, inp)?,
         _ => return Ok(None),
     };
     Ok(Some(out.into()))
@@ -670,7 +823,16 @@ fn compare(
     let (g, w) = (got.to_vec_f64()?, want.to_vec_f64()?);
     let (mut max_abs, mut max_rel, mut ok) = (0.0f64, 0.0f64, true);
     for (&a, &b) in g.iter().zip(&w) {
-        let err = (a - b).abs();
+        // An expected infinity passes only as the same infinity.
+        let err = if b.is_infinite() {
+            if a == b {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            (a - b).abs()
+        };
         if err.is_nan() || err > atol + rtol * b.abs() {
             ok = false;
         }
@@ -758,7 +920,16 @@ pub fn run_case(case: &Value, device: &Device) -> Result<Option<Vec<Failure>>> {
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     let mut s: Option<Tensor> = None;
-    for (got, g) in outs.iter().zip(grad_outs) {
+    for g in grad_outs {
+        // Matched by name: integer and bool outputs have no grad_output.
+        let n = g["name"].as_str().unwrap_or("y");
+        let Some(got) = want_outs
+            .iter()
+            .position(|w| w["name"].as_str().unwrap_or("y") == n)
+            .map(|i| &outs[i])
+        else {
+            return Err(bad("case", format!("grad_output for unknown output {n}")));
+        };
         if !got.requires_grad() {
             continue;
         }

@@ -13,6 +13,9 @@ pub enum DType {
     F16,
     /// bfloat16 (`half::bf16`): f32's exponent range with 8 bits of mantissa.
     BF16,
+    /// Booleans (one byte each): results of comparisons, masks, conditions. Never
+    /// differentiated; arithmetic on them needs a cast (`to_dtype`), as in PyTorch.
+    Bool,
 }
 
 impl DType {
@@ -22,6 +25,7 @@ impl DType {
             DType::F32 => 4,
             DType::F64 | DType::I64 => 8,
             DType::F16 | DType::BF16 => 2,
+            DType::Bool => 1,
         }
     }
 
@@ -35,7 +39,7 @@ impl DType {
         matches!(self, DType::F16 | DType::BF16)
     }
 
-    /// The short name used in files and messages: `f32`, `f64`, `i64`, `f16`, `bf16`.
+    /// The short name used in files and messages: `f32`, `f64`, `i64`, `f16`, `bf16`, `bool`.
     pub fn as_str(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -43,10 +47,11 @@ impl DType {
             DType::I64 => "i64",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::Bool => "bool",
         }
     }
 
-    /// Parses `f32`, `f64`, `i64`, `f16` or `bf16`.
+    /// Parses `f32`, `f64`, `i64`, `f16`, `bf16` or `bool`.
     pub fn parse(s: &str) -> Option<DType> {
         match s {
             "f32" => Some(DType::F32),
@@ -54,6 +59,7 @@ impl DType {
             "i64" => Some(DType::I64),
             "f16" => Some(DType::F16),
             "bf16" => Some(DType::BF16),
+            "bool" => Some(DType::Bool),
             _ => None,
         }
     }
@@ -73,6 +79,7 @@ pub enum HostData {
     I64(Vec<i64>),
     F16(Vec<half::f16>),
     BF16(Vec<half::bf16>),
+    Bool(Vec<bool>),
 }
 
 impl HostData {
@@ -84,6 +91,7 @@ impl HostData {
             HostData::I64(_) => DType::I64,
             HostData::F16(_) => DType::F16,
             HostData::BF16(_) => DType::BF16,
+            HostData::Bool(_) => DType::Bool,
         }
     }
 
@@ -95,6 +103,7 @@ impl HostData {
             HostData::I64(v) => v.len(),
             HostData::F16(v) => v.len(),
             HostData::BF16(v) => v.len(),
+            HostData::Bool(v) => v.len(),
         }
     }
 
@@ -111,11 +120,12 @@ impl HostData {
             HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
             HostData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
             HostData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            HostData::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
         }
     }
 
     /// Builds host data of `dtype` from f64 values (rounded to nearest for the float types,
-    /// truncated for i64).
+    /// truncated for i64, non-zero (NaN included) for bool, as PyTorch casts).
     pub fn from_f64(dtype: DType, v: &[f64]) -> HostData {
         match dtype {
             DType::F32 => HostData::F32(v.iter().map(|&x| x as f32).collect()),
@@ -123,6 +133,7 @@ impl HostData {
             DType::I64 => HostData::I64(v.iter().map(|&x| x as i64).collect()),
             DType::F16 => HostData::F16(v.iter().map(|&x| half::f16::from_f64(x)).collect()),
             DType::BF16 => HostData::BF16(v.iter().map(|&x| half::bf16::from_f64(x)).collect()),
+            DType::Bool => HostData::Bool(v.iter().map(|&x| x != 0.0).collect()),
         }
     }
 }
@@ -158,3 +169,4 @@ element!(f64, F64);
 element!(i64, I64);
 element!(half::f16, F16);
 element!(half::bf16, BF16);
+element!(bool, Bool);

@@ -14,6 +14,7 @@ pub enum CpuStorage {
     I64(Vec<i64>),
     F16(Vec<half::f16>),
     BF16(Vec<half::bf16>),
+    Bool(Vec<bool>),
 }
 
 impl CpuStorage {
@@ -24,6 +25,7 @@ impl CpuStorage {
             CpuStorage::I64(v) => v.len() * 8,
             CpuStorage::F16(v) => v.len() * 2,
             CpuStorage::BF16(v) => v.len() * 2,
+            CpuStorage::Bool(v) => v.len(),
         }
     }
     fn dtype(&self) -> DType {
@@ -33,6 +35,7 @@ impl CpuStorage {
             CpuStorage::I64(_) => DType::I64,
             CpuStorage::F16(_) => DType::F16,
             CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::Bool(_) => DType::Bool,
         }
     }
     fn len(&self) -> usize {
@@ -42,6 +45,7 @@ impl CpuStorage {
             CpuStorage::I64(v) => v.len(),
             CpuStorage::F16(v) => v.len(),
             CpuStorage::BF16(v) => v.len(),
+            CpuStorage::Bool(v) => v.len(),
         }
     }
 }
@@ -154,10 +158,15 @@ pub trait CpuElem: Copy + Send + Sync + Default + PartialOrd + std::fmt::Debug +
     fn wrap(v: Vec<Self>) -> CpuStorage;
     /// A vector from a storage of this type.
     fn unwrap(s: CpuStorage) -> Option<Vec<Self>>;
+    /// `v` converted as `Backend::cast` defines it (rounded for floats, truncated and
+    /// saturated for i64, `v != 0` for bool).
+    fn from_f64(v: f64) -> Self;
+    /// The element as f64 (bool: 0 or 1).
+    fn to_f64(self) -> f64;
 }
 
 macro_rules! elem {
-    ($t:ty, $d:ident) => {
+    ($t:ty, $d:ident, |$v:ident| $from:expr, |$s:ident| $to:expr) => {
         impl CpuElem for $t {
             const DTYPE: DType = DType::$d;
             fn slice(s: &CpuStorage) -> Option<&[Self]> {
@@ -175,14 +184,25 @@ macro_rules! elem {
                     _ => None,
                 }
             }
+            #[inline(always)]
+            fn from_f64($v: f64) -> Self {
+                $from
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                let $s = self;
+                $to
+            }
         }
     };
 }
-elem!(f32, F32);
-elem!(f64, F64);
-elem!(i64, I64);
-elem!(half::f16, F16);
-elem!(half::bf16, BF16);
+elem!(f32, F32, |v| v as f32, |s| s as f64);
+elem!(f64, F64, |v| v, |s| s);
+elem!(i64, I64, |v| v as i64, |s| s as f64);
+elem!(half::f16, F16, |v| half::f16::from_f64(v), |s| s.to_f64());
+elem!(half::bf16, BF16, |v| half::bf16::from_f64(v), |s| s
+    .to_f64());
+elem!(bool, Bool, |v| v != 0.0, |s| s as u8 as f64);
 
 /// Hands a kernel's scratch vector back to the pool (a plain drop would free it, and the next
 /// call would page-fault in fresh memory).

@@ -44,8 +44,9 @@ pub(crate) fn out<T: CpuElem>(v: Vec<T>) -> Result<Arc<dyn Buffer>> {
     Ok(Arc::new(CpuBuffer::new(T::wrap(v))))
 }
 
-/// Runs `$body` with `$T` bound to the element type of `$dtype` (float types only when
-/// `float`), so each kernel is written once and monomorphised per dtype.
+/// Runs `$body` with `$T` bound to the element type of `$dtype`, so each kernel is written once
+/// and monomorphised per dtype: the numeric types (bool is an error naming `$op`), every type
+/// with `all` (for kernels that only move or convert elements), the float types with `float`.
 macro_rules! with_dtype {
     ($dtype:expr, $op:expr, |$T:ident| $body:expr) => {
         match $dtype {
@@ -69,6 +70,19 @@ macro_rules! with_dtype {
                 type $T = half::bf16;
                 $body
             }
+            DType::Bool => Err(Error::DType {
+                op: $op,
+                msg: "does not take bool tensors; cast with to_dtype first".into(),
+            }),
+        }
+    };
+    (all $dtype:expr, $op:expr, |$T:ident| $body:expr) => {
+        match $dtype {
+            DType::Bool => {
+                type $T = bool;
+                $body
+            }
+            d => with_dtype!(d, $op, |$T| $body),
         }
     };
     (float $dtype:expr, $op:expr, |$T:ident| $body:expr) => {

@@ -4,7 +4,7 @@
 
 use crate::dispatch::{out, typed};
 use crate::kernels::elementwise::{relu, relu_grad};
-use crate::kernels::{self, conv as cv, reduce as rd, rnn, Float, Num};
+use crate::kernels::{self, conv as cv, reduce as rd, rnn, Float};
 use crate::{CpuBackend, CpuBuffer, CpuStorage};
 use std::sync::Arc;
 use tessera_core::backend::{LstmCell, LstmSequence, LstmSequenceGrads, Pooled};
@@ -14,6 +14,19 @@ use tessera_core::{Backend, Buffer, DType, Error, FusedKernels, Layout, Result, 
 type Fused = Result<Option<Arc<dyn Buffer>>>;
 
 impl FusedKernels for CpuBackend {
+    fn argsort(&self, x: View<'_>, descending: bool) -> Fused {
+        let l = x.layout;
+        if !l.is_contiguous() || l.numel() == 0 || x.buf.dtype() == DType::Bool {
+            return Ok(None);
+        }
+        let n = l.shape()[l.rank() - 1];
+        let r = l.offset()..l.offset() + l.numel();
+        with_dtype!(x.buf.dtype(), "argsort", |T| out(
+            kernels::sort::argsort_rows(&typed::<T>("argsort", x)?[r], n, descending)
+        ))
+        .map(Some)
+    }
+
     fn softmax(&self, x: View<'_>, dim: usize, log: bool) -> Fused {
         let l = x.layout;
         if dim + 1 != l.rank() || !l.is_contiguous() || l.numel() == 0 {
@@ -371,7 +384,7 @@ impl CpuBackend {
         }
         let r = x.layout.offset()..x.layout.offset() + x.layout.numel();
         with_dtype!(float x.buf.dtype(), "unfold2d", |T| {
-            out(cv::unfold(&typed::<T>("unfold2d", x)?[r], s[0] * s[1], [s[2], s[3]], w, <T as Num>::from_f64(fill)))
+            out(cv::unfold(&typed::<T>("unfold2d", x)?[r], s[0] * s[1], [s[2], s[3]], w, <T as crate::buffer::CpuElem>::from_f64(fill)))
         })
     }
 

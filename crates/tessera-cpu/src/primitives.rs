@@ -21,11 +21,12 @@ impl Backend for CpuBackend {
             HostData::I64(v) => CpuStorage::I64(v),
             HostData::F16(v) => CpuStorage::F16(v),
             HostData::BF16(v) => CpuStorage::BF16(v),
+            HostData::Bool(v) => CpuStorage::Bool(v),
         })))
     }
 
     fn download(&self, x: View<'_>) -> Result<HostData> {
-        with_dtype!(x.buf.dtype(), "download", |T| {
+        with_dtype!(all x.buf.dtype(), "download", |T| {
             let v = kernels::map1(typed::<T>("download", x)?, x.layout, |v: T| v);
             Ok(<T as tessera_core::Element>::into_host(v))
         })
@@ -33,7 +34,7 @@ impl Backend for CpuBackend {
 
     fn fill(&self, len: usize, dtype: DType, value: f64) -> Result<Arc<dyn Buffer>> {
         ensure_memory("fill", len, dtype)?;
-        with_dtype!(dtype, "fill", |T| out(ew::fill::<T>(len, value)))
+        with_dtype!(all dtype, "fill", |T| out(ew::fill::<T>(len, value)))
     }
 
     fn random(
@@ -50,9 +51,9 @@ impl Backend for CpuBackend {
 
     fn cast(&self, x: View<'_>, dtype: DType) -> Result<Arc<dyn Buffer>> {
         ensure_memory("copy", x.layout.numel(), dtype)?;
-        with_dtype!(x.buf.dtype(), "cast", |S| {
+        with_dtype!(all x.buf.dtype(), "cast", |S| {
             let src = typed::<S>("cast", x)?;
-            with_dtype!(dtype, "cast", |D| out(ew::cast::<S, D>(src, x.layout)))
+            with_dtype!(all dtype, "cast", |D| out(ew::cast::<S, D>(src, x.layout)))
         })
     }
 
@@ -73,6 +74,7 @@ impl Backend for CpuBackend {
                     msg: format!("{op:?} needs a floating-point tensor, got i64"),
                 }),
             },
+            DType::Bool => Err(bool_unsupported("unary")),
         }
     }
 
@@ -84,14 +86,15 @@ impl Backend for CpuBackend {
             DType::I64 => int_binary(op, a, b),
             DType::F16 => binary_typed::<half::f16>(op, a, b, pow_f),
             DType::BF16 => binary_typed::<half::bf16>(op, a, b, pow_f),
+            DType::Bool => Err(bool_unsupported("binary")),
         }
     }
 
     fn where_cond(&self, cond: View<'_>, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         ensure_memory("where", a.layout.numel(), a.buf.dtype())?;
-        with_dtype!(cond.buf.dtype(), "where", |C| {
+        with_dtype!(all cond.buf.dtype(), "where", |C| {
             let c = typed::<C>("where", cond)?;
-            with_dtype!(a.buf.dtype(), "where", |T| {
+            with_dtype!(all a.buf.dtype(), "where", |T| {
                 let (x, y) = (typed::<T>("where", a)?, typed::<T>("where", b)?);
                 out(ew::where_cond(c, cond.layout, x, a.layout, y, b.layout))
             })
@@ -154,13 +157,14 @@ impl Backend for CpuBackend {
                 typed("matmul", b)?,
                 b.layout,
             )),
+            DType::Bool => Err(bool_unsupported("matmul")),
         }
     }
 
     fn gather(&self, x: View<'_>, dim: usize, index: View<'_>) -> Result<Arc<dyn Buffer>> {
         ensure_memory("gather", index.layout.numel(), x.buf.dtype())?;
         let idx = typed::<i64>("gather", index)?;
-        with_dtype!(x.buf.dtype(), "gather", |T| out(sh::gather(
+        with_dtype!(all x.buf.dtype(), "gather", |T| out(sh::gather(
             typed::<T>("gather", x)?,
             x.layout,
             dim,
@@ -198,7 +202,7 @@ impl Backend for CpuBackend {
         parts: &[(Layout, View<'_>)],
     ) -> Result<Arc<dyn Buffer>> {
         ensure_memory("assemble", len, dtype)?;
-        with_dtype!(dtype, "assemble", |T| {
+        with_dtype!(all dtype, "assemble", |T| {
             let typed_parts = parts
                 .iter()
                 .map(|(region, v)| {
@@ -214,6 +218,14 @@ impl Backend for CpuBackend {
 
     fn fused(&self) -> Option<&dyn FusedKernels> {
         Some(self)
+    }
+}
+
+/// The error of a primitive that takes no bool tensors (arithmetic on masks needs a cast).
+fn bool_unsupported(op: &'static str) -> Error {
+    Error::DType {
+        op,
+        msg: "does not take bool tensors; cast with to_dtype first".into(),
     }
 }
 

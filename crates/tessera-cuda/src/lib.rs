@@ -296,6 +296,17 @@ fn same_dtype(op: &'static str, a: DType, b: DType) -> Result<()> {
     Ok(())
 }
 
+/// Primitives that do arithmetic take no bool tensors (as on the CPU): masks are cast first.
+fn no_bool(op: &'static str, d: DType) -> Result<()> {
+    if d == DType::Bool {
+        return Err(Error::DType {
+            op,
+            msg: "does not take bool tensors; cast with to_dtype first".into(),
+        });
+    }
+    Ok(())
+}
+
 fn float_only(op: &'static str, d: DType) -> Result<()> {
     if !d.is_float() {
         return Err(Error::DType {
@@ -329,6 +340,10 @@ impl Backend for CudaBackend {
                     HostData::I64(v) => result::memcpy_htod_async(out.ptr(), v, s),
                     HostData::F16(v) => result::memcpy_htod_async(out.ptr(), v, s),
                     HostData::BF16(v) => result::memcpy_htod_async(out.ptr(), v, s),
+                    HostData::Bool(v) => {
+                        let bytes: Vec<u8> = v.iter().map(|&b| b as u8).collect();
+                        result::memcpy_htod_async(out.ptr(), &bytes, s)
+                    }
                 }
             }
             .map_err(|e| dev_err("upload", e))?;
@@ -360,6 +375,9 @@ impl Backend for CudaBackend {
             DType::I64 => HostData::I64(read(n, src)?),
             DType::F16 => HostData::F16(read(n, src)?),
             DType::BF16 => HostData::BF16(read(n, src)?),
+            DType::Bool => {
+                HostData::Bool(read::<u8>(n, src)?.into_iter().map(|b| b != 0).collect())
+            }
         })
     }
 
@@ -386,6 +404,18 @@ impl Backend for CudaBackend {
     fn cast(&self, x: View<'_>, dtype: DType) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         let from = x.buf.dtype();
+        if (from.is_half() && dtype == DType::Bool) || (from == DType::Bool && dtype.is_half()) {
+            // No half<->bool kernels: through f32, exact for 0 and 1.
+            let x32 = kernels::elementwise::cast(self, x, DType::F32)?;
+            let l = Layout::contiguous(x.layout.shape());
+            return self.cast(
+                View {
+                    buf: &x32,
+                    layout: &l,
+                },
+                dtype,
+            );
+        }
         if from == dtype && dtype.is_half() {
             let out = self.empty(x.layout.numel(), dtype)?;
             let l = Layout::contiguous(x.layout.shape());
@@ -397,19 +427,23 @@ impl Backend for CudaBackend {
 
     fn unary(&self, op: UnaryOp, x: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
+        no_bool("unary", x.buf.dtype())?;
         ok(kernels::elementwise::unary(self, op, x)?)
     }
 
     fn binary(&self, op: BinaryOp, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         same_dtype("binary", a.buf.dtype(), b.buf.dtype())?;
+        no_bool("binary", a.buf.dtype())?;
         ok(kernels::elementwise::binary(self, op, a, b)?)
     }
 
     fn where_cond(&self, cond: View<'_>, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         same_dtype("where", a.buf.dtype(), b.buf.dtype())?;
-        if cond.buf.dtype().is_half() {
+        if cond.buf.dtype().is_half()
+            || (cond.buf.dtype() == DType::Bool && a.buf.dtype().is_half())
+        {
             // Conditions are read as f32 (exact for 0 and non-0).
             let c = kernels::elementwise::cast(self, cond, DType::F32)?;
             let l = Layout::contiguous(cond.layout.shape());
@@ -424,6 +458,7 @@ impl Backend for CudaBackend {
 
     fn reduce(&self, op: ReduceOp, x: View<'_>, axes: &[usize]) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
+        no_bool("reduce", x.buf.dtype())?;
         if x.buf.dtype().is_half() {
             let x32 = kernels::elementwise::cast(self, x, DType::F32)?;
             let l = Layout::contiguous(x.layout.shape());
@@ -455,6 +490,7 @@ impl Backend for CudaBackend {
     fn matmul(&self, a: View<'_>, b: View<'_>) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
         same_dtype("matmul", a.buf.dtype(), b.buf.dtype())?;
+        no_bool("matmul", a.buf.dtype())?;
         ok(kernels::matmul::matmul(self, a, b)?)
     }
 
@@ -471,6 +507,7 @@ impl Backend for CudaBackend {
         src: View<'_>,
     ) -> Result<Arc<dyn Buffer>> {
         self.bind()?;
+        no_bool("scatter_add", src.buf.dtype())?;
         if src.buf.dtype().is_half() {
             return self.via_f32(src, |s| {
                 kernels::shape::scatter_add(self, shape, dim, index, s)

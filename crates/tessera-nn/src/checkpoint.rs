@@ -38,6 +38,7 @@ fn to_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
             Dtype::BF16,
             v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         ),
+        HostData::Bool(v) => (Dtype::BOOL, v.iter().map(|&b| b as u8).collect()),
     })
 }
 
@@ -69,11 +70,20 @@ fn from_view(path: &Path, name: &str, v: &TensorView<'_>, device: &Device) -> Re
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
                 .collect(),
         ),
+        Dtype::BOOL => {
+            if let Some(b) = d.iter().find(|&&b| b > 1) {
+                return Err(bad(
+                    path,
+                    format!("tensor {name} is BOOL but holds the byte {b} (only 0 and 1 are booleans)"),
+                ));
+            }
+            HostData::Bool(d.iter().map(|&b| b == 1).collect())
+        }
         other => {
             return Err(bad(
                 path,
                 format!(
-                    "tensor {name} has dtype {other:?}; tessera reads F32, F64, I64, F16 and BF16"
+                    "tensor {name} has dtype {other:?}; tessera reads F32, F64, I64, F16, BF16 and BOOL"
                 ),
             ))
         }

@@ -176,7 +176,7 @@ impl Tensor {
         let x = self.clone();
         Ok(out.record_op("leaky_relu", &[self], move |g, _| {
             // [x > 0]·(1 - s) + s: 1 above zero, s at and below it.
-            let pos = x.gt(&x.scalar_like(0.0)?)?;
+            let pos = x.flag(BinaryOp::Gt, &x.scalar_like(0.0)?)?;
             let d = pos
                 .mul_scalar(1.0 - negative_slope)?
                 .add_scalar(negative_slope)?;
@@ -214,7 +214,7 @@ impl Tensor {
         let x = self.clone();
         Ok(out.record_op("softplus", &[self], move |g, _| {
             let bx = x.mul_scalar(beta)?;
-            let linear = bx.gt(&bx.scalar_like(threshold)?)?;
+            let linear = bx.flag(BinaryOp::Gt, &bx.scalar_like(threshold)?)?;
             let d = linear.where_(&linear, &bx.sigmoid()?)?;
             Ok(vec![Some(g.mul(&d)?)])
         }))
@@ -273,8 +273,8 @@ impl Tensor {
         let x = self.clone();
         Ok(out.record_op("clamp", &[self], move |g, _| {
             let inside = x
-                .ge(&x.scalar_like(min)?)?
-                .mul(&x.le(&x.scalar_like(max)?)?)?;
+                .flag(BinaryOp::Ge, &x.scalar_like(min)?)?
+                .mul(&x.flag(BinaryOp::Le, &x.scalar_like(max)?)?)?;
             Ok(vec![Some(g.mul(&inside)?)])
         }))
     }
@@ -498,7 +498,7 @@ impl Tensor {
         let out = self.zip("maximum", BinaryOp::Maximum, rhs)?;
         let (a, b) = (self.clone(), rhs.clone());
         Ok(out.record_op("maximum", &[self, rhs], move |g, n| {
-            extreme_grads(g, n, &a, &b, a.gt(&b)?)
+            extreme_grads(g, n, &a, &b, a.flag(BinaryOp::Gt, &b)?)
         }))
     }
 
@@ -507,33 +507,49 @@ impl Tensor {
         let out = self.zip("minimum", BinaryOp::Minimum, rhs)?;
         let (a, b) = (self.clone(), rhs.clone());
         Ok(out.record_op("minimum", &[self, rhs], move |g, n| {
-            extreme_grads(g, n, &a, &b, a.lt(&b)?)
+            extreme_grads(g, n, &a, &b, a.flag(BinaryOp::Lt, &b)?)
         }))
     }
 
-    /// 1 where `a == b`, else 0 (in the operands' dtype); not differentiable.
+    /// Comparisons give bool; bool operands compare as 0 < 1. Not differentiable.
+    fn compare(&self, op: &'static str, b: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        let (x, y) = (self.detach(), rhs.detach());
+        let (x, y) = match (x.dtype(), y.dtype()) {
+            (DType::Bool, DType::Bool) => (x.to_dtype(DType::I64)?, y.to_dtype(DType::I64)?),
+            _ => (x, y),
+        };
+        x.zip(op, b, &y)?.to_dtype(DType::Bool)
+    }
+
+    /// 1 where `op` holds, else 0, in the operands' dtype: the numeric masks backward rules
+    /// multiply by (the public comparisons return bool).
+    pub(crate) fn flag(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        self.zip("compare", op, rhs)
+    }
+
+    /// `a == b` elementwise, broadcast, as bool.
     pub fn eq(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.zip("eq", BinaryOp::Eq, rhs)
+        self.compare("eq", BinaryOp::Eq, rhs)
     }
-    /// 1 where `a != b`, else 0.
+    /// `a != b`, as bool.
     pub fn ne(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.zip("ne", BinaryOp::Ne, rhs)
+        self.compare("ne", BinaryOp::Ne, rhs)
     }
-    /// 1 where `a < b`, else 0.
+    /// `a < b`, as bool.
     pub fn lt(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.zip("lt", BinaryOp::Lt, rhs)
+        self.compare("lt", BinaryOp::Lt, rhs)
     }
-    /// 1 where `a <= b`, else 0.
+    /// `a <= b`, as bool.
     pub fn le(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.zip("le", BinaryOp::Le, rhs)
+        self.compare("le", BinaryOp::Le, rhs)
     }
-    /// 1 where `a > b`, else 0.
+    /// `a > b`, as bool.
     pub fn gt(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.zip("gt", BinaryOp::Gt, rhs)
+        self.compare("gt", BinaryOp::Gt, rhs)
     }
-    /// 1 where `a >= b`, else 0.
+    /// `a >= b`, as bool.
     pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.zip("ge", BinaryOp::Ge, rhs)
+        self.compare("ge", BinaryOp::Ge, rhs)
     }
 
     /// `a` where `self` (the condition, any dtype) is non-zero, else `b`; all three broadcast.
@@ -582,7 +598,7 @@ fn extreme_grads(
     b: &Tensor,
     wins: Tensor,
 ) -> Result<Vec<Option<Tensor>>> {
-    let ties = a.eq(b)?.mul_scalar(0.5)?;
+    let ties = a.flag(BinaryOp::Eq, b)?.mul_scalar(0.5)?;
     let wa = wins.add(&ties)?;
     Ok(vec![
         when(need[0], || g.mul(&wa)?.sum_to_shape(a.dims()))?,
@@ -662,6 +678,9 @@ pub(crate) fn relu_grad(g: &Tensor, y: &Tensor) -> Result<Tensor> {
         }
     }
     // 1 - (y <= 0), not (y > 0): a NaN output passes its gradient on (PyTorch's rule).
-    let mask = y.le(&y.scalar_like(0.0)?)?.neg()?.add_scalar(1.0)?;
+    let mask = y
+        .flag(BinaryOp::Le, &y.scalar_like(0.0)?)?
+        .neg()?
+        .add_scalar(1.0)?;
     g.mul(&mask)
 }

@@ -10,8 +10,14 @@
 //! - [`norm`]: batch_norm, layer_norm, dropout, embedding
 //! - [`loss`]: cross_entropy, nll_loss, mse_loss, binary_cross_entropy_with_logits
 //! - [`rnn`]: LSTM and GRU over sequences (multi-layer, bidirectional)
+//! - [`select`]: logical ops, masked_fill, tril/triu, cumsum/cumprod, sort/argsort/topk, flip,
+//!   roll, repeat
+//! - [`einsum`]: any einsum equation, lowered to permute/reshape/matmul/sum
+//! - [`attention`]: scaled dot-product attention
 
+pub mod attention;
 pub mod conv;
+pub mod einsum;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
@@ -19,6 +25,7 @@ pub mod norm;
 pub mod pool;
 pub mod reduce;
 pub mod rnn;
+pub mod select;
 pub mod shape;
 
 use crate::backend::FusedKernels;

@@ -330,7 +330,7 @@ pub fn dropout(x: &Tensor, p: f64, gen: &mut Generator) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let u = Tensor::rand_with(x.dims(), 0.0, 1.0, x.dtype(), gen, x.device())?;
-    let keep = u.ge(&u.scalar_like(p)?)?;
+    let keep = u.flag(crate::backend::BinaryOp::Ge, &u.scalar_like(p)?)?;
     dropout_with_mask(x, &keep, p)
 }
 

@@ -101,6 +101,10 @@ impl Tensor {
 
     /// Sum over `dims` (negative dims count from the end).
     pub fn sum(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        if self.dtype() == crate::DType::Bool {
+            // Counts, as PyTorch: bool sums to i64.
+            return self.to_dtype(crate::DType::I64)?.sum(dims, keepdim);
+        }
         let axes = normalize_dims("sum", dims, self.rank())?;
         let out = self.reduce_raw(ReduceOp::Sum, &axes)?;
         let out = if keepdim {
@@ -157,7 +161,7 @@ impl Tensor {
             let xd = x.dims().to_vec();
             // The extreme is recomputed from x so the mask is right under create_graph too.
             let y = x.detach().reduce_raw(r, &axes)?.broadcast_to(&xd)?;
-            let mask = x.eq(&y)?;
+            let mask = x.flag(crate::backend::BinaryOp::Eq, &y)?;
             let count = mask.sum(&axes.iter().map(|&a| a as isize).collect::<Vec<_>>(), true)?;
             let g = Tensor::unreduce(g, &xd, &axes, keepdim)?;
             Ok(vec![Some(g.mul(&mask)?.div(&count)?)])

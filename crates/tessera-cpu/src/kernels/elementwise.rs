@@ -142,7 +142,7 @@ pub fn binary<T: Num>(
 }
 
 /// `c != 0 ? a : b`.
-pub fn where_cond<C: Num, T: CpuElem>(
+pub fn where_cond<C: CpuElem, T: CpuElem>(
     c: &[C],
     lc: &Layout,
     a: &[T],
@@ -157,17 +157,17 @@ pub fn where_cond<C: Num, T: CpuElem>(
         la,
         b,
         lb,
-        |c: C, x: T, y: T| if c != C::zero() { x } else { y },
+        |c: C, x: T, y: T| if c.to_f64() != 0.0 { x } else { y },
     )
 }
 
 /// Conversion between element types.
-pub fn cast<T: Num, U: Num>(x: &[T], l: &Layout) -> Vec<U> {
+pub fn cast<T: CpuElem, U: CpuElem>(x: &[T], l: &Layout) -> Vec<U> {
     map1(x, l, |v: T| U::from_f64(v.to_f64()))
 }
 
 /// `len` copies of `value`.
-pub fn fill<T: Num>(len: usize, value: f64) -> Vec<T> {
+pub fn fill<T: CpuElem>(len: usize, value: f64) -> Vec<T> {
     let v = T::from_f64(value);
     let mut out = alloc::<T>(len);
     if len >= PAR_MIN {

@@ -15,6 +15,7 @@ pub mod norm;
 pub mod reduce;
 pub mod rnn;
 pub mod shape;
+pub mod sort;
 pub mod vmath;
 pub mod winograd;
 
@@ -40,8 +41,6 @@ pub trait Num:
 {
     fn zero() -> Self;
     fn one() -> Self;
-    fn from_f64(v: f64) -> Self;
-    fn to_f64(self) -> f64;
     fn is_nan(self) -> bool;
     fn abs(self) -> Self;
 }
@@ -71,14 +70,6 @@ macro_rules! float {
             #[inline(always)]
             fn one() -> Self {
                 1.0
-            }
-            #[inline(always)]
-            fn from_f64(v: f64) -> Self {
-                v as $t
-            }
-            #[inline(always)]
-            fn to_f64(self) -> f64 {
-                self as f64
             }
             #[inline(always)]
             fn is_nan(self) -> bool {
@@ -143,14 +134,6 @@ macro_rules! half_float {
                 <$t>::ONE
             }
             #[inline(always)]
-            fn from_f64(v: f64) -> Self {
-                <$t>::from_f64(v)
-            }
-            #[inline(always)]
-            fn to_f64(self) -> f64 {
-                <$t>::to_f64(self)
-            }
-            #[inline(always)]
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
             }
@@ -203,14 +186,6 @@ impl Num for i64 {
     #[inline(always)]
     fn one() -> Self {
         1
-    }
-    #[inline(always)]
-    fn from_f64(v: f64) -> Self {
-        v as i64
-    }
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        self as f64
     }
     #[inline(always)]
     fn is_nan(self) -> bool {

@@ -2,6 +2,7 @@
 
 use super::{copy_into, for_segments, Num, Rows};
 use crate::buffer::alloc;
+use crate::buffer::CpuElem;
 use std::sync::Mutex;
 use tessera_core::{Error, Layout, Result};
 
@@ -14,7 +15,7 @@ fn base_layout(lx: &Layout, li: &Layout, dim: usize) -> Layout {
 }
 
 /// `out[i] = x[i with index[i] at dim]`.
-pub fn gather<T: Num>(
+pub fn gather<T: CpuElem>(
     x: &[T],
     lx: &Layout,
     dim: usize,
@@ -92,7 +93,7 @@ pub fn scatter_add<T: Num>(
 }
 
 /// A buffer of `len` copies of `fill` with each part copied into its region.
-pub fn assemble<T: Num>(len: usize, fill: f64, parts: &[(&Layout, &[T], &Layout)]) -> Vec<T> {
+pub fn assemble<T: CpuElem>(len: usize, fill: f64, parts: &[(&Layout, &[T], &Layout)]) -> Vec<T> {
     let mut out = alloc::<T>(len);
     out.fill(T::from_f64(fill));
     for (region, src, ls) in parts {

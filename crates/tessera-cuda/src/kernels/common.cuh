@@ -72,6 +72,9 @@ __device__ __forceinline__ i64 to_i64(double v) {
 }
 template <typename T> __device__ __forceinline__ T from_f64(double v) { return (T)v; }
 template <> __device__ __forceinline__ i64 from_f64<i64>(double v) { return to_i64(v); }
+// bool tensors are one byte per element, 0 or 1; any non-zero value (NaN too) is true.
+typedef unsigned char b8;
+template <> __device__ __forceinline__ b8 from_f64<b8>(double v) { return v != 0.0 ? 1 : 0; }
 
 // Index errors: err[0] is a flag (0 = fine), err[1] the offending index (the first reported
 // wins); the host reads both back after the launch.

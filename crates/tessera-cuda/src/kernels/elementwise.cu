@@ -77,6 +77,13 @@ WHERE(where_f64_i64, double, i64)
 WHERE(where_i64_f32, i64, float)
 WHERE(where_i64_f64, i64, double)
 WHERE(where_i64_i64, i64, i64)
+WHERE(where_bool_f32, b8, float)
+WHERE(where_bool_f64, b8, double)
+WHERE(where_bool_i64, b8, i64)
+WHERE(where_bool_bool, b8, b8)
+WHERE(where_f32_bool, float, b8)
+WHERE(where_f64_bool, double, b8)
+WHERE(where_i64_bool, i64, b8)
 
 // Conversion through f64, as the CPU backend does it.
 #define CAST(NAME, S, D)                                                                         \
@@ -92,6 +99,13 @@ CAST(cast_f64_i64, double, i64)
 CAST(cast_i64_f32, i64, float)
 CAST(cast_i64_f64, i64, double)
 CAST(cast_i64_i64, i64, i64)
+CAST(cast_bool_f32, b8, float)
+CAST(cast_bool_f64, b8, double)
+CAST(cast_bool_i64, b8, i64)
+CAST(cast_bool_bool, b8, b8)
+CAST(cast_f32_bool, float, b8)
+CAST(cast_f64_bool, double, b8)
+CAST(cast_i64_bool, i64, b8)
 
 #define FILL(NAME, T)                                                                            \
     extern "C" __global__ void NAME(i64 n, double v, T* out) {                                   \
@@ -101,6 +115,7 @@ CAST(cast_i64_i64, i64, i64)
 FILL(fill_f32, float)
 FILL(fill_f64, double)
 FILL(fill_i64, i64)
+FILL(fill_bool, b8)
 
 // Philox 4x32-10, the same function as tessera_core::random::philox_4x32.
 __device__ __forceinline__ void philox(unsigned int c[4], unsigned int k0, unsigned int k1) {

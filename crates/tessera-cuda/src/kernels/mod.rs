@@ -291,11 +291,12 @@ pub fn suffix(d: tessera_core::DType) -> &'static str {
     d.as_str()
 }
 
-/// The kernel-name suffix for kernels that only move elements: f16 and bf16 share `u16`.
+/// The kernel-name suffix for kernels that only move elements: f16 and bf16 share `u16`,
+/// bool is `u8`.
 pub fn bits_suffix(d: tessera_core::DType) -> &'static str {
-    if d.is_half() {
-        "u16"
-    } else {
-        d.as_str()
+    match d {
+        tessera_core::DType::F16 | tessera_core::DType::BF16 => "u16",
+        tessera_core::DType::Bool => "u8",
+        _ => d.as_str(),
     }
 }

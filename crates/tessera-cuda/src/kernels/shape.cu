@@ -9,6 +9,7 @@ COPY(float, f32)
 COPY(double, f64)
 COPY(i64, i64)
 COPY(unsigned short, u16)  // f16 and bf16
+COPY(b8, u8)               // bool
 
 // out (index's shape, contiguous) = x[.. index .. at dim]; `lx` has index's shape and x's
 // strides with stride 0 at `dim`; `sd` is x's stride at `dim` and `size` its length.
@@ -25,6 +26,7 @@ GATHER(float, f32)
 GATHER(double, f64)
 GATHER(i64, i64)
 GATHER(unsigned short, u16)
+GATHER(b8, u8)
 
 __device__ __forceinline__ void add_to(float* p, float v) { atomicAdd(p, v); }
 __device__ __forceinline__ void add_to(double* p, double v) { atomicAdd(p, v); }
