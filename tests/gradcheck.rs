@@ -290,6 +290,71 @@ fn run_rnn(cell: tessera::ops::rnn::Cell, x: &[Tensor]) -> Result<Tensor> {
     Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)
 }
 
+fn matrix(shape: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    // At least 2 dims (tril/triu work on the last two).
+    let mut s = shape.to_vec();
+    while s.len() < 2 {
+        s.insert(0, 3);
+    }
+    Ok(vec![draw(&s, false, gen)?])
+}
+
+/// A fixed bool mask of `x`'s shape (every third element), so no finite-difference step can
+/// flip it.
+fn every_third(x: &Tensor) -> Result<Tensor> {
+    let n = x.numel();
+    let m: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+    Tensor::from_vec(m, x.dims(), x.device())
+}
+
+fn einsum_inputs(shapes: &[&[usize]], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    shapes.iter().map(|s| draw(s, false, gen)).collect()
+}
+
+fn attention_inputs(_: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    // q [2, 3, 4], k [2, 5, 4], v [2, 5, 3], a float mask [3, 5].
+    einsum_inputs(&[&[2, 3, 4], &[2, 5, 4], &[2, 5, 3], &[3, 5]], gen)
+}
+
+fn mha_inputs(_: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    // query [L=3, N=2, E=4], in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias.
+    einsum_inputs(&[&[3, 2, 4], &[12, 4], &[12], &[4, 4], &[4]], gen)
+}
+
+fn encoder_inputs(_: &[usize], gen: &mut Generator) -> Result<Vec<Tensor>> {
+    // src [N=2, S=3, d=4] (batch first), self_attn.*, linear1 [6, 4], linear2 [4, 6], norms.
+    einsum_inputs(
+        &[
+            &[2, 3, 4],
+            &[12, 4],
+            &[12],
+            &[4, 4],
+            &[4],
+            &[6, 4],
+            &[6],
+            &[4, 6],
+            &[4],
+            &[4],
+            &[4],
+            &[4],
+            &[4],
+        ],
+        gen,
+    )
+}
+
+fn mha_weights(x: &[Tensor]) -> tessera::ops::attention::MhaWeights<'_> {
+    tessera::ops::attention::MhaWeights {
+        in_proj_weight: Some(&x[0]),
+        q_proj_weight: None,
+        k_proj_weight: None,
+        v_proj_weight: None,
+        in_proj_bias: Some(&x[1]),
+        out_proj_weight: &x[2],
+        out_proj_bias: Some(&x[3]),
+    }
+}
+
 fn rows() -> Vec<Row> {
     use Inputs::*;
     let u = Unary { positive: false };
@@ -634,6 +699,121 @@ fn rows() -> Vec<Row> {
             tessera::ops::rnn::Cell::Gru,
             x
         )),
+        // select
+        row!("masked_fill", u, false, |x, _| x[0]
+            .masked_fill(&every_third(&x[0])?, -1.5)),
+        row!("tril", Custom(matrix), false, |x, k| x[0]
+            .tril((k % 5) as i64 - 2)),
+        row!("triu", Custom(matrix), false, |x, k| x[0]
+            .triu((k % 5) as i64 - 2)),
+        row!("cumsum", u, true, |x, k| x[0]
+            .cumsum(one_dim(x[0].rank(), k))),
+        row!("cumprod", u, true, |x, k| x[0]
+            .cumprod(one_dim(x[0].rank(), k))),
+        row!("sort", u, true, |x, k| Ok(x[0]
+            .sort(one_dim(x[0].rank(), k), k & 8 != 0)?
+            .0
+            .square()?)),
+        row!("topk", Custom(matrix), false, |x, k| {
+            let d = one_dim(x[0].rank(), k);
+            let n = x[0].dims()[d as usize];
+            Ok(x[0].topk(1 + (k as usize) % n, d, k & 8 != 0)?.0)
+        }),
+        row!("flip", u, false, |x, k| x[0].flip(&dims_of(x[0].rank(), k))),
+        row!("roll", Custom(matrix), false, |x, k| x[0]
+            .roll(&[(k % 7) as i64 - 3], &[one_dim(x[0].rank(), k)])),
+        row!("repeat", u, false, |x, k| {
+            let mut r: Vec<usize> = (0..x[0].rank())
+                .map(|i| 1 + ((k >> i) % 2) as usize)
+                .collect();
+            r.insert(0, 2);
+            x[0].repeat(&r)
+        }),
+        row!(
+            "einsum_batched",
+            Custom(|_, g| einsum_inputs(&[&[2, 3, 4], &[2, 4, 2]], g)),
+            true,
+            |x, _| tessera::ops::einsum::einsum("bij,bjk->bki", &[&x[0], &x[1]])
+        ),
+        row!(
+            "einsum_diagonal_ellipsis",
+            Custom(|_, g| einsum_inputs(&[&[2, 3, 3], &[3]], g)),
+            true,
+            |x, _| tessera::ops::einsum::einsum("...ii,i->...", &[&x[0], &x[1]])
+        ),
+        row!(
+            "einsum_chain",
+            Custom(|_, g| einsum_inputs(&[&[2, 3], &[3, 4], &[4, 2]], g)),
+            true,
+            |x, _| tessera::ops::einsum::einsum("ij,jk,kl->li", &[&x[0], &x[1], &x[2]])
+        ),
+        // attention
+        row!(
+            "scaled_dot_product_attention",
+            Custom(attention_inputs),
+            true,
+            |x, k| {
+                use tessera::ops::attention::scaled_dot_product_attention as sdpa;
+                match k % 3 {
+                    0 => sdpa(&x[0], &x[1], &x[2], Some(&x[3]), false, None),
+                    1 => sdpa(&x[0], &x[1], &x[2], None, true, Some(0.7)),
+                    _ => {
+                        let keep = x[3].gt(&x[3].scalar_like(-0.5)?)?.logical_or(
+                            &tessera::ops::attention::causal_mask(3, 5, x[3].device())?,
+                        )?;
+                        sdpa(&x[0], &x[1], &x[2], Some(&keep), false, None)
+                    }
+                }
+            }
+        ),
+        row!("multi_head_attention", Custom(mha_inputs), true, |x, k| {
+            let mut o = tessera::ops::attention::MhaOptions::new(2);
+            o.is_causal = k % 2 == 0;
+            o.need_weights = true;
+            let (y, w) = tessera::ops::attention::multi_head_attention(
+                &x[0],
+                &x[0],
+                &x[0],
+                &mha_weights(&x[1..]),
+                &o,
+            )?;
+            y.sum_all()?
+                .add(&w.expect("weights asked for").square()?.sum_all()?)
+        }),
+        row!(
+            "transformer_encoder_layer",
+            Custom(encoder_inputs),
+            true,
+            |x, k| {
+                use tessera::ops::attention::*;
+                let w = EncoderLayerWeights {
+                    self_attn: mha_weights(&x[1..]),
+                    linear1_weight: &x[5],
+                    linear1_bias: Some(&x[6]),
+                    linear2_weight: &x[7],
+                    linear2_bias: Some(&x[8]),
+                    norm1_weight: Some(&x[9]),
+                    norm1_bias: Some(&x[10]),
+                    norm2_weight: Some(&x[11]),
+                    norm2_bias: Some(&x[12]),
+                };
+                let o = EncoderLayerOptions {
+                    nhead: 2,
+                    activation: if k % 2 == 0 {
+                        FfActivation::Gelu
+                    } else {
+                        FfActivation::Relu
+                    },
+                    layer_norm_eps: 1e-5,
+                    batch_first: true,
+                    norm_first: k & 2 != 0,
+                    src_mask: None,
+                    src_key_padding_mask: None,
+                    is_causal: k & 4 != 0,
+                };
+                transformer_encoder_layer(&x[0], &w, &o)
+            }
+        ),
     ]
 }
 
@@ -824,8 +1004,36 @@ fn nn_ops_match_finite_differences() {
 }
 
 #[test]
+fn select_ops_match_finite_differences() {
+    check_family(&[
+        "masked_fill",
+        "tril",
+        "triu",
+        "cumsum",
+        "cumprod",
+        "sort",
+        "topk",
+        "flip",
+        "roll",
+        "repeat",
+        "einsum_batched",
+        "einsum_diagonal_ellipsis",
+        "einsum_chain",
+    ]);
+}
+
+#[test]
+fn attention_ops_match_finite_differences() {
+    check_family(&[
+        "scaled_dot_product_attention",
+        "multi_head_attention",
+        "transformer_encoder_layer",
+    ]);
+}
+
+#[test]
 fn every_row_belongs_to_a_family_test() {
     // Keeps the table and the family lists above in step.
-    let listed = 29 + 8 + 3 + 13 + 19;
+    let listed = 29 + 8 + 3 + 13 + 19 + 13 + 3;
     assert_eq!(rows().len(), listed);
 }

@@ -97,7 +97,31 @@ fn display_prints_like_pytorch() -> Result<()> {
 fn comparisons_where_argmax_clamp_and_casts() -> Result<()> {
     let x = Tensor::from_vec(vec![1.0f64, 5.0, -2.0, 5.0, 0.0, 3.0], &[2, 3], &cpu())?;
     let zero = x.scalar_like(0.0)?;
-    assert_eq!(x.gt(&zero)?.to_vec::<f64>()?, vec![1., 1., 0., 1., 0., 1.]);
+    let pos = x.gt(&zero)?;
+    assert_eq!(pos.dtype(), DType::Bool);
+    assert_eq!(
+        pos.to_vec::<bool>()?,
+        vec![true, true, false, true, false, true]
+    );
+    // Casts both ways; bool sums count (i64), as in PyTorch.
+    assert_eq!(
+        pos.to_dtype(DType::F64)?.to_vec::<f64>()?,
+        vec![1., 1., 0., 1., 0., 1.]
+    );
+    assert_eq!(
+        x.to_dtype(DType::Bool)?.to_vec::<bool>()?,
+        vec![true, true, true, true, false, true]
+    );
+    assert_eq!(pos.sum_all()?.to_vec::<i64>()?, vec![4]);
+    assert_eq!(
+        pos.all(&[0], false)?.to_vec::<bool>()?,
+        vec![true, false, false]
+    );
+    assert_eq!(
+        pos.logical_not()?.any(&[1], false)?.to_vec::<bool>()?,
+        vec![true, true]
+    );
+    assert!(pos.add(&pos).is_err(), "arithmetic on bool needs a cast");
     assert_eq!(
         x.gt(&zero)?.where_(&x, &zero)?.to_vec::<f64>()?,
         x.relu()?.to_vec::<f64>()?

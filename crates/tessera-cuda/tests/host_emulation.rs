@@ -223,13 +223,13 @@ macro_rules! elementwise_for {
                 $tol,
             );
         }
-        // where(x > 0, x, y)
+        // where(x > 0, x, y) with a bool condition (one byte per element).
         let c = x.gt(&x.mul_scalar(0.0).unwrap()).unwrap();
-        let cb = base::<$T>(&c);
+        let cb = base::<bool>(&c);
         let s = Strided::joint("t", &[c.layout(), x.layout(), yb.layout()]).unwrap();
         type W = unsafe extern "C" fn(
             i64,
-            *const $T,
+            *const bool,
             Strided,
             *const $T,
             Strided,
@@ -237,7 +237,7 @@ macro_rules! elementwise_for {
             Strided,
             *mut $T,
         );
-        let f: Symbol<W> = unsafe { lib.get(concat!("where_", $s, "_", $s).as_bytes()) }.unwrap();
+        let f: Symbol<W> = unsafe { lib.get(concat!("where_bool_", $s).as_bytes()) }.unwrap();
         let mut out = vec![<$T>::default(); n];
         unsafe {
             f(
@@ -258,6 +258,30 @@ macro_rules! elementwise_for {
                 .unwrap(),
         );
         same("where", &f64s(out), &f64s(want), 0.0);
+        // Casts to bool (non-zero and NaN are true) and back to 0/1.
+        let mixed = Tensor::from_vec(
+            vec![0.0 as $T, -0.0 as $T, <$T>::NAN, 2.5 as $T],
+            &[4],
+            &cpu(),
+        )
+        .unwrap();
+        let mb = base::<$T>(&mixed);
+        type ToB = unsafe extern "C" fn(i64, *const $T, Strided, *mut bool);
+        let f: Symbol<ToB> = unsafe { lib.get(concat!("cast_", $s, "_bool").as_bytes()) }.unwrap();
+        let mut flags = vec![false; 4];
+        unsafe { f(4, mb.as_ptr(), Strided::flat(4, 0), flags.as_mut_ptr()) };
+        let want = cpu().backend().cast(mixed.view(), DType::Bool).unwrap();
+        assert_eq!(
+            HostData::Bool(flags.clone()),
+            download(want),
+            "cast {} -> bool",
+            $s
+        );
+        type FromB = unsafe extern "C" fn(i64, *const bool, Strided, *mut $T);
+        let f: Symbol<FromB> = unsafe { lib.get(concat!("cast_bool_", $s).as_bytes()) }.unwrap();
+        let mut back = vec![<$T>::default(); 4];
+        unsafe { f(4, flags.as_ptr(), Strided::flat(4, 0), back.as_mut_ptr()) };
+        assert_eq!(f64s(back), vec![0.0, 0.0, 1.0, 1.0], "cast bool -> {}", $s);
         // Cast to i64 (saturating, NaN -> 0) and back.
         let big = Tensor::from_vec(
             vec![1e30 as $T, -1e30 as $T, <$T>::NAN, -2.7 as $T, 3.9 as $T],

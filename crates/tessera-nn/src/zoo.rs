@@ -390,3 +390,132 @@ impl Forward for CharLstm {
         t.call("head", &self.head, &h)
     }
 }
+
+/// Sizes of a [`CharTransformer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CharTransformerConfig {
+    pub vocab: usize,
+    /// Longest window (rows of the position table).
+    pub context: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    pub dim_feedforward: usize,
+    pub layers: usize,
+}
+
+/// A character transformer laid out as this PyTorch module, so its `state_dict` loads
+/// unchanged: `tok` = Embedding(vocab, d), `pos` = Embedding(context, d), `blocks` =
+/// TransformerEncoder of pre-norm `TransformerEncoderLayer(d, heads, ff, dropout=0,
+/// activation="gelu", batch_first=True, norm_first=True)` run with the causal mask, `norm` =
+/// LayerNorm(d), `head` = Linear(d, vocab); logits = head(norm(blocks(tok(x) + pos(0..t)))).
+#[derive(Module)]
+pub struct CharTransformer {
+    pub tok: Embedding,
+    pub pos: Embedding,
+    pub blocks: crate::layers::TransformerEncoder,
+    pub norm: crate::layers::LayerNorm,
+    pub head: Linear,
+    #[module(skip)]
+    pub config: CharTransformerConfig,
+}
+
+impl CharTransformer {
+    /// A new model with PyTorch's initialisation.
+    pub fn new(ctx: &mut Ctx, c: CharTransformerConfig) -> Result<CharTransformer> {
+        use crate::layers::{FfActivation, TransformerEncoder, TransformerEncoderLayer};
+        let mut o = crate::layers::TransformerOptions::new(c.heads);
+        o.dim_feedforward = c.dim_feedforward;
+        o.dropout = 0.0;
+        o.activation = FfActivation::Gelu;
+        o.batch_first = true;
+        o.norm_first = true;
+        Ok(CharTransformer {
+            tok: Embedding::new(ctx, c.vocab, c.d_model, None)?,
+            pos: Embedding::new(ctx, c.context, c.d_model, None)?,
+            blocks: TransformerEncoder::new(
+                ctx,
+                c.layers,
+                |ctx| TransformerEncoderLayer::new(ctx, c.d_model, o),
+                None,
+            )?,
+            norm: crate::layers::LayerNorm::new(ctx, &[c.d_model])?,
+            head: Linear::new(ctx, c.d_model, c.vocab)?,
+            config: c,
+        })
+    }
+
+    /// The sizes a `state_dict` implies (`tok.weight` `[vocab, d]`, `pos.weight`
+    /// `[context, d]`, `blocks.layers.{i}.linear1.weight` `[ff, d]`), with `heads` heads.
+    pub fn config_from(
+        tensors: &[(String, Tensor)],
+        heads: usize,
+    ) -> Result<CharTransformerConfig> {
+        let dims = |name: &str| -> Result<Vec<usize>> {
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.dims().to_vec())
+                .ok_or_else(|| Error::invalid("CharTransformer", format!("no tensor {name}")))
+        };
+        let (tok, pos, ff) = (
+            dims("tok.weight")?,
+            dims("pos.weight")?,
+            dims("blocks.layers.0.linear1.weight")?,
+        );
+        let layers = (0..)
+            .take_while(|i| {
+                tensors
+                    .iter()
+                    .any(|(n, _)| n == &format!("blocks.layers.{i}.linear1.weight"))
+            })
+            .count();
+        match (&tok[..], &pos[..], &ff[..]) {
+            ([vocab, d], [context, d2], [f, d3]) if d == d2 && d == d3 => {
+                Ok(CharTransformerConfig {
+                    vocab: *vocab,
+                    context: *context,
+                    d_model: *d,
+                    heads,
+                    dim_feedforward: *f,
+                    layers,
+                })
+            }
+            _ => Err(Error::invalid(
+                "CharTransformer",
+                format!("inconsistent shapes: tok {tok:?}, pos {pos:?}, linear1 {ff:?}"),
+            )),
+        }
+    }
+
+    /// Logits `[N, T, vocab]` for character ids `[N, T]` (T at most the context), each
+    /// position seeing only itself and earlier ones.
+    pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let t = match ids.dims() {
+            [_, t] if *t <= self.config.context => *t,
+            _ => {
+                return Err(Error::invalid(
+                    "CharTransformer",
+                    format!(
+                        "needs ids [N, T] with T <= context {}, got {}",
+                        self.config.context,
+                        ids.shape()
+                    ),
+                ))
+            }
+        };
+        let positions = Tensor::arange(0.0, t as f64, 1.0, tessera_core::DType::I64, ids.device())?;
+        let x = self.tok.forward(ids)?.add(&self.pos.forward(&positions)?)?;
+        let masks = crate::layers::AttentionMasks {
+            is_causal: true,
+            ..Default::default()
+        };
+        let h = self.blocks.forward_masked(&x, &masks)?;
+        self.head.forward(&self.norm.forward(&h)?)
+    }
+}
+
+impl Forward for CharTransformer {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(ids)
+    }
+}

@@ -2,6 +2,7 @@
 //! and layouts. The math lives in `tessera_core::ops`; a layer only owns state.
 
 mod activation;
+mod attention;
 mod classic;
 mod conv;
 mod inception;
@@ -11,6 +12,10 @@ mod pool;
 mod rnn;
 
 pub use activation::{Activation, Flatten};
+pub use attention::{
+    rotary_embedding, AttentionMasks, MultiheadAttention, SinusoidalPositionalEncoding,
+    TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, TransformerOptions,
+};
 pub use classic::{LocalResponseNorm, PartialConv2d, Rbf, Squash, Subsampling, C3_TABLE};
 pub use conv::{Conv1d, Conv2d, ConvTranspose2d};
 pub use inception::Inception;
@@ -18,6 +23,7 @@ pub use linear::Linear;
 pub use norm::{mc_forward, with_mc_dropout, BatchNorm, Dropout, Embedding, LayerNorm};
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool1d, MaxPool2d};
 pub use rnn::{Gru, Lstm};
+pub use tessera_core::ops::attention::FfActivation;
 
 use crate::module::{Named, Parameter};
 use tessera_core::Tensor;

@@ -165,6 +165,11 @@ impl Dropout {
             gen: Mutex::new(Generator::new(seed)),
         })
     }
+
+    /// Whether masks are drawn (training mode).
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
 }
 
 impl Module for Dropout {
