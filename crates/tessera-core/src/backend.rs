@@ -19,7 +19,7 @@ mod composed;
 mod fused;
 
 pub use args::{
-    cross_entropy_backward_fits, cross_entropy_fits, LstmCell, LstmSequence, LstmSequenceGrads,
+    cross_entropy_backward_fits, Attention, cross_entropy_fits, LstmCell, LstmSequence, LstmSequenceGrads,
     Pooled, Window,
 };
 pub use composed::Composed;

@@ -7,13 +7,35 @@ use crate::kernels::elementwise::{relu, relu_grad};
 use crate::kernels::{self, conv as cv, reduce as rd, rnn, Float};
 use crate::{CpuBackend, CpuBuffer, CpuStorage};
 use std::sync::Arc;
-use tessera_core::backend::{LstmCell, LstmSequence, LstmSequenceGrads, Pooled};
+use tessera_core::backend::{Attention, LstmCell, LstmSequence, LstmSequenceGrads, Pooled};
 use tessera_core::{Backend, Buffer, DType, Error, FusedKernels, Layout, Result, View, Window};
 
 /// A new buffer, or `None` to decline.
 type Fused = Result<Option<Arc<dyn Buffer>>>;
 
 impl FusedKernels for CpuBackend {
+    fn attention(&self, a: &Attention<'_>) -> Result<Option<[Arc<dyn Buffer>; 2]>> {
+        match a.q.buf.dtype() {
+            DType::F32 => self.attention_typed::<f32>(a),
+            DType::F64 => self.attention_typed::<f64>(a),
+            _ => Ok(None),
+        }
+    }
+
+    fn attention_backward(
+        &self,
+        a: &Attention<'_>,
+        out: View<'_>,
+        lse: View<'_>,
+        dout: View<'_>,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        match a.q.buf.dtype() {
+            DType::F32 => self.attention_backward_typed::<f32>(a, out, lse, dout),
+            DType::F64 => self.attention_backward_typed::<f64>(a, out, lse, dout),
+            _ => Ok(None),
+        }
+    }
+
     fn argsort(&self, x: View<'_>, descending: bool) -> Fused {
         let l = x.layout;
         if !l.is_contiguous() || l.numel() == 0 || x.buf.dtype() == DType::Bool {
@@ -679,5 +701,88 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// The elements of a contiguous view.
+fn whole<T: Float>(v: View<'_>) -> Result<&[T]> {
+    Ok(&typed::<T>("attention", v)?[v.layout.offset()..][..v.layout.numel()])
+}
+
+/// The dims of a fused attention call whose operands are contiguous, or `None` to decline.
+fn attention_dims(a: &Attention<'_>) -> Option<kernels::attention::Dims> {
+    let (q, k, v) = (a.q.layout, a.k.layout, a.v.layout);
+    let (&[b, l, e], &[bk, s, ek], &[bv, sv, ev]) = (q.shape(), k.shape(), v.shape()) else {
+        return None;
+    };
+    let ok = b == bk && b == bv && e == ek && s == sv;
+    let contiguous = q.is_contiguous() && k.is_contiguous() && v.is_contiguous();
+    let bias_ok = a.bias.is_none_or(|m| m.layout.shape() == [b, l, s]);
+    (ok && contiguous && bias_ok).then_some(kernels::attention::Dims {
+        b,
+        l,
+        s,
+        e,
+        ev,
+        causal: a.causal,
+        scale: a.scale,
+    })
+}
+
+impl CpuBackend {
+    /// `bias(b, i, j)` read through the bias view's strides (0 where it broadcasts).
+    fn bias_reader<'a, T: Float>(
+        bias: Option<View<'a>>,
+    ) -> Result<impl Fn(usize, usize, usize) -> T + Sync + 'a> {
+        let m = match bias {
+            Some(m) => Some((typed::<T>("attention", m)?, m.layout)),
+            None => None,
+        };
+        Ok(move |b: usize, i: usize, j: usize| match m {
+            Some((data, l)) => {
+                let st = l.strides();
+                data[l.offset() + b * st[0] + i * st[1] + j * st[2]]
+            }
+            None => T::zero(),
+        })
+    }
+
+    fn attention_typed<T: Float>(
+        &self,
+        a: &Attention<'_>,
+    ) -> Result<Option<[Arc<dyn Buffer>; 2]>> {
+        let Some(d) = attention_dims(a) else {
+            return Ok(None);
+        };
+        let (q, k, v) = (whole::<T>(a.q)?, whole::<T>(a.k)?, whole::<T>(a.v)?);
+        let (o, lse) = kernels::attention::forward(d, q, k, v, Self::bias_reader::<T>(a.bias)?);
+        Ok(Some([out(o)?, out(lse)?]))
+    }
+
+    fn attention_backward_typed<T: Float>(
+        &self,
+        a: &Attention<'_>,
+        o: View<'_>,
+        lse: View<'_>,
+        dout: View<'_>,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let Some(d) = attention_dims(a) else {
+            return Ok(None);
+        };
+        if !(o.layout.is_contiguous() && lse.layout.is_contiguous() && dout.layout.is_contiguous())
+        {
+            return Ok(None);
+        }
+        let (dq, dk, dv) = kernels::attention::backward(
+            d,
+            whole::<T>(a.q)?,
+            whole::<T>(a.k)?,
+            whole::<T>(a.v)?,
+            Self::bias_reader::<T>(a.bias)?,
+            whole::<T>(o)?,
+            whole::<T>(lse)?,
+            whole::<T>(dout)?,
+        );
+        Ok(Some([out(dq)?, out(dk)?, out(dv)?]))
     }
 }

@@ -101,3 +101,18 @@ pub fn cross_entropy_backward_fits(
 
 /// What [`FusedKernels::max_pool2d`](crate::FusedKernels::max_pool2d) returns: the maxima, and the plane index of each when asked.
 pub type Pooled = (Arc<dyn Buffer>, Option<Arc<dyn Buffer>>);
+
+/// The operands of a fused scaled dot-product attention over `B` independent problems
+/// (batch × heads): `q` `[B, L, E]`, `k` `[B, S, E]`, `v` `[B, S, Ev]` of one float dtype,
+/// an optional additive `bias` viewed as `[B, L, S]` (its strides may be 0 where a mask
+/// broadcasts; −∞ entries mask a key out), the causal rule (query `i` sees keys `0..=i`) and
+/// the scale applied to `q·kᵀ`.
+#[derive(Clone, Copy, Debug)]
+pub struct Attention<'a> {
+    pub q: View<'a>,
+    pub k: View<'a>,
+    pub v: View<'a>,
+    pub bias: Option<View<'a>>,
+    pub causal: bool,
+    pub scale: f64,
+}

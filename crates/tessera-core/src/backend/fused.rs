@@ -9,7 +9,7 @@
 //! `backward_create_graph` — so a fused kernel can always be checked against it (see
 //! [`super::Composed`]).
 
-use super::args::{LstmCell, LstmSequence, LstmSequenceGrads, Pooled, Window};
+use super::args::{Attention, LstmCell, LstmSequence, LstmSequenceGrads, Pooled, Window};
 use super::{Buffer, View};
 use crate::error::Result;
 use crate::layout::Layout;
@@ -272,6 +272,28 @@ pub trait FusedKernels: Send + Sync {
     /// NaN as the largest value. Replaces the O(n²) ranking composite of `Tensor::argsort`.
     fn argsort(&self, x: View<'_>, descending: bool) -> Fused {
         let _ = (x, descending);
+        Ok(None)
+    }
+
+    /// Scaled dot-product attention `softmax(q·kᵀ·scale + bias)·v` without storing the
+    /// `[L, S]` scores: the output `[B, L, Ev]` and each query row's log-sum-exp of its scores
+    /// `[B, L]` (what the backward needs). Replaces the composite of
+    /// `ops::attention::scaled_dot_product_attention`.
+    fn attention(&self, a: &Attention<'_>) -> Result<Option<[Arc<dyn Buffer>; 2]>> {
+        let _ = a;
+        Ok(None)
+    }
+
+    /// The backward of [`FusedKernels::attention`]: from its output `out`, log-sum-exp `lse`
+    /// and the output's gradient `dout` `[B, L, Ev]`, the gradients of `q`, `k` and `v`.
+    fn attention_backward(
+        &self,
+        a: &Attention<'_>,
+        out: View<'_>,
+        lse: View<'_>,
+        dout: View<'_>,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let _ = (a, out, lse, dout);
         Ok(None)
     }
 }

@@ -15,7 +15,9 @@
 //! as PyTorch's math kernel does.
 
 use super::same_device;
+use crate::backend::{Attention, View};
 use crate::dtype::DType;
+use crate::layout::Layout;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -39,18 +41,33 @@ pub fn scaled_dot_product_attention(
     is_causal: bool,
     scale: Option<f64>,
 ) -> Result<Tensor> {
-    Ok(attention_with_weights(q, k, v, attn_mask, is_causal, scale)?.0)
+    let e = check(q, k, v, attn_mask, is_causal)?;
+    let scale = scale.unwrap_or(1.0 / (e as f64).sqrt());
+    // One fused node when the backend has the kernel and no mask needs a gradient; otherwise
+    // the composite, recorded op by op.
+    let lead = &q.dims()[..q.rank() - 2];
+    let same_lead = k.dims()[..k.rank() - 2] == *lead && v.dims()[..v.rank() - 2] == *lead;
+    let bias = match attn_mask {
+        Some(m) if m.dtype() == DType::Bool => Some(bool_bias(m, q)?),
+        Some(m) => Some(m.clone()),
+        None => None,
+    };
+    if same_lead && !bias.as_ref().is_some_and(Tensor::requires_grad) {
+        if let Some(y) = fused_attention(q, k, v, bias.as_ref(), is_causal, scale)? {
+            return Ok(y);
+        }
+    }
+    Ok(attention_with_weights(q, k, v, attn_mask, is_causal, Some(scale))?.0)
 }
 
-/// [`scaled_dot_product_attention`] and its attention weights `softmax(...)` `[..., L, S]`.
-pub fn attention_with_weights(
+/// The checks shared by both paths; returns E.
+fn check(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     attn_mask: Option<&Tensor>,
     is_causal: bool,
-    scale: Option<f64>,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<usize> {
     let op = "scaled_dot_product_attention";
     super::same_kind(op, q, k)?;
     super::same_kind(op, q, v)?;
@@ -89,6 +106,196 @@ pub fn attention_with_weights(
             "takes is_causal or attn_mask, not both (fold the causal mask into attn_mask)",
         ));
     }
+    if let Some(m) = attn_mask {
+        same_device(op, q, m)?;
+        if m.dtype() != DType::Bool && m.dtype() != q.dtype() {
+            return Err(Error::DType {
+                op,
+                msg: format!(
+                    "attn_mask must be bool or {} like q, got {} {}",
+                    q.dtype(),
+                    m.dtype(),
+                    m.shape()
+                ),
+            });
+        }
+    }
+    Ok(e)
+}
+
+/// SDPA's bool mask (true = may attend) as an additive bias: 0 where true, −∞ where false.
+fn bool_bias(m: &Tensor, like: &Tensor) -> Result<Tensor> {
+    m.where_(
+        &like.scalar_like(0.0)?.detach(),
+        &like.scalar_like(f64::NEG_INFINITY)?.detach(),
+    )
+}
+
+/// `bias` broadcast to `[B, L, S]` as a layout over its own buffer: leading dims merged
+/// where their strides allow, else a contiguous copy.
+fn bias_view(bias: &Tensor, lead: &[usize], l: usize, s: usize) -> Result<(Tensor, Layout)> {
+    let mut full = lead.to_vec();
+    full.extend([l, s]);
+    let shape = crate::layout::broadcast_shapes("scaled_dot_product_attention", bias.dims(), &full)?;
+    if shape != full {
+        return Err(Error::shape(
+            "scaled_dot_product_attention",
+            "attn_mask must broadcast to [..., L, S]",
+            bias.dims(),
+            &full,
+        ));
+    }
+    let b: usize = lead.iter().product();
+    let lay = bias.layout().broadcast_to(&full);
+    let st = lay.strides();
+    let r = lead.len();
+    // Leading dims merge into one stride when each steps over the next whole.
+    let merged = (0..r).rev().try_fold(None::<usize>, |inner: Option<usize>, d| {
+        let (n, sd) = (lead[d], st[d]);
+        match inner {
+            _ if n == 1 => Some(inner),
+            None => Some(Some(sd)),
+            Some(si) => {
+                let below: usize = lead[d + 1..].iter().product();
+                (sd == si * below).then_some(Some(si))
+            }
+        }
+    });
+    match merged {
+        Some(sb) => Ok((
+            bias.clone(),
+            Layout::new(vec![b, l, s], vec![sb.unwrap_or(0), st[r], st[r + 1]], lay.offset()),
+        )),
+        None => {
+            let c = bias.expand(&full.iter().map(|&d| d as isize).collect::<Vec<_>>())?.contiguous()?;
+            let lay = Layout::contiguous(&[b, l, s]);
+            Ok((c, lay))
+        }
+    }
+}
+
+/// The fused forward as one tape node, or `None` when the backend declines.
+fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    let (lead, l, e) = (&q.dims()[..q.rank() - 2], q.dims()[q.rank() - 2], q.dims()[q.rank() - 1]);
+    let (s, ev) = (k.dims()[k.rank() - 2], v.dims()[v.rank() - 1]);
+    let b: usize = lead.iter().product();
+    let flat = move |t: &Tensor, rows: usize, cols: usize| {
+        t.detach()
+            .reshape(&[b as isize, rows as isize, cols as isize])?
+            .contiguous()
+    };
+    let (q3, k3, v3) = (flat(q, l, e)?, flat(k, s, e)?, flat(v, s, ev)?);
+    let bias = bias.map(|m| bias_view(&m.detach(), lead, l, s)).transpose()?;
+    let a = Attention {
+        q: q3.view(),
+        k: k3.view(),
+        v: v3.view(),
+        bias: bias.as_ref().map(|(t, lay)| View {
+            buf: t.buffer().as_ref(),
+            layout: lay,
+        }),
+        causal,
+        scale,
+    };
+    let Some([out, lse]) = super::fused(q.device(), |kn| kn.attention(&a))? else {
+        return Ok(None);
+    };
+    let mut shape = lead.to_vec();
+    shape.extend([l, ev]);
+    let y = q3.output(out, &shape);
+    let lse = q3.output(lse, &[b, l]);
+    let (qs, ks, vs, ys) = (q.clone(), k.clone(), v.clone(), y.detach());
+    let bias_t = bias.map(|(t, _)| t);
+    Ok(Some(y.record_op(
+        "scaled_dot_product_attention",
+        &[q, k, v],
+        move |g, need| {
+            if !crate::tape::is_grad_enabled() {
+                let (q3, k3, v3) = (flat(&qs, l, e)?, flat(&ks, s, e)?, flat(&vs, s, ev)?);
+                let (y3, g3) = (flat(&ys, l, ev)?, flat(g, l, ev)?);
+                let bl = bias_t.as_ref().map(|t| bias_view(t, &qs.dims()[..qs.rank() - 2], l, s)).transpose()?;
+                let a = Attention {
+                    q: q3.view(),
+                    k: k3.view(),
+                    v: v3.view(),
+                    bias: bl.as_ref().map(|(t, lay)| View {
+                        buf: t.buffer().as_ref(),
+                        layout: lay,
+                    }),
+                    causal,
+                    scale,
+                };
+                let grads = super::fused(qs.device(), |kn| {
+                    kn.attention_backward(&a, y3.view(), lse.view(), g3.view())
+                })?;
+                if let Some([dq, dk, dv]) = grads {
+                    let shaped = |buf, t: &Tensor| q3.output(buf, t.dims());
+                    return Ok(vec![
+                        Some(shaped(dq, &qs)),
+                        Some(shaped(dk, &ks)),
+                        Some(shaped(dv, &vs)),
+                    ]);
+                }
+            }
+            let [dq, dk, dv] = attention_grads(&qs, &ks, &vs, bias_t.as_ref(), causal, scale, g)?;
+            Ok(vec![
+                need[0].then_some(dq),
+                need[1].then_some(dk),
+                need[2].then_some(dv),
+            ])
+        },
+    )))
+}
+
+/// The gradients of attention written with tensor ops (recorded under `create_graph`, so
+/// second derivatives follow): with `P = softmax(q·kᵀ·scale + bias)`, `dV = Pᵀ·g`,
+/// `dP = g·vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = dS·k·scale`, `dK = dSᵀ·q·scale`.
+fn attention_grads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+    g: &Tensor,
+) -> Result<[Tensor; 3]> {
+    let (l, s) = (q.dims()[q.rank() - 2], k.dims()[k.rank() - 2]);
+    let mut scores = q.matmul(&k.transpose(-2, -1)?)?.mul_scalar(scale)?;
+    if causal {
+        scores = causal_mask(l, s, q.device())?
+            .where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)?.detach())?;
+    }
+    if let Some(b) = bias {
+        scores = scores.add(b)?;
+    }
+    let p = scores.softmax(-1)?;
+    let dv = p.transpose(-2, -1)?.matmul(g)?;
+    let dp = g.matmul(&v.transpose(-2, -1)?)?;
+    let ds = p.mul(&dp.sub(&dp.mul(&p)?.sum(&[-1], true)?)?)?;
+    let dq = ds.matmul(k)?.mul_scalar(scale)?;
+    let dk = ds.transpose(-2, -1)?.matmul(q)?.mul_scalar(scale)?;
+    Ok([dq, dk, dv])
+}
+
+/// [`scaled_dot_product_attention`] and its attention weights `softmax(...)` `[..., L, S]`.
+pub fn attention_with_weights(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attn_mask: Option<&Tensor>,
+    is_causal: bool,
+    scale: Option<f64>,
+) -> Result<(Tensor, Tensor)> {
+    let op = "scaled_dot_product_attention";
+    let e = check(q, k, v, attn_mask, is_causal)?;
+    let s = k.dims()[k.rank() - 2];
     let l = q.dims()[q.rank() - 2];
     let scale = scale.unwrap_or(1.0 / (e as f64).sqrt());
     let scores = q.matmul(&k.transpose(-2, -1)?)?.mul_scalar(scale)?;
@@ -329,7 +536,13 @@ pub fn multi_head_attention(
         }
         add_bias(mha_bias(op, m, &qp)?.reshape(&[n as isize, 1, 1, s as isize])?)?;
     }
-    let (oh, p) = attention_with_weights(&qh, &kh, &vh, bias.as_ref(), false, None)?;
+    let (oh, p) = if o.need_weights {
+        let (oh, p) = attention_with_weights(&qh, &kh, &vh, bias.as_ref(), false, None)?;
+        (oh, Some(p))
+    } else {
+        let oh = scaled_dot_product_attention(&qh, &kh, &vh, bias.as_ref(), false, None)?;
+        (oh, None)
+    };
     // [N, H, L, hd] -> [N, L, E]
     let out = oh
         .transpose(1, 2)?
@@ -340,10 +553,10 @@ pub fn multi_head_attention(
     } else {
         out.transpose(0, 1)?
     };
-    let weights = match (o.need_weights, o.average_attn_weights) {
-        (false, _) => None,
-        (true, true) => Some(p.mean(&[1], false)?),
-        (true, false) => Some(p),
+    let weights = match (p, o.average_attn_weights) {
+        (None, _) => None,
+        (Some(p), true) => Some(p.mean(&[1], false)?),
+        (Some(p), false) => Some(p),
     };
     Ok((out, weights))
 }

@@ -2,6 +2,7 @@
 //! dtype and op once and calls them, so the inner loops are monomorphised per op and dtype and
 //! LLVM can vectorise the contiguous paths.
 
+pub mod attention;
 pub mod conv;
 #[cfg(target_arch = "x86_64")]
 pub mod conv_direct;
