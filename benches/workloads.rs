@@ -414,5 +414,72 @@ fn run(args: &Args) -> Result<()> {
             "GB/s",
         );
     }
+    if wanted("W8_attention") {
+        eprintln!("W8_attention ...");
+        let make = |g: &mut Generator| -> Result<Tensor> {
+            Tensor::randn_with(&[8, 8, 256, 64], 0.0, 1.0, DType::F32, g, &device)?.requires_grad_()
+        };
+        let (q, k, v) = (make(&mut gen)?, make(&mut gen)?, make(&mut gen)?);
+        let m = measure(&sync, || {
+            let y = tessera::ops::attention::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                None,
+                true,
+                Some(0.125),
+            )?;
+            black_box(y.sum_all()?.backward()?);
+            Ok(())
+        })?;
+        report(
+            kind,
+            threads,
+            "W8_attention",
+            &m,
+            1.0 / m.median_s,
+            "steps/s",
+        );
+    }
+
+    if wanted("W9_transformer_train_step") {
+        eprintln!("W9_transformer_train_step ...");
+        use tessera::nn::zoo::{CharTransformer, CharTransformerConfig};
+        use tessera::optim::Optimizer;
+        let config = CharTransformerConfig {
+            vocab: 256,
+            context: 128,
+            d_model: 256,
+            heads: 4,
+            dim_feedforward: 1024,
+            layers: 2,
+        };
+        let model = CharTransformer::new(&mut tessera::nn::Ctx::new(&device, 1), config)?;
+        let mut opt = tessera::optim::Adam::adamw(model.parameters(), 1e-3).weight_decay(0.01);
+        let ids: Vec<i64> = (0..16 * 129)
+            .map(|i| (tessera::random::uniform(5, i) * 256.0) as i64)
+            .collect();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for r in ids.chunks(129) {
+            x.extend_from_slice(&r[..128]);
+            y.extend_from_slice(&r[1..]);
+        }
+        let x = Tensor::from_vec(x, &[16, 128], &device)?;
+        let y = Tensor::from_vec(y, &[16 * 128], &device)?;
+        let m = measure(&sync, || {
+            let logits = model.logits(&x)?.reshape(&[-1, 256])?;
+            let loss = tessera::nn::loss::cross_entropy(&logits, &y)?;
+            opt.step(&loss.backward()?)?;
+            Ok(())
+        })?;
+        report(
+            kind,
+            threads,
+            "W9_transformer_train_step",
+            &m,
+            1.0 / m.median_s,
+            "steps/s",
+        );
+    }
     Ok(())
 }

@@ -19,8 +19,8 @@ mod composed;
 mod fused;
 
 pub use args::{
-    cross_entropy_backward_fits, Attention, cross_entropy_fits, LstmCell, LstmSequence, LstmSequenceGrads,
-    Pooled, Window,
+    cross_entropy_backward_fits, cross_entropy_fits, Attention, LstmCell, LstmSequence,
+    LstmSequenceGrads, Pooled, Window,
 };
 pub use composed::Composed;
 pub use fused::FusedKernels;

@@ -733,21 +733,19 @@ impl CpuBackend {
     /// `bias(b, i, j)` read through the bias view's strides (0 where it broadcasts).
     fn bias_reader<'a, T: Float>(
         bias: Option<View<'a>>,
-    ) -> Result<impl Fn(usize, usize, usize) -> T + Sync + 'a> {
-        let m = match bias {
-            Some(m) => Some((typed::<T>("attention", m)?, m.layout)),
-            None => None,
+    ) -> Result<Option<impl Fn(usize, usize, usize) -> T + Sync + 'a>> {
+        let Some(m) = bias else {
+            return Ok(None);
         };
-        Ok(move |b: usize, i: usize, j: usize| match m {
-            Some((data, l)) => {
-                let st = l.strides();
-                data[l.offset() + b * st[0] + i * st[1] + j * st[2]]
-            }
-            None => T::zero(),
-        })
+        let (data, l) = (typed::<T>("attention", m)?, m.layout);
+        let (st, off) = (l.strides(), l.offset());
+        let (s0, s1, s2) = (st[0], st[1], st[2]);
+        Ok(Some(move |b: usize, i: usize, j: usize| {
+            data[off + b * s0 + i * s1 + j * s2]
+        }))
     }
 
-    fn attention_typed<T: Float>(
+    fn attention_typed<T: kernels::attention::AttnFloat>(
         &self,
         a: &Attention<'_>,
     ) -> Result<Option<[Arc<dyn Buffer>; 2]>> {
@@ -755,11 +753,13 @@ impl CpuBackend {
             return Ok(None);
         };
         let (q, k, v) = (whole::<T>(a.q)?, whole::<T>(a.k)?, whole::<T>(a.v)?);
-        let (o, lse) = kernels::attention::forward(d, q, k, v, Self::bias_reader::<T>(a.bias)?);
+        let bias = Self::bias_reader::<T>(a.bias)?;
+        let bias = bias.as_ref().map(|f| f as &kernels::attention::Bias<'_, T>);
+        let (o, lse) = kernels::attention::forward(d, q, k, v, bias);
         Ok(Some([out(o)?, out(lse)?]))
     }
 
-    fn attention_backward_typed<T: Float>(
+    fn attention_backward_typed<T: kernels::attention::AttnFloat>(
         &self,
         a: &Attention<'_>,
         o: View<'_>,
@@ -773,12 +773,14 @@ impl CpuBackend {
         {
             return Ok(None);
         }
+        let bias = Self::bias_reader::<T>(a.bias)?;
+        let bias = bias.as_ref().map(|f| f as &kernels::attention::Bias<'_, T>);
         let (dq, dk, dv) = kernels::attention::backward(
             d,
             whole::<T>(a.q)?,
             whole::<T>(a.k)?,
             whole::<T>(a.v)?,
-            Self::bias_reader::<T>(a.bias)?,
+            bias,
             whole::<T>(o)?,
             whole::<T>(lse)?,
             whole::<T>(dout)?,

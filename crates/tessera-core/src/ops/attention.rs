@@ -17,8 +17,8 @@
 use super::same_device;
 use crate::backend::{Attention, View};
 use crate::dtype::DType;
-use crate::layout::Layout;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::tensor::Tensor;
 
 /// The causal mask `[l, s]`, true where query `i` may see key `j` (`j <= i`, top-left aligned).
@@ -136,7 +136,8 @@ fn bool_bias(m: &Tensor, like: &Tensor) -> Result<Tensor> {
 fn bias_view(bias: &Tensor, lead: &[usize], l: usize, s: usize) -> Result<(Tensor, Layout)> {
     let mut full = lead.to_vec();
     full.extend([l, s]);
-    let shape = crate::layout::broadcast_shapes("scaled_dot_product_attention", bias.dims(), &full)?;
+    let shape =
+        crate::layout::broadcast_shapes("scaled_dot_product_attention", bias.dims(), &full)?;
     if shape != full {
         return Err(Error::shape(
             "scaled_dot_product_attention",
@@ -150,24 +151,32 @@ fn bias_view(bias: &Tensor, lead: &[usize], l: usize, s: usize) -> Result<(Tenso
     let st = lay.strides();
     let r = lead.len();
     // Leading dims merge into one stride when each steps over the next whole.
-    let merged = (0..r).rev().try_fold(None::<usize>, |inner: Option<usize>, d| {
-        let (n, sd) = (lead[d], st[d]);
-        match inner {
-            _ if n == 1 => Some(inner),
-            None => Some(Some(sd)),
-            Some(si) => {
-                let below: usize = lead[d + 1..].iter().product();
-                (sd == si * below).then_some(Some(si))
+    let merged = (0..r)
+        .rev()
+        .try_fold(None::<usize>, |inner: Option<usize>, d| {
+            let (n, sd) = (lead[d], st[d]);
+            match inner {
+                _ if n == 1 => Some(inner),
+                None => Some(Some(sd)),
+                Some(si) => {
+                    let below: usize = lead[d + 1..].iter().product();
+                    (sd == si * below).then_some(Some(si))
+                }
             }
-        }
-    });
+        });
     match merged {
         Some(sb) => Ok((
             bias.clone(),
-            Layout::new(vec![b, l, s], vec![sb.unwrap_or(0), st[r], st[r + 1]], lay.offset()),
+            Layout::new(
+                vec![b, l, s],
+                vec![sb.unwrap_or(0), st[r], st[r + 1]],
+                lay.offset(),
+            ),
         )),
         None => {
-            let c = bias.expand(&full.iter().map(|&d| d as isize).collect::<Vec<_>>())?.contiguous()?;
+            let c = bias
+                .expand(&full.iter().map(|&d| d as isize).collect::<Vec<_>>())?
+                .contiguous()?;
             let lay = Layout::contiguous(&[b, l, s]);
             Ok((c, lay))
         }
@@ -183,7 +192,11 @@ fn fused_attention(
     causal: bool,
     scale: f64,
 ) -> Result<Option<Tensor>> {
-    let (lead, l, e) = (&q.dims()[..q.rank() - 2], q.dims()[q.rank() - 2], q.dims()[q.rank() - 1]);
+    let (lead, l, e) = (
+        &q.dims()[..q.rank() - 2],
+        q.dims()[q.rank() - 2],
+        q.dims()[q.rank() - 1],
+    );
     let (s, ev) = (k.dims()[k.rank() - 2], v.dims()[v.rank() - 1]);
     let b: usize = lead.iter().product();
     let flat = move |t: &Tensor, rows: usize, cols: usize| {
@@ -192,7 +205,9 @@ fn fused_attention(
             .contiguous()
     };
     let (q3, k3, v3) = (flat(q, l, e)?, flat(k, s, e)?, flat(v, s, ev)?);
-    let bias = bias.map(|m| bias_view(&m.detach(), lead, l, s)).transpose()?;
+    let bias = bias
+        .map(|m| bias_view(&m.detach(), lead, l, s))
+        .transpose()?;
     let a = Attention {
         q: q3.view(),
         k: k3.view(),
@@ -220,7 +235,10 @@ fn fused_attention(
             if !crate::tape::is_grad_enabled() {
                 let (q3, k3, v3) = (flat(&qs, l, e)?, flat(&ks, s, e)?, flat(&vs, s, ev)?);
                 let (y3, g3) = (flat(&ys, l, ev)?, flat(g, l, ev)?);
-                let bl = bias_t.as_ref().map(|t| bias_view(t, &qs.dims()[..qs.rank() - 2], l, s)).transpose()?;
+                let bl = bias_t
+                    .as_ref()
+                    .map(|t| bias_view(t, &qs.dims()[..qs.rank() - 2], l, s))
+                    .transpose()?;
                 let a = Attention {
                     q: q3.view(),
                     k: k3.view(),
