@@ -5,87 +5,35 @@
 //! cut into consecutive windows of the context length (the last one shorter), each window
 //! predicted from its own start — and a generated sample.
 //!
-//! `cargo run --release --example char_transformer [STEPS]`
+//! `cargo run --release --example char_transformer [STEPS] [LR]` (defaults: 2400 steps, peak
+//! learning rate 2e-3). `tessera train --model chartransformer --data text` runs the same
+//! recipe with checkpoints, metrics and curves.
 
-use std::collections::BTreeSet;
-use tessera::nn::loss::{cross_entropy, CrossEntropy, Reduction};
-use tessera::nn::zoo::{CharTransformer, CharTransformerConfig};
+use tessera::nn::loss::cross_entropy;
+use tessera::nn::zoo::CharTransformer;
 use tessera::nn::{Ctx, Module};
 use tessera::optim::{clip_grad_norm, Optimizer};
 use tessera::prelude::*;
+use tessera::text::{bits_per_char, default_config, random_windows, Corpus, WARMUP};
 
 const BATCH: usize = 32;
-const CONTEXT: usize = 128;
-const WARMUP: usize = 200;
-
-/// `BATCH` random windows of `CONTEXT + 1` characters: inputs and next-character targets.
-fn batch(ids: &[i64], step: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for b in 0..BATCH {
-        let u = tessera::random::uniform(7, (step * BATCH + b) as u64);
-        let at = (u * (ids.len() - CONTEXT - 1) as f64) as usize;
-        x.extend_from_slice(&ids[at..at + CONTEXT]);
-        y.extend_from_slice(&ids[at + 1..at + CONTEXT + 1]);
-    }
-    Ok((
-        Tensor::from_vec(x, &[BATCH, CONTEXT], dev)?,
-        Tensor::from_vec(y, &[BATCH, CONTEXT], dev)?,
-    ))
-}
-
-/// Bits per character over `ids` cut into consecutive windows of `CONTEXT` (the last one
-/// shorter), each predicted from its own start.
-fn bits_per_char(model: &CharTransformer, ids: &[i64], dev: &Device) -> Result<f64> {
-    let vocab = model.config.vocab as isize;
-    let (mut nats, mut count) = (0.0, 0usize);
-    // Window at s: inputs ids[s..s+t], targets ids[s+1..s+t+1].
-    let mut s = 0;
-    while s + 1 < ids.len() {
-        let t = CONTEXT.min(ids.len() - 1 - s);
-        let x = Tensor::from_vec(ids[s..s + t].to_vec(), &[1, t], dev)?;
-        let y = Tensor::from_vec(ids[s + 1..s + t + 1].to_vec(), &[t], dev)?;
-        let logits = no_grad(|| model.logits(&x))?.reshape(&[-1, vocab])?;
-        nats += CrossEntropy::new()
-            .reduction(Reduction::Sum)
-            .forward(&logits, &y)?
-            .to_scalar()?;
-        count += t;
-        s += t;
-    }
-    Ok(nats / count as f64 / std::f64::consts::LN_2)
-}
 
 fn main() -> Result<()> {
-    let steps: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(3000);
-    let text = tessera::data::embedded_text();
-    let vocab: Vec<char> = text.chars().collect::<BTreeSet<_>>().into_iter().collect();
-    let index = |c: char| vocab.binary_search(&c).map(|i| i as i64).unwrap_or(0);
-    let ids: Vec<i64> = text.chars().map(index).collect();
-    let cut = ids.len() * 9 / 10;
-    let (train, valid) = (&ids[..cut], &ids[cut..]);
+    let arg = |i: usize| std::env::args().nth(i);
+    let steps: usize = arg(1).and_then(|a| a.parse().ok()).unwrap_or(2400);
+    let base_lr: f64 = arg(2).and_then(|a| a.parse().ok()).unwrap_or(2e-3);
+    let corpus = Corpus::load("text")?;
     println!(
         "{} characters, vocabulary {}, {} train / {} validation",
-        ids.len(),
-        vocab.len(),
-        train.len(),
-        valid.len()
+        corpus.train.len() + corpus.valid.len(),
+        corpus.vocab.len(),
+        corpus.train.len(),
+        corpus.valid.len()
     );
-
     let dev = Device::parse("cpu")?;
-    let config = CharTransformerConfig {
-        vocab: vocab.len(),
-        context: CONTEXT,
-        d_model: 128,
-        heads: 4,
-        dim_feedforward: 512,
-        layers: 3,
-    };
+    let config = default_config(corpus.vocab.len());
     let model = CharTransformer::new(&mut Ctx::new(&dev, 0), config)?;
     println!("{} parameters", model.num_parameters());
-    let base_lr = 1e-3;
     let mut opt = tessera::optim::Adam::adamw(model.parameters(), base_lr).weight_decay(0.01);
     let cosine = tessera::optim::Schedule::Cosine {
         t_max: steps.saturating_sub(WARMUP).max(1),
@@ -99,10 +47,10 @@ fn main() -> Result<()> {
             cosine.lr(base_lr, step - WARMUP)
         };
         opt.set_lr(lr);
-        let (x, y) = batch(train, step, &dev)?;
+        let (x, y) = random_windows(&corpus.train, BATCH, config.context, 7, step, &dev)?;
         let logits = model.logits(&x)?;
         let loss = cross_entropy(
-            &logits.reshape(&[-1, vocab.len() as isize])?,
+            &logits.reshape(&[-1, config.vocab as isize])?,
             &y.reshape(&[-1])?,
         )?;
         let mut grads = loss.backward()?;
@@ -121,17 +69,21 @@ fn main() -> Result<()> {
         "trained {steps} steps in {:.0} s",
         t0.elapsed().as_secs_f64()
     );
-    println!(
-        "validation bits/char: {:.3}",
-        bits_per_char(&model, valid, &dev)?
-    );
+    let (bpc, _) = bits_per_char(&model, &corpus.valid, &dev)?;
+    println!("validation bits/char: {bpc:.3}");
 
-    // 300 characters at temperature 0.8, each from the last CONTEXT characters.
+    // 300 characters at temperature 0.8, each from the last `context` characters.
+    let index = |c: char| {
+        corpus
+            .vocab
+            .binary_search(&c)
+            .map(|i| i as i64)
+            .unwrap_or(0)
+    };
     let prompt = "It is a truth universally acknowledged";
     let mut out: Vec<i64> = prompt.chars().map(index).collect();
     for draw in 0..300u64 {
-        let start = out.len().saturating_sub(CONTEXT);
-        let window = &out[start..];
+        let window = &out[out.len().saturating_sub(config.context)..];
         let x = Tensor::from_vec(window.to_vec(), &[1, window.len()], &dev)?;
         let logits = no_grad(|| model.logits(&x))?;
         let p = logits
@@ -151,7 +103,7 @@ fn main() -> Result<()> {
         }
         out.push(next as i64);
     }
-    let sample: String = out.iter().map(|&i| vocab[i as usize]).collect();
+    let sample: String = out.iter().map(|&i| corpus.vocab[i as usize]).collect();
     println!("sample:\n{sample}");
     Ok(())
 }

@@ -25,6 +25,8 @@ pub mod data;
 #[cfg(feature = "cli")]
 pub mod plot;
 #[cfg(feature = "cli")]
+pub mod text;
+#[cfg(feature = "cli")]
 pub mod train;
 
 pub use tessera_core as core;

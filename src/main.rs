@@ -28,6 +28,9 @@ enum Command {
         /// The data set (default: the one the checkpoint was trained on).
         #[arg(long)]
         data: Option<String>,
+        /// Attention heads of a chartransformer state_dict (default: the checkpoint's, else 4).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
+        heads: Option<u64>,
         #[command(flatten)]
         device: DeviceArg,
     },
@@ -56,7 +59,7 @@ enum Command {
 }
 
 /// The models `train` builds.
-const MODELS: [&str; 4] = ["lenet5", "lenet1998", "googlenet", "mlp"];
+const MODELS: [&str; 5] = ["lenet5", "lenet1998", "googlenet", "mlp", "chartransformer"];
 
 #[derive(Args)]
 struct DeviceArg {
@@ -215,9 +218,23 @@ fn run(command: Command) -> Result<ExitCode> {
             ckpt,
             model,
             data,
+            heads,
             device,
         } => {
-            tessera::train::eval(&ckpt, model.as_deref(), data.as_deref(), &device.open()?)?;
+            let device = device.open()?;
+            let recorded = match &model {
+                Some(_) => None,
+                None => tessera::nn::checkpoint::load(&ckpt, &device)?
+                    .metadata
+                    .get("model")
+                    .cloned(),
+            };
+            if model.as_deref().or(recorded.as_deref()) == Some("chartransformer") {
+                let data = data.as_deref().unwrap_or("text");
+                tessera::text::eval(&ckpt, data, heads.map(|h| h as usize), &device)?;
+            } else {
+                tessera::train::eval(&ckpt, model.as_deref(), data.as_deref(), &device)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Predict {

@@ -185,12 +185,12 @@ macro_rules! say {
 /// Standard output that a closed pipe (`tessera train | head -1`) does not turn into a panic:
 /// the first failed write marks it closed and later lines are dropped.
 #[derive(Default)]
-struct Stdout {
-    closed: bool,
+pub(crate) struct Stdout {
+    pub(crate) closed: bool,
 }
 
 impl Stdout {
-    fn line(&mut self, args: std::fmt::Arguments<'_>) {
+    pub(crate) fn line(&mut self, args: std::fmt::Arguments<'_>) {
         if !self.closed {
             self.closed = print_line(args).is_err();
         }
@@ -200,10 +200,10 @@ impl Stdout {
 /// The lock of a run folder (`.lock`, holding the owner's process id), released on drop. A
 /// lock whose process is gone (a killed run) is taken over, and the killed run's temporary
 /// checkpoint files are removed.
-struct RunLock(PathBuf);
+pub(crate) struct RunLock(PathBuf);
 
 impl RunLock {
-    fn take(dir: &Path) -> Result<RunLock> {
+    pub(crate) fn take(dir: &Path) -> Result<RunLock> {
         let path = dir.join(".lock");
         let io = |e| Error::Io {
             path: path.display().to_string(),
@@ -259,12 +259,12 @@ impl Drop for RunLock {
 }
 
 /// Shows progress: a bar on a terminal, a line per epoch otherwise.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
-    fn new(epoch: usize, epochs: usize, steps: usize) -> Progress {
+    pub(crate) fn new(epoch: usize, epochs: usize, steps: usize) -> Progress {
         if !std::io::stdout().is_terminal() {
             return Progress { bar: None };
         }
@@ -277,13 +277,13 @@ impl Progress {
         bar.set_prefix(format!("{epoch}/{epochs}"));
         Progress { bar: Some(bar) }
     }
-    fn update(&self, loss: f64, acc: f64, rate: f64) {
+    pub(crate) fn update(&self, loss: f64, acc: f64, rate: f64) {
         if let Some(b) = &self.bar {
             b.set_message(format!("loss {loss:.4} acc {acc:.4} {rate:.0} ex/s"));
             b.inc(1);
         }
     }
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish();
         }
@@ -319,6 +319,18 @@ fn restart_metrics(path: &Path, first_epoch: usize) -> Result<Vec<crate::plot::E
 
 /// Trains `opts.model` on `opts.data`, printing progress and ending with `test accuracy: X`.
 pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
+    if opts.model == "chartransformer" {
+        return crate::text::train(opts, device);
+    }
+    if opts.data == "text" {
+        return Err(Error::invalid(
+            "train",
+            format!(
+                "--data text is for --model chartransformer, not {}",
+                opts.model
+            ),
+        ));
+    }
     let start = Instant::now();
     let mut opts = opts.clone();
     // A resumed run keeps the model and data it was trained with.

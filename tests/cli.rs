@@ -249,3 +249,70 @@ fn runs_refuse_to_overwrite_and_stop_quietly_on_a_closed_pipe() {
         );
     }
 }
+
+/// `tessera eval` on a PyTorch state_dict of the character transformer prints PyTorch's
+/// validation bits per character (fixture: tests/fixtures/make_fixtures.py); wrong sizes or
+/// data are errors, not panics.
+#[test]
+fn eval_of_a_pytorch_char_transformer_prints_pytorchs_bits_per_char() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (ckpt, text) = (
+        fixtures.join("transformer.safetensors"),
+        fixtures.join("tiny.txt"),
+    );
+    let (ckpt, text) = (ckpt.to_str().unwrap(), text.to_str().unwrap());
+    let out = tessera(&[
+        "eval",
+        ckpt,
+        "--model",
+        "chartransformer",
+        "--data",
+        text,
+        "--heads",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("validation bits/char: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no bits/char line in {stdout}"));
+    let bytes = std::fs::read(fixtures.join("tiny_bpc.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want = f64::from_le_bytes(
+        st.tensor("tiny_bpc").unwrap().data()[..8]
+            .try_into()
+            .unwrap(),
+    );
+    assert!((got - want).abs() < 1e-3, "tessera {got} vs PyTorch {want}");
+    // Three heads do not divide the width 8; the embedded novel has another vocabulary.
+    fails(
+        &[
+            "eval",
+            ckpt,
+            "--model",
+            "chartransformer",
+            "--data",
+            text,
+            "--heads",
+            "3",
+        ],
+        1,
+        "does not divide",
+    );
+    fails(
+        &["eval", ckpt, "--model", "chartransformer", "--data", "text"],
+        1,
+        "vocabulary",
+    );
+    fails(
+        &["train", "--model", "mlp", "--data", "text"],
+        1,
+        "chartransformer",
+    );
+}

@@ -176,3 +176,75 @@ fn the_sinusoidal_table_is_the_papers() -> Result<()> {
         .is_err());
     Ok(())
 }
+
+// The custom block of the README: pre-norm causal self-attention with rotary positions,
+// written as a derived module.
+use tessera::nn::Linear;
+use tessera::ops::attention::scaled_dot_product_attention;
+
+#[derive(Module)]
+struct RotaryAttention {
+    norm: LayerNorm,
+    qkv: Linear,
+    out: Linear,
+    #[module(skip)]
+    heads: usize,
+}
+
+impl RotaryAttention {
+    fn new(ctx: &mut Ctx, d: usize, heads: usize) -> Result<Self> {
+        Ok(RotaryAttention {
+            norm: LayerNorm::new(ctx, &[d])?,
+            qkv: Linear::new(ctx, d, 3 * d)?,
+            out: Linear::new(ctx, d, d)?,
+            heads,
+        })
+    }
+}
+
+impl Forward for RotaryAttention {
+    /// `x + out(SDPA(rope(q), rope(k), v))` with q, k, v from `qkv(norm(x))`; `x` `[N, T, D]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [n, t, d] = [0, 1, 2].map(|i| x.dims()[i] as isize);
+        let h = self.heads as isize;
+        let qkv = self
+            .qkv
+            .forward(&self.norm.forward(x)?)?
+            .reshape(&[n, t, 3, h, d / h])?
+            .permute(&[2, 0, 3, 1, 4])?; // [3, N, H, T, D/H]
+        let part = |i| qkv.narrow(0, i, 1)?.squeeze(0);
+        let q = rotary_embedding(&part(0)?, 0, 10000.0)?;
+        let k = rotary_embedding(&part(1)?, 0, 10000.0)?;
+        let y = scaled_dot_product_attention(&q, &k, &part(2)?, None, true, None)?;
+        x.add(&self.out.forward(&y.transpose(1, 2)?.reshape(&[n, t, d])?)?)
+    }
+}
+
+#[test]
+fn a_custom_rotary_attention_block_is_causal_and_trains() -> Result<()> {
+    let dev = Device::parse("cpu")?;
+    let block = RotaryAttention::new(&mut Ctx::new(&dev, 0), 8, 2)?;
+    assert_eq!(
+        names(&block),
+        [
+            "norm.weight",
+            "norm.bias",
+            "qkv.weight",
+            "qkv.bias",
+            "out.weight",
+            "out.bias"
+        ]
+    );
+    let x = Tensor::randn(&[2, 5, 8], &dev)?;
+    let y = block.forward(&x)?;
+    // Changing the last position leaves the earlier outputs alone.
+    let later = Tensor::concat(&[&x.narrow(1, 0, 4)?, &Tensor::randn(&[2, 1, 8], &dev)?], 1)?;
+    let y2 = block.forward(&later)?;
+    assert!(max_diff(&y.narrow(1, 0, 4)?, &y2.narrow(1, 0, 4)?)? < 1e-6);
+    assert!(max_diff(&y.narrow(1, 4, 1)?, &y2.narrow(1, 4, 1)?)? > 1e-3);
+    let grads = y.square()?.sum_all()?.backward()?;
+    for (name, p) in block.named_parameters() {
+        assert!(grads.get(&p.tensor()).is_some(), "no gradient for {name}");
+    }
+    Ok(())
+}

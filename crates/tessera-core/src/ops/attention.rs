@@ -537,12 +537,14 @@ pub fn multi_head_attention(
             };
             add_bias(b)?;
         }
-        None if o.is_causal => {
+        // Causal and nothing else: the kernel's own rule, no bias tensor.
+        None if o.is_causal && o.key_padding_mask.is_some() => {
             let c = causal_mask(l, s, q_in.device())?.logical_not()?;
             add_bias(mha_bias(op, &c, &qp)?)?;
         }
         None => {}
     }
+    let causal = o.is_causal && o.attn_mask.is_none() && o.key_padding_mask.is_none();
     if let Some(m) = o.key_padding_mask {
         if m.dims() != [n, s] {
             return Err(Error::shape(
@@ -555,10 +557,10 @@ pub fn multi_head_attention(
         add_bias(mha_bias(op, m, &qp)?.reshape(&[n as isize, 1, 1, s as isize])?)?;
     }
     let (oh, p) = if o.need_weights {
-        let (oh, p) = attention_with_weights(&qh, &kh, &vh, bias.as_ref(), false, None)?;
+        let (oh, p) = attention_with_weights(&qh, &kh, &vh, bias.as_ref(), causal, None)?;
         (oh, Some(p))
     } else {
-        let oh = scaled_dot_product_attention(&qh, &kh, &vh, bias.as_ref(), false, None)?;
+        let oh = scaled_dot_product_attention(&qh, &kh, &vh, bias.as_ref(), causal, None)?;
         (oh, None)
     };
     // [N, H, L, hd] -> [N, L, E]
