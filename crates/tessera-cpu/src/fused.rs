@@ -576,6 +576,91 @@ impl CpuBackend {
     }
 }
 
+/// The elements of a contiguous view.
+fn whole<T: Float>(v: View<'_>) -> Result<&[T]> {
+    Ok(&typed::<T>("attention", v)?[v.layout.offset()..][..v.layout.numel()])
+}
+
+/// The dims of a fused attention call whose operands are contiguous, or `None` to decline.
+fn attention_dims(a: &Attention<'_>) -> Option<kernels::attention::Dims> {
+    let (q, k, v) = (a.q.layout, a.k.layout, a.v.layout);
+    let (&[b, l, e], &[bk, s, ek], &[bv, sv, ev]) = (q.shape(), k.shape(), v.shape()) else {
+        return None;
+    };
+    let ok = b == bk && b == bv && e == ek && s == sv;
+    let contiguous = q.is_contiguous() && k.is_contiguous() && v.is_contiguous();
+    let bias_ok = a.bias.is_none_or(|m| m.layout.shape() == [b, l, s]);
+    (ok && contiguous && bias_ok).then_some(kernels::attention::Dims {
+        b,
+        l,
+        s,
+        e,
+        ev,
+        causal: a.causal,
+        scale: a.scale,
+    })
+}
+
+impl CpuBackend {
+    /// `bias(b, i, j)` read through the bias view's strides (0 where it broadcasts).
+    fn bias_reader<'a, T: Float>(
+        bias: Option<View<'a>>,
+    ) -> Result<Option<impl Fn(usize, usize, usize) -> T + Sync + 'a>> {
+        let Some(m) = bias else {
+            return Ok(None);
+        };
+        let (data, l) = (typed::<T>("attention", m)?, m.layout);
+        let (st, off) = (l.strides(), l.offset());
+        let (s0, s1, s2) = (st[0], st[1], st[2]);
+        Ok(Some(move |b: usize, i: usize, j: usize| {
+            data[off + b * s0 + i * s1 + j * s2]
+        }))
+    }
+
+    fn attention_typed<T: kernels::attention::AttnFloat>(
+        &self,
+        a: &Attention<'_>,
+    ) -> Result<Option<[Arc<dyn Buffer>; 2]>> {
+        let Some(d) = attention_dims(a) else {
+            return Ok(None);
+        };
+        let (q, k, v) = (whole::<T>(a.q)?, whole::<T>(a.k)?, whole::<T>(a.v)?);
+        let bias = Self::bias_reader::<T>(a.bias)?;
+        let bias = bias.as_ref().map(|f| f as &kernels::attention::Bias<'_, T>);
+        let (o, lse) = kernels::attention::forward(d, q, k, v, bias);
+        Ok(Some([out(o)?, out(lse)?]))
+    }
+
+    fn attention_backward_typed<T: kernels::attention::AttnFloat>(
+        &self,
+        a: &Attention<'_>,
+        o: View<'_>,
+        lse: View<'_>,
+        dout: View<'_>,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let Some(d) = attention_dims(a) else {
+            return Ok(None);
+        };
+        if !(o.layout.is_contiguous() && lse.layout.is_contiguous() && dout.layout.is_contiguous())
+        {
+            return Ok(None);
+        }
+        let bias = Self::bias_reader::<T>(a.bias)?;
+        let bias = bias.as_ref().map(|f| f as &kernels::attention::Bias<'_, T>);
+        let (dq, dk, dv) = kernels::attention::backward(
+            d,
+            whole::<T>(a.q)?,
+            whole::<T>(a.k)?,
+            whole::<T>(a.v)?,
+            bias,
+            whole::<T>(o)?,
+            whole::<T>(lse)?,
+            whole::<T>(dout)?,
+        );
+        Ok(Some([out(dq)?, out(dk)?, out(dv)?]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,90 +786,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-/// The elements of a contiguous view.
-fn whole<T: Float>(v: View<'_>) -> Result<&[T]> {
-    Ok(&typed::<T>("attention", v)?[v.layout.offset()..][..v.layout.numel()])
-}
-
-/// The dims of a fused attention call whose operands are contiguous, or `None` to decline.
-fn attention_dims(a: &Attention<'_>) -> Option<kernels::attention::Dims> {
-    let (q, k, v) = (a.q.layout, a.k.layout, a.v.layout);
-    let (&[b, l, e], &[bk, s, ek], &[bv, sv, ev]) = (q.shape(), k.shape(), v.shape()) else {
-        return None;
-    };
-    let ok = b == bk && b == bv && e == ek && s == sv;
-    let contiguous = q.is_contiguous() && k.is_contiguous() && v.is_contiguous();
-    let bias_ok = a.bias.is_none_or(|m| m.layout.shape() == [b, l, s]);
-    (ok && contiguous && bias_ok).then_some(kernels::attention::Dims {
-        b,
-        l,
-        s,
-        e,
-        ev,
-        causal: a.causal,
-        scale: a.scale,
-    })
-}
-
-impl CpuBackend {
-    /// `bias(b, i, j)` read through the bias view's strides (0 where it broadcasts).
-    fn bias_reader<'a, T: Float>(
-        bias: Option<View<'a>>,
-    ) -> Result<Option<impl Fn(usize, usize, usize) -> T + Sync + 'a>> {
-        let Some(m) = bias else {
-            return Ok(None);
-        };
-        let (data, l) = (typed::<T>("attention", m)?, m.layout);
-        let (st, off) = (l.strides(), l.offset());
-        let (s0, s1, s2) = (st[0], st[1], st[2]);
-        Ok(Some(move |b: usize, i: usize, j: usize| {
-            data[off + b * s0 + i * s1 + j * s2]
-        }))
-    }
-
-    fn attention_typed<T: kernels::attention::AttnFloat>(
-        &self,
-        a: &Attention<'_>,
-    ) -> Result<Option<[Arc<dyn Buffer>; 2]>> {
-        let Some(d) = attention_dims(a) else {
-            return Ok(None);
-        };
-        let (q, k, v) = (whole::<T>(a.q)?, whole::<T>(a.k)?, whole::<T>(a.v)?);
-        let bias = Self::bias_reader::<T>(a.bias)?;
-        let bias = bias.as_ref().map(|f| f as &kernels::attention::Bias<'_, T>);
-        let (o, lse) = kernels::attention::forward(d, q, k, v, bias);
-        Ok(Some([out(o)?, out(lse)?]))
-    }
-
-    fn attention_backward_typed<T: kernels::attention::AttnFloat>(
-        &self,
-        a: &Attention<'_>,
-        o: View<'_>,
-        lse: View<'_>,
-        dout: View<'_>,
-    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
-        let Some(d) = attention_dims(a) else {
-            return Ok(None);
-        };
-        if !(o.layout.is_contiguous() && lse.layout.is_contiguous() && dout.layout.is_contiguous())
-        {
-            return Ok(None);
-        }
-        let bias = Self::bias_reader::<T>(a.bias)?;
-        let bias = bias.as_ref().map(|f| f as &kernels::attention::Bias<'_, T>);
-        let (dq, dk, dv) = kernels::attention::backward(
-            d,
-            whole::<T>(a.q)?,
-            whole::<T>(a.k)?,
-            whole::<T>(a.v)?,
-            bias,
-            whole::<T>(o)?,
-            whole::<T>(lse)?,
-            whole::<T>(dout)?,
-        );
-        Ok(Some([out(dq)?, out(dk)?, out(dv)?]))
     }
 }

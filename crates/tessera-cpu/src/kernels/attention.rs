@@ -38,61 +38,35 @@ impl Dims {
 /// `O(BR·S)` however many queries there are.
 const BR: usize = 64;
 
+/// matrixmultiply's GEMM signature: `m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc,
+/// csc`.
+pub type GemmFn<T> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    T,
+    *const T,
+    isize,
+    isize,
+    *const T,
+    isize,
+    isize,
+    T,
+    *mut T,
+    isize,
+    isize,
+);
+
 /// The element types with a GEMM (matrixmultiply's, packed and vectorised).
 pub trait AttnFloat: Float {
     /// matrixmultiply's `sgemm`/`dgemm`.
-    const GEMM: unsafe fn(
-        usize,
-        usize,
-        usize,
-        Self,
-        *const Self,
-        isize,
-        isize,
-        *const Self,
-        isize,
-        isize,
-        Self,
-        *mut Self,
-        isize,
-        isize,
-    );
+    const GEMM: GemmFn<Self>;
 }
 impl AttnFloat for f32 {
-    const GEMM: unsafe fn(
-        usize,
-        usize,
-        usize,
-        f32,
-        *const f32,
-        isize,
-        isize,
-        *const f32,
-        isize,
-        isize,
-        f32,
-        *mut f32,
-        isize,
-        isize,
-    ) = matrixmultiply::sgemm;
+    const GEMM: GemmFn<f32> = matrixmultiply::sgemm;
 }
 impl AttnFloat for f64 {
-    const GEMM: unsafe fn(
-        usize,
-        usize,
-        usize,
-        f64,
-        *const f64,
-        isize,
-        isize,
-        *const f64,
-        isize,
-        isize,
-        f64,
-        *mut f64,
-        isize,
-        isize,
-    ) = matrixmultiply::dgemm;
+    const GEMM: GemmFn<f64> = matrixmultiply::dgemm;
 }
 
 /// `len` zeros from the buffer pool: fresh multi-megabyte vectors each step would cost page

@@ -68,7 +68,7 @@ impl MultiheadAttention {
         bias: bool,
     ) -> Result<MultiheadAttention> {
         let e = embed_dim;
-        if num_heads == 0 || e % num_heads != 0 {
+        if num_heads == 0 || !e.is_multiple_of(num_heads) {
             return Err(Error::invalid(
                 "MultiheadAttention",
                 format!("num_heads = {num_heads} must divide embed_dim = {e}"),
