@@ -47,7 +47,7 @@ fn main() -> Result<()> {
             cosine.lr(base_lr, step - WARMUP)
         };
         opt.set_lr(lr);
-        let (x, y) = random_windows(&corpus.train, BATCH, config.context, 7, step, &dev)?;
+        let (x, y) = random_windows(&corpus.train, BATCH, config.context, 0, step, &dev)?;
         let logits = model.logits(&x)?;
         let loss = cross_entropy(
             &logits.reshape(&[-1, config.vocab as isize])?,
