@@ -8,10 +8,11 @@
 //! character are measured over the whole last 10 %, cut into consecutive windows of the
 //! context length (the last one shorter), each window predicted from its own start.
 
-use crate::train::{print_line, Progress, RunLock, Stdout, TrainOptions, TrainReport};
+use crate::train::{
+    append_line, open_run, print_line, Progress, Stdout, TrainOptions, TrainReport,
+};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use tessera_core::{no_grad, Device, Error, Result, Tensor};
 use tessera_nn::checkpoint::{load_model, save_model};
@@ -176,33 +177,13 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         t_max: total.saturating_sub(WARMUP).max(1),
         eta_min: 0.0,
     };
-    let out_dir = match &opts.out {
-        Some(d) => d.clone(),
-        None => PathBuf::from(format!(
-            "runs/chartransformer-text-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        )),
-    };
-    std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io {
-        path: out_dir.display().to_string(),
-        source: e,
-    })?;
-    let _lock = RunLock::take(&out_dir)?;
-    let holds_run = ["last.safetensors", "best.safetensors", "metrics.jsonl"]
-        .iter()
-        .any(|f| out_dir.join(f).exists());
-    if holds_run && !opts.overwrite {
-        return Err(Error::invalid(
-            "train",
-            format!(
-                "{} already holds a run: pass --overwrite to replace it, or another --out",
-                out_dir.display()
-            ),
-        ));
-    }
+    // A text run is not resumed (refused above), so a finished run needs --overwrite.
+    let (out_dir, _lock) = open_run(
+        opts.out.as_deref(),
+        "chartransformer-text",
+        (false, false),
+        opts.overwrite,
+    )?;
     let metrics_path = out_dir.join("metrics.jsonl");
     std::fs::write(&metrics_path, "").map_err(|e| Error::Io {
         path: metrics_path.display().to_string(),
@@ -279,14 +260,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             "{{\"epoch\":{epoch},\"train_loss\":{train_loss},\"train_accuracy\":{train_acc},\"test_loss\":{valid_loss},\"test_accuracy\":{acc},\"validation_bits_per_char\":{bpc},\"seconds\":{secs},\"lr\":{}}}\n",
             optimizer.lr()
         );
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&metrics_path)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .map_err(|e| Error::Io {
-                path: metrics_path.display().to_string(),
-                source: e,
-            })?;
+        append_line(&metrics_path, &line)?;
         let meta = BTreeMap::from([
             ("model".to_string(), "chartransformer".to_string()),
             ("data".to_string(), opts.data.clone()),

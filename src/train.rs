@@ -290,6 +290,64 @@ impl Progress {
     }
 }
 
+/// The run folder (`out`, else `runs/<default>-<unix seconds>`), created and locked; a folder
+/// that already holds a run is refused unless `resuming` it or told to `overwrite` it (the
+/// message offers `--resume` where the model `can_resume`).
+pub(crate) fn open_run(
+    out: Option<&Path>,
+    default: &str,
+    (resuming, can_resume): (bool, bool),
+    overwrite: bool,
+) -> Result<(PathBuf, RunLock)> {
+    let out_dir = match out {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from(format!("runs/{default}-{t}"))
+        }
+    };
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io {
+        path: out_dir.display().to_string(),
+        source: e,
+    })?;
+    // One run per folder, and none over a finished run unless asked.
+    let lock = RunLock::take(&out_dir)?;
+    let holds_run = ["last.safetensors", "best.safetensors", "metrics.jsonl"]
+        .iter()
+        .any(|f| out_dir.join(f).exists());
+    if holds_run && !resuming && !overwrite {
+        let d = out_dir.display();
+        let resume = if can_resume {
+            format!("--resume {d}/last.safetensors to continue it, ")
+        } else {
+            String::new()
+        };
+        return Err(Error::invalid(
+            "train",
+            format!(
+                "{d} already holds a run: pass {resume}--overwrite to replace it, or another --out"
+            ),
+        ));
+    }
+    Ok((out_dir, lock))
+}
+
+/// Appends `line` to the file at `path` (created if missing).
+pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })
+}
+
 /// Keeps the lines of `metrics.jsonl` for epochs before `first_epoch` and returns them. A fresh
 /// run (`first_epoch == 1`) starts an empty file whatever was there; when resuming, a line that
 /// is not an epoch record is a `BadFile` error.
@@ -386,40 +444,13 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             ));
         }
     }
-    let out_dir = match &opts.out {
-        Some(d) => d.clone(),
-        None => {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            PathBuf::from(format!(
-                "runs/{}-{}-{t}",
-                opts.model,
-                opts.data.replace('/', "_")
-            ))
-        }
-    };
-    std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io {
-        path: out_dir.display().to_string(),
-        source: e,
-    })?;
-    // One run per folder, and none over a finished run unless asked.
-    let _lock = RunLock::take(&out_dir)?;
-    let holds_run = ["last.safetensors", "best.safetensors", "metrics.jsonl"]
-        .iter()
-        .any(|f| out_dir.join(f).exists());
-    if holds_run && opts.resume.is_none() && !opts.overwrite {
-        return Err(Error::invalid(
-            "train",
-            format!(
-                "{} already holds a run: pass --resume {}/last.safetensors to continue it, \
-                 --overwrite to replace it, or another --out",
-                out_dir.display(),
-                out_dir.display()
-            ),
-        ));
-    }
+    let default = format!("{}-{}", opts.model, opts.data.replace('/', "_"));
+    let (out_dir, _lock) = open_run(
+        opts.out.as_deref(),
+        &default,
+        (opts.resume.is_some(), true),
+        opts.overwrite,
+    )?;
     let loader = DataLoader::new(
         train.clone(),
         LoaderOptions {
@@ -510,18 +541,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
             "{{\"epoch\":{epoch},\"train_loss\":{train_loss},\"train_accuracy\":{train_acc},\"test_loss\":{test_loss},\"test_accuracy\":{test_acc},\"seconds\":{secs},\"lr\":{}}}\n",
             optimizer.lr()
         );
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::Io {
-                path: metrics_path.display().to_string(),
-                source: e,
-            })?;
-        f.write_all(line.as_bytes()).map_err(|e| Error::Io {
-            path: metrics_path.display().to_string(),
-            source: e,
-        })?;
+        append_line(&metrics_path, &line)?;
         let meta = BTreeMap::from([
             ("model".to_string(), opts.model.clone()),
             ("data".to_string(), opts.data.clone()),

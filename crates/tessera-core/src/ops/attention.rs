@@ -183,6 +183,27 @@ fn bias_view(bias: &Tensor, lead: &[usize], l: usize, s: usize) -> Result<(Tenso
     }
 }
 
+/// The kernel's operands: `[B, ·, ·]` views of q, k, v and the bias with its `[B, L, S]`
+/// layout.
+fn attention_args<'a>(
+    [q, k, v]: [&'a Tensor; 3],
+    bias: Option<&'a (Tensor, Layout)>,
+    causal: bool,
+    scale: f64,
+) -> Attention<'a> {
+    Attention {
+        q: q.view(),
+        k: k.view(),
+        v: v.view(),
+        bias: bias.map(|(t, lay)| View {
+            buf: t.buffer().as_ref(),
+            layout: lay,
+        }),
+        causal,
+        scale,
+    }
+}
+
 /// The fused forward as one tape node, or `None` when the backend declines.
 fn fused_attention(
     q: &Tensor,
@@ -208,17 +229,7 @@ fn fused_attention(
     let bias = bias
         .map(|m| bias_view(&m.detach(), lead, l, s))
         .transpose()?;
-    let a = Attention {
-        q: q3.view(),
-        k: k3.view(),
-        v: v3.view(),
-        bias: bias.as_ref().map(|(t, lay)| View {
-            buf: t.buffer().as_ref(),
-            layout: lay,
-        }),
-        causal,
-        scale,
-    };
+    let a = attention_args([&q3, &k3, &v3], bias.as_ref(), causal, scale);
     let Some([out, lse]) = super::fused(q.device(), |kn| kn.attention(&a))? else {
         return Ok(None);
     };
@@ -239,17 +250,7 @@ fn fused_attention(
                     .as_ref()
                     .map(|t| bias_view(t, &qs.dims()[..qs.rank() - 2], l, s))
                     .transpose()?;
-                let a = Attention {
-                    q: q3.view(),
-                    k: k3.view(),
-                    v: v3.view(),
-                    bias: bl.as_ref().map(|(t, lay)| View {
-                        buf: t.buffer().as_ref(),
-                        layout: lay,
-                    }),
-                    causal,
-                    scale,
-                };
+                let a = attention_args([&q3, &k3, &v3], bl.as_ref(), causal, scale);
                 let grads = super::fused(qs.device(), |kn| {
                     kn.attention_backward(&a, y3.view(), lse.view(), g3.view())
                 })?;

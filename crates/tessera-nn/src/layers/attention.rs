@@ -164,6 +164,21 @@ impl Forward for MultiheadAttention {
     }
 }
 
+/// A transformer layer's feed-forward block: `drop_out(linear2(drop(act(linear1(x)))))`.
+fn feed_forward(
+    [linear1, linear2]: [&Linear; 2],
+    [drop, drop_out]: [&Dropout; 2],
+    act: FfActivation,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let h = linear1.forward(x)?;
+    let h = match act {
+        FfActivation::Relu => h.relu()?,
+        FfActivation::Gelu => h.gelu(false)?,
+    };
+    drop_out.forward(&linear2.forward(&drop.forward(&h)?)?)
+}
+
 /// Options of a transformer layer (PyTorch's constructor arguments).
 #[derive(Clone, Copy, Debug)]
 pub struct TransformerOptions {
@@ -248,14 +263,13 @@ impl TransformerEncoderLayer {
             let y = self.self_attn.forward(x, x, x, masks, false)?.0;
             self.dropout1.forward(&y)
         };
-        let ff = |x: &Tensor| -> Result<Tensor> {
-            let h = self.linear1.forward(x)?;
-            let h = match o.activation {
-                FfActivation::Relu => h.relu()?,
-                FfActivation::Gelu => h.gelu(false)?,
-            };
-            let h = self.linear2.forward(&self.dropout.forward(&h)?)?;
-            self.dropout2.forward(&h)
+        let ff = |x: &Tensor| {
+            feed_forward(
+                [&self.linear1, &self.linear2],
+                [&self.dropout, &self.dropout2],
+                o.activation,
+                x,
+            )
         };
         if o.norm_first {
             let h = src.add(&sa(&self.norm1.forward(src)?)?)?;
@@ -453,14 +467,13 @@ impl TransformerDecoderLayer {
                 .0;
             self.dropout2.forward(&y)
         };
-        let ff = |x: &Tensor| -> Result<Tensor> {
-            let h = self.linear1.forward(x)?;
-            let h = match o.activation {
-                FfActivation::Relu => h.relu()?,
-                FfActivation::Gelu => h.gelu(false)?,
-            };
-            let h = self.linear2.forward(&self.dropout.forward(&h)?)?;
-            self.dropout3.forward(&h)
+        let ff = |x: &Tensor| {
+            feed_forward(
+                [&self.linear1, &self.linear2],
+                [&self.dropout, &self.dropout3],
+                o.activation,
+                x,
+            )
         };
         if o.norm_first {
             let x = tgt.add(&sa(&self.norm1.forward(tgt)?)?)?;
