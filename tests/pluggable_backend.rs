@@ -123,10 +123,11 @@ impl Backend for ToyBackend {
         let v = read(&x)?;
         buf(
             dtype,
-            if dtype == DType::I64 {
-                v.into_iter().map(|x| x.trunc()).collect()
-            } else {
-                v
+            match dtype {
+                DType::I64 => v.into_iter().map(|x| x.trunc()).collect(),
+                // The contract: non-zero (NaN too) is true, stored as 1.
+                DType::Bool => v.into_iter().map(|x| (x != 0.0) as u8 as f64).collect(),
+                _ => v,
             },
         )
     }
@@ -500,6 +501,49 @@ fn a_backend_defined_outside_core_runs_composite_ops_and_backward() -> Result<()
     assert!(lse.iter().zip(&lse_c).all(|(a, b)| (a - b).abs() < 1e-12));
     let v = Tensor::concat(&[&x, &x.mul_scalar(2.0)?], 0)?.var(&[0], 1, false)?;
     assert_eq!(v.dims(), &[3]);
+    Ok(())
+}
+
+/// Bool masks, sorting, einsum and attention reach a backend that has only the primitives:
+/// the same results and gradients as the CPU (whose fused attention and argsort kernels are
+/// thus checked against the composites too).
+#[test]
+fn masks_sorting_einsum_and_attention_compose_from_primitives() -> Result<()> {
+    use tessera::ops::attention::scaled_dot_product_attention as sdpa;
+    let (toy, cpu) = (toy(), Device::parse("cpu")?);
+    let run = |dev: &Device| -> Result<Vec<Vec<f64>>> {
+        let mut gen = Generator::new(11);
+        let q = Tensor::randn_with(&[2, 5, 4], 0.0, 1.0, DType::F64, &mut gen, dev)?
+            .requires_grad_()?;
+        let k = Tensor::randn_with(&[2, 6, 4], 0.0, 1.0, DType::F64, &mut gen, dev)?
+            .requires_grad_()?;
+        let v = Tensor::randn_with(&[2, 6, 3], 0.0, 1.0, DType::F64, &mut gen, dev)?
+            .requires_grad_()?;
+        let keep = k
+            .sum(&[2], false)?
+            .gt(&k.scalar_like(-1.0)?)?
+            .unsqueeze(1)?; // [2, 1, 6]
+        let keep = keep.logical_or(&tessera::ops::attention::causal_mask(5, 6, dev)?)?;
+        let y = sdpa(&q, &k, &v, Some(&keep), false, None)?;
+        let (sorted, idx) = y.sort(1, true)?;
+        let e = tessera::ops::einsum::einsum("bij,bkj->bik", &[&sorted, &v])?;
+        let loss = e
+            .masked_fill(&e.lt(&e.scalar_like(0.0)?)?, 0.0)?
+            .sum_all()?;
+        let g = loss.backward()?;
+        let mut out = vec![loss.to_vec_f64()?, idx.to_vec_f64()?];
+        for t in [&q, &k, &v] {
+            out.push(g.of(t)?.to_vec_f64()?);
+        }
+        Ok(out)
+    };
+    let (a, b) = (run(&toy)?, run(&cpu)?);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() < 1e-10, "{p} vs {q}");
+        }
+    }
     Ok(())
 }
 
