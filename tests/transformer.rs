@@ -12,7 +12,8 @@ use tessera::nn::checkpoint::{load, load_model};
 use tessera::nn::zoo::CharTransformer;
 use tessera::nn::{
     rotary_embedding, AttentionMasks, Ctx, FfActivation, LayerNorm, MultiheadAttention,
-    SinusoidalPositionalEncoding, TransformerEncoder, TransformerEncoderLayer, TransformerOptions,
+    SinusoidalPositionalEncoding, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+    TransformerEncoderLayer, TransformerOptions,
 };
 use tessera::prelude::*;
 use tessera::testing::{gradcheck, GradcheckOptions};
@@ -84,6 +85,44 @@ fn a_post_norm_encoder_with_padding_matches_pytorch() -> Result<()> {
     };
     let y = no_grad(|| enc.forward_masked(&io.tensors["src"], &masks))?;
     let d = max_diff(&y, &io.tensors["enc_y"])?;
+    assert!(d < 1e-5, "max difference from PyTorch: {d}");
+    Ok(())
+}
+
+#[test]
+fn a_post_norm_decoder_with_causal_target_and_padded_memory_matches_pytorch() -> Result<()> {
+    let dev = Device::parse("cpu")?;
+    let mut o = TransformerOptions::new(2);
+    o.dim_feedforward = 12;
+    o.dropout = 0.0;
+    let dec = TransformerDecoder::new(
+        &mut Ctx::new(&dev, 0),
+        2,
+        |c| TransformerDecoderLayer::new(c, 8, o),
+        Some(LayerNorm::new(&mut Ctx::new(&dev, 1), &[8])?),
+    )?;
+    let sd = load(&fixture("decoder.safetensors"), &dev)?;
+    let order: Vec<String> = sd.metadata["order"].split(',').map(String::from).collect();
+    assert_eq!(names(&dec), order);
+    load_model(&fixture("decoder.safetensors"), &dec, None, &dev)?;
+    let io = load(&fixture("decoder_io.safetensors"), &dev)?;
+    let tgt_masks = AttentionMasks {
+        is_causal: true,
+        ..Default::default()
+    };
+    let memory_masks = AttentionMasks {
+        key_padding_mask: Some(&io.tensors["mem_pad"]),
+        ..Default::default()
+    };
+    let y = no_grad(|| {
+        dec.forward(
+            &io.tensors["tgt"],
+            &io.tensors["memory"],
+            &tgt_masks,
+            &memory_masks,
+        )
+    })?;
+    let d = max_diff(&y, &io.tensors["y"])?;
     assert!(d < 1e-5, "max difference from PyTorch: {d}");
     Ok(())
 }

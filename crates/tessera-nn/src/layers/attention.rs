@@ -487,6 +487,46 @@ impl TransformerDecoderLayer {
     }
 }
 
+/// `torch.nn.TransformerDecoder`: `layers.0`, `layers.1`, ... and an optional final `norm`.
+#[derive(Module)]
+pub struct TransformerDecoder {
+    pub layers: Vec<TransformerDecoderLayer>,
+    pub norm: Option<LayerNorm>,
+}
+
+impl TransformerDecoder {
+    /// `num_layers` layers built by `layer` (each with its own parameters).
+    pub fn new(
+        ctx: &mut Ctx,
+        num_layers: usize,
+        mut layer: impl FnMut(&mut Ctx) -> Result<TransformerDecoderLayer>,
+        norm: Option<LayerNorm>,
+    ) -> Result<TransformerDecoder> {
+        let layers = (0..num_layers)
+            .map(|_| layer(ctx))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TransformerDecoder { layers, norm })
+    }
+
+    /// Every layer on `tgt` with the same `memory` and masks, then the final norm.
+    pub fn forward(
+        &self,
+        tgt: &Tensor,
+        memory: &Tensor,
+        tgt_masks: &AttentionMasks<'_>,
+        memory_masks: &AttentionMasks<'_>,
+    ) -> Result<Tensor> {
+        let mut x = tgt.clone();
+        for l in &self.layers {
+            x = l.forward(&x, memory, tgt_masks, memory_masks)?;
+        }
+        match &self.norm {
+            Some(n) => Forward::forward(n, &x),
+            None => Ok(x),
+        }
+    }
+}
+
 /// The fixed sinusoidal position encoding of "Attention Is All You Need":
 /// `pe[p, 2i] = sin(p / 10000^(2i/d))`, `pe[p, 2i+1] = cos(...)`, added to `[..., T, d]`
 /// inputs (positions `0..T`). A buffer, not a parameter.

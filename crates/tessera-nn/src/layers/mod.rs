@@ -14,7 +14,8 @@ mod rnn;
 pub use activation::{Activation, Flatten};
 pub use attention::{
     rotary_embedding, AttentionMasks, MultiheadAttention, SinusoidalPositionalEncoding,
-    TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, TransformerOptions,
+    TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer,
+    TransformerOptions,
 };
 pub use classic::{LocalResponseNorm, PartialConv2d, Rbf, Squash, Subsampling, C3_TABLE};
 pub use conv::{Conv1d, Conv2d, ConvTranspose2d};
