@@ -122,6 +122,12 @@ fn comparisons_where_argmax_clamp_and_casts() -> Result<()> {
         vec![true, true]
     );
     assert!(pos.add(&pos).is_err(), "arithmetic on bool needs a cast");
+    // Shifts of any size wrap without overflow: i64::MIN ≡ 1 (mod 3), one place forward.
+    let r = Tensor::from_vec(vec![0.0f64, 1.0, 2.0], &[3], &cpu())?;
+    assert_eq!(
+        r.roll(&[i64::MIN], &[0])?.to_vec::<f64>()?,
+        vec![2.0, 0.0, 1.0]
+    );
     assert_eq!(
         x.gt(&zero)?.where_(&x, &zero)?.to_vec::<f64>()?,
         x.relu()?.to_vec::<f64>()?

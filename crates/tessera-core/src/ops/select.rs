@@ -249,6 +249,8 @@ impl Tensor {
             if n == 0 {
                 continue;
             }
+            // Reduced first, so no shift (i64::MIN included) overflows the subtraction.
+            let s = s.rem_euclid(n);
             let idx: Vec<i64> = (0..n).map(|i| (i - s).rem_euclid(n)).collect();
             let idx = Tensor::from_vec(idx, &[n as usize], self.device())?;
             y = y.index_select(a as isize, &idx)?;

@@ -354,9 +354,7 @@ impl TransformerEncoder {
         mut layer: impl FnMut(&mut Ctx) -> Result<TransformerEncoderLayer>,
         norm: Option<LayerNorm>,
     ) -> Result<TransformerEncoder> {
-        let layers = (0..num_layers)
-            .map(|_| layer(ctx))
-            .collect::<Result<Vec<_>>>()?;
+        let layers = (0..num_layers).map(|_| layer(ctx)).collect::<Result<_>>()?;
         Ok(TransformerEncoder { layers, norm })
     }
 
@@ -502,9 +500,7 @@ impl TransformerDecoder {
         mut layer: impl FnMut(&mut Ctx) -> Result<TransformerDecoderLayer>,
         norm: Option<LayerNorm>,
     ) -> Result<TransformerDecoder> {
-        let layers = (0..num_layers)
-            .map(|_| layer(ctx))
-            .collect::<Result<Vec<_>>>()?;
+        let layers = (0..num_layers).map(|_| layer(ctx)).collect::<Result<_>>()?;
         Ok(TransformerDecoder { layers, norm })
     }
 
