@@ -3,7 +3,7 @@
 //! planned in [`crate::conv`].
 
 use crate::dispatch::{out, typed};
-use crate::kernels::elementwise::{relu, relu_grad};
+use crate::kernels::elementwise::{gelu, gelu_grad, relu, relu_grad};
 use crate::kernels::{self, conv as cv, reduce as rd, rnn, Float};
 use crate::{CpuBackend, CpuBuffer, CpuStorage};
 use std::sync::Arc;
@@ -111,6 +111,43 @@ impl FusedKernels for CpuBackend {
         match dy.buf.dtype() {
             DType::F32 => self.map2_typed::<f32>("relu_backward", dy, y, relu_grad),
             DType::F64 => self.map2_typed::<f64>("relu_backward", dy, y, relu_grad),
+            _ => return Ok(None),
+        }
+        .map(Some)
+    }
+
+    fn gelu(&self, x: View<'_>, tanh_form: bool) -> Fused {
+        match x.buf.dtype() {
+            DType::F32 => {
+                let v = typed::<f32>("gelu", x)?;
+                match kernels::vmath::gelu(v, x.layout, tanh_form) {
+                    Some(o) => out(o),
+                    None => out(kernels::map1(v, x.layout, move |v| gelu(v, tanh_form))),
+                }
+            }
+            DType::F64 => out(kernels::map1(
+                typed::<f64>("gelu", x)?,
+                x.layout,
+                move |v| gelu(v, tanh_form),
+            )),
+            _ => return Ok(None),
+        }
+        .map(Some)
+    }
+
+    fn gelu_backward(&self, dy: View<'_>, x: View<'_>, tanh_form: bool) -> Fused {
+        let op = "gelu_backward";
+        match dy.buf.dtype() {
+            DType::F32 => {
+                let (g, v) = (typed::<f32>(op, dy)?, typed::<f32>(op, x)?);
+                match kernels::vmath::gelu_backward(g, dy.layout, v, x.layout, tanh_form) {
+                    Some(o) => out(o),
+                    None => {
+                        self.map2_typed::<f32>(op, dy, x, move |g, v| gelu_grad(g, v, tanh_form))
+                    }
+                }
+            }
+            DType::F64 => self.map2_typed::<f64>(op, dy, x, move |g, v| gelu_grad(g, v, tanh_form)),
             _ => return Ok(None),
         }
         .map(Some)

@@ -70,6 +70,19 @@ pub trait FusedKernels: Send + Sync {
         Ok(None)
     }
 
+    /// GELU of `x`: `0.5·x·(1 + erf(x/√2))`, or with `tanh_form` PyTorch's approximation
+    /// `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))` (composite: [`crate::Tensor::gelu`]).
+    fn gelu(&self, x: View<'_>, tanh_form: bool) -> Fused {
+        let _ = (x, tanh_form);
+        Ok(None)
+    }
+
+    /// GELU's gradient `dy·gelu'(x)` for the chosen form (`dy` and `x` of one shape).
+    fn gelu_backward(&self, dy: View<'_>, x: View<'_>, tanh_form: bool) -> Fused {
+        let _ = (dy, x, tanh_form);
+        Ok(None)
+    }
+
     /// `dst ← beta·dst + alpha·src` in place: the optimizers' updates without a new buffer.
     /// `dst` is read through `layout` (contiguous); `src` has the same shape (any layout, a
     /// broadcast included) and dtype. `Some(())` when done; `None` leaves `dst` untouched, and

@@ -13,6 +13,7 @@
 //! | add_relu (max(a + b, 0)) | relu's, then summed over each operand's broadcast dims |
 //! | leaky_relu(s) | g·(\[x > 0\] + s·\[x ≤ 0\]) |
 //! | erf | g·2/√π·exp(-x²) |
+//! | gelu | g·(Φ(x) + x·φ(x)); tanh form g·(½(1 + t) + ½x(1 - t²)·√(2/π)(1 + 3κx²)) |
 //! | softplus(β, t) | g where βx > t, else g·sigmoid(βx) |
 //! | x^p (scalar p) | g·p·x^(p-1) |
 //! | clamp(lo, hi) | g·[lo ≤ x ≤ hi] |
@@ -195,17 +196,20 @@ impl Tensor {
     }
 
     /// GELU: `0.5·x·(1 + erf(x/√2))`, or with `approximate_tanh` the tanh form
-    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`. Composite, so its gradient is exact for
-    /// the chosen formula.
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`. One tape node: the backend's kernel, or
+    /// the composite of erf/tanh, forward; `g·gelu'(x)` backward, as a recorded composite under
+    /// `create_graph` so second derivatives reach `x`.
     pub fn gelu(&self, approximate_tanh: bool) -> Result<Tensor> {
-        float_only("gelu", self)?;
-        let inner = if approximate_tanh {
-            let cube = self.powf(3.0)?.mul_scalar(0.044715)?;
-            self.add(&cube)?.mul_scalar((2.0 / PI).sqrt())?.tanh()?
-        } else {
-            self.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf()?
+        let op = "gelu";
+        float_only(op, self)?;
+        let out = match super::fused(self.device(), |k| k.gelu(self.view(), approximate_tanh))? {
+            Some(buf) => self.output(buf, self.dims()),
+            None => crate::no_grad(|| gelu_composite(self, approximate_tanh))?,
         };
-        self.mul(&inner.add_scalar(1.0)?)?.mul_scalar(0.5)
+        let x = self.clone();
+        Ok(out.record_op(op, &[self], move |g, _| {
+            Ok(vec![Some(gelu_grad(g, &x, approximate_tanh)?)])
+        }))
     }
 
     /// `log(1 + e^(βx)) / β`, and `x` itself where `βx > threshold` (PyTorch's softplus).
@@ -654,6 +658,57 @@ impl std::ops::Neg for &Tensor {
     fn neg(self) -> Result<Tensor> {
         Tensor::neg(self)
     }
+}
+
+/// GELU from erf or tanh (the formula [`Tensor::gelu`] documents).
+fn gelu_composite(x: &Tensor, tanh_form: bool) -> Result<Tensor> {
+    let inner = if tanh_form {
+        let cube = x.powf(3.0)?.mul_scalar(0.044715)?;
+        x.add(&cube)?.mul_scalar((2.0 / PI).sqrt())?.tanh()?
+    } else {
+        x.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf()?
+    };
+    x.mul(&inner.add_scalar(1.0)?)?.mul_scalar(0.5)
+}
+
+/// GELU's gradient `g·gelu'(x)`: the backend's one pass when backward runs plainly, else the
+/// composite `Φ(x) + x·φ(x)` (erf form) or `½(1 + t) + ½x(1 - t²)·√(2/π)(1 + 3·0.044715x²)`
+/// with `t` the tanh (tanh form), recorded under `create_graph`.
+fn gelu_grad(g: &Tensor, x: &Tensor, tanh_form: bool) -> Result<Tensor> {
+    if !is_grad_enabled() {
+        let lg = g.layout().broadcast_to(x.dims());
+        let dy = crate::backend::View {
+            buf: g.buffer().as_ref(),
+            layout: &lg,
+        };
+        if let Some(buf) = super::fused(x.device(), |k| k.gelu_backward(dy, x.view(), tanh_form))? {
+            return Ok(x.output(buf, x.dims()));
+        }
+    }
+    let d = if tanh_form {
+        let beta = (2.0 / PI).sqrt();
+        let x2 = x.square()?;
+        let t = x
+            .mul(&x2.mul_scalar(0.044715)?.add_scalar(1.0)?)?
+            .mul_scalar(beta)?
+            .tanh()?;
+        let inner_d = x2.mul_scalar(3.0 * 0.044715 * beta)?.add_scalar(beta)?;
+        let slope = t.square()?.neg()?.add_scalar(1.0)?.mul(x)?.mul(&inner_d)?;
+        t.add_scalar(1.0)?.add(&slope)?.mul_scalar(0.5)?
+    } else {
+        let cdf = x
+            .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?
+            .erf()?
+            .add_scalar(1.0)?
+            .mul_scalar(0.5)?;
+        let pdf = x
+            .square()?
+            .mul_scalar(-0.5)?
+            .exp()?
+            .mul_scalar(1.0 / (2.0 * PI).sqrt())?;
+        cdf.add(&x.mul(&pdf)?)?
+    };
+    g.mul(&d)
 }
 
 /// ReLU's gradient `g·[not y <= 0]` from its output `y`: the backend's one pass where it has

@@ -217,3 +217,38 @@ pub fn relu_grad<T: Num>(g: T, y: T) -> T {
         g
     }
 }
+
+/// GELU, `0.5·x·(1 + erf(x/√2))`, or with `tanh_form` `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`
+/// (the scalar form; f32 runs [`super::vmath::gelu`]).
+#[inline(always)]
+pub fn gelu<T: Float>(x: T, tanh_form: bool) -> T {
+    let half = T::from_f64(0.5);
+    let inner = if tanh_form {
+        let cube = T::from_f64(0.044_715) * x * x * x;
+        (T::from_f64((2.0 / std::f64::consts::PI).sqrt()) * (x + cube)).tanh()
+    } else {
+        (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()
+    };
+    half * x * (T::one() + inner)
+}
+
+/// GELU's gradient `g·gelu'(x)` (PyTorch's rules; see [`super::vmath::gelu_backward`]).
+#[inline(always)]
+pub fn gelu_grad<T: Float>(g: T, x: T, tanh_form: bool) -> T {
+    let (half, one) = (T::from_f64(0.5), T::one());
+    let d = if tanh_form {
+        let (beta, kappa) = (
+            T::from_f64((2.0 / std::f64::consts::PI).sqrt()),
+            T::from_f64(0.044_715),
+        );
+        let t = (beta * (x + kappa * x * x * x)).tanh();
+        let inner_d = beta * (one + T::from_f64(3.0) * kappa * x * x);
+        half * (one + t) + half * x * (one - t * t) * inner_d
+    } else {
+        let cdf = half * (one + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+        let pdf = (-half * x * x).exp()
+            * T::from_f64(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+        cdf + x * pdf
+    };
+    g * d
+}

@@ -113,6 +113,122 @@ fn run_body<const FMA: bool>(kind: Kind, x: &[f32], o: &mut [f32]) {
     }
 }
 
+/// GELU of contiguous f32 data (`tanh`: PyTorch's tanh form), or `None` for another layout.
+pub fn gelu(x: &[f32], l: &Layout, tanh: bool) -> Option<Vec<f32>> {
+    if !l.is_contiguous() {
+        return None;
+    }
+    let x = &x[l.offset()..l.offset() + l.numel()];
+    let mut out = alloc::<f32>(x.len());
+    let f = |x: &[f32], o: &mut [f32]| gelu_run(x, o, tanh);
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, x)| f(x, o));
+    } else {
+        f(x, &mut out);
+    }
+    Some(out)
+}
+
+/// GELU's gradient `dy·gelu'(x)` for contiguous f32 operands of one shape, or `None`.
+pub fn gelu_backward(
+    dy: &[f32],
+    ldy: &Layout,
+    x: &[f32],
+    lx: &Layout,
+    tanh: bool,
+) -> Option<Vec<f32>> {
+    if !ldy.is_contiguous() || !lx.is_contiguous() || ldy.shape() != lx.shape() {
+        return None;
+    }
+    let dy = &dy[ldy.offset()..ldy.offset() + ldy.numel()];
+    let x = &x[lx.offset()..lx.offset() + lx.numel()];
+    let mut out = alloc::<f32>(x.len());
+    let f = |dy: &[f32], x: &[f32], o: &mut [f32]| gelu_backward_run(dy, x, o, tanh);
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+            .for_each(|(o, (x, dy))| f(dy, x, o));
+    } else {
+        f(dy, x, &mut out);
+    }
+    Some(out)
+}
+
+fn gelu_run(x: &[f32], o: &mut [f32], tanh: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: both features are present (checked above).
+        return unsafe { gelu_avx2(x, o, tanh) };
+    }
+    gelu_body::<false>(x, o, tanh)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(x: &[f32], o: &mut [f32], tanh: bool) {
+    gelu_body::<true>(x, o, tanh)
+}
+
+fn gelu_backward_run(dy: &[f32], x: &[f32], o: &mut [f32], tanh: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: both features are present (checked above).
+        return unsafe { gelu_backward_avx2(dy, x, o, tanh) };
+    }
+    gelu_backward_body::<false>(dy, x, o, tanh)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_backward_avx2(dy: &[f32], x: &[f32], o: &mut [f32], tanh: bool) {
+    gelu_backward_body::<true>(dy, x, o, tanh)
+}
+
+/// √(2/π) and the cubic's coefficient of GELU's tanh form.
+const GELU_BETA: f32 = 0.797_884_6;
+const GELU_KAPPA: f32 = 0.044_715;
+
+/// `0.5·x·(1 + erf(x/√2))`, or `0.5·x·(1 + tanh(β(x + κx³)))`.
+#[inline(always)]
+fn gelu_body<const FMA: bool>(x: &[f32], o: &mut [f32], tanh_form: bool) {
+    if tanh_form {
+        o.iter_mut().zip(x).for_each(|(o, &v)| {
+            let inner = GELU_BETA * madd::<FMA>(GELU_KAPPA * v, v * v, v);
+            *o = 0.5 * v * (1.0 + tanh::<FMA>(inner));
+        })
+    } else {
+        o.iter_mut().zip(x).for_each(|(o, &v)| {
+            *o = 0.5 * v * (1.0 + erf::<FMA>(v * std::f32::consts::FRAC_1_SQRT_2));
+        })
+    }
+}
+
+/// `dy·(Φ(x) + x·φ(x))` (φ the standard normal density), or for the tanh form
+/// `dy·(0.5(1 + t) + 0.5x(1 - t²)·β(1 + 3κx²))` with `t = tanh(β(x + κx³))`: PyTorch's rules.
+#[inline(always)]
+fn gelu_backward_body<const FMA: bool>(dy: &[f32], x: &[f32], o: &mut [f32], tanh_form: bool) {
+    // 1/√(2π).
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let it = o.iter_mut().zip(x.iter().zip(dy));
+    if tanh_form {
+        it.for_each(|(o, (&v, &g))| {
+            let v2 = v * v;
+            let t = tanh::<FMA>(GELU_BETA * madd::<FMA>(GELU_KAPPA * v, v2, v));
+            let inner_d = GELU_BETA * madd::<FMA>(3.0 * GELU_KAPPA, v2, 1.0);
+            let d = madd::<FMA>(0.5 * v * (1.0 - t * t), inner_d, 0.5 * (1.0 + t));
+            *o = g * d;
+        })
+    } else {
+        it.for_each(|(o, (&v, &g))| {
+            let cdf = 0.5 * (1.0 + erf::<FMA>(v * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = exp::<FMA>(-0.5 * v * v) * INV_SQRT_2PI;
+            *o = g * madd::<FMA>(v, pdf, cdf);
+        })
+    }
+}
+
 /// `erf x` as `x·P(x²)/Q(x²)` on `[-4, 4]` (±1 beyond, where erf is 1 to f32 precision): the
 /// rational approximation Eigen and XLA use for f32, degree 13 over degree 8. GELU's exact
 /// form calls it once per element.
