@@ -7,8 +7,8 @@
 //! ```
 //! `--memory-check` also runs 1,000 W4 training steps and prints the process's peak resident
 //! memory (VmHWM) after 10 and after 1,000 steps (the CPU-speed issue asks for at most +10%).
-//! Threads: `--threads N`, else `RAYON_NUM_THREADS`, else all cores; rayon and matrixmultiply
-//! (which the CPU backend keeps at `MATMUL_NUM_THREADS=1`, GEMMs running on rayon) set before the first kernel.
+//! Threads: `--threads N`, else `RAYON_NUM_THREADS`, else all cores: rayon's pool, which the
+//! GEMMs share, set before the first kernel.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -1,12 +1,11 @@
 //! # tessera-cpu
 //!
-//! The CPU backend of tessera: GEMM through `matrixmultiply`, elementwise and reduction kernels
+//! The CPU backend of tessera: GEMM through the `gemm` crate, elementwise and reduction kernels
 //! with contiguous fast paths that LLVM vectorises, `rayon` above a size threshold, and general
 //! strided paths for views.
 //!
 //! Threads: everything, GEMMs included, runs on rayon's pool, which follows
-//! `RAYON_NUM_THREADS` or [`set_num_threads`]; matrixmultiply is kept single-threaded
-//! (`MATMUL_NUM_THREADS=1`, set when the device is created) and called on blocks of the output.
+//! `RAYON_NUM_THREADS` or [`set_num_threads`].
 //!
 //! Layout: `primitives` implements the required [`Backend`](tessera_core::Backend)
 //! methods, `fused` the optional [`FusedKernels`](tessera_core::FusedKernels), `conv` plans
@@ -33,13 +32,8 @@ pub struct CpuBackend;
 /// The shared CPU device.
 pub fn cpu() -> Device {
     static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| {
-        // GEMMs run on rayon's threads (kernels/matmul.rs); matrixmultiply's own pool, sized
-        // when its first GEMM runs, must stay at one thread or the two would nest.
-        std::env::set_var("MATMUL_NUM_THREADS", "1");
-        Device::new(Arc::new(CpuBackend))
-    })
-    .clone()
+    DEV.get_or_init(|| Device::new(Arc::new(CpuBackend)))
+        .clone()
 }
 
 /// Uses `n` threads (rayon's pool, which GEMMs share; `0`: `RAYON_NUM_THREADS`, else one per
@@ -54,9 +48,6 @@ pub fn cpu() -> Device {
 /// use with rayon's defaults, and every parallel kernel is handed over that way. Returns an
 /// error if rayon's pool already started with another size.
 pub fn set_num_threads(n: usize) -> Result<()> {
-    // GEMMs are split across rayon's threads (kernels/matmul.rs); matrixmultiply's own pool
-    // stays at one thread.
-    std::env::set_var("MATMUL_NUM_THREADS", "1");
     let n = match n {
         0 => std::env::var("RAYON_NUM_THREADS")
             .ok()

@@ -38,7 +38,7 @@ impl Dims {
 /// `O(BR·S)` however many queries there are.
 const BR: usize = 64;
 
-/// matrixmultiply's GEMM signature: `m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc,
+/// A strided GEMM (matrixmultiply's signature, kept by [`super::matmul::gemm_st`]): `m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc,
 /// csc`.
 pub type GemmFn<T> = unsafe fn(
     usize,
@@ -57,16 +57,16 @@ pub type GemmFn<T> = unsafe fn(
     isize,
 );
 
-/// The element types with a GEMM (matrixmultiply's, packed and vectorised).
+/// The element types with a GEMM (the `gemm` crate's, packed and vectorised).
 pub trait AttnFloat: Float {
-    /// matrixmultiply's `sgemm`/`dgemm`.
+    /// Single-threaded `gemm` for this type.
     const GEMM: GemmFn<Self>;
 }
 impl AttnFloat for f32 {
-    const GEMM: GemmFn<f32> = matrixmultiply::sgemm;
+    const GEMM: GemmFn<f32> = super::matmul::gemm_st::<f32>;
 }
 impl AttnFloat for f64 {
-    const GEMM: GemmFn<f64> = matrixmultiply::dgemm;
+    const GEMM: GemmFn<f64> = super::matmul::gemm_st::<f64>;
 }
 
 /// `len` zeros from the buffer pool: fresh multi-megabyte vectors each step would cost page

@@ -28,14 +28,12 @@ fn avx2() -> bool {
 }
 
 /// Whether an `m × k × n` product with a row-major `B` should take this kernel: enough depth
-/// and width for full vectors, and few rows (`B`'s reuse per packing is then low) or a `B` of
-/// at most 1 MiB (each thread's columns then stay in its L2 while every row group reads them).
-/// Measured products, 2 threads, best of 5-300 (GFLOP/s, this kernel / matrixmultiply):
-/// 128×256×512 223-224 / 194, 256×256×512 224 / 202, 512×256×512 224 / 206; but with a
-/// larger `B`: 128×784×512 203-215 / 190-191 (kept out, to stay inside L2 on one thread),
-/// 1024³ 172-173 / 185-194, 384×1728×2704 187-189 / 197-201.
+/// and width for full vectors, and few rows (`B`'s reuse per packing is then low: the LSTM's
+/// per-step products). With many rows the packed GEMM (the `gemm` crate) wins: Sapphire
+/// Rapids, 2 threads, medians of 15 interleaved rounds, GFLOP/s packed / here: 2048×768×256
+/// 206 / 145, 2048×256×1024 197 / 149, 1024³ 201 / 128 (`docs/performance.md`).
 pub fn worthwhile(m: usize, k: usize, n: usize) -> bool {
-    k >= 16 && n >= 16 && (m <= 64 || k * n <= 1 << 18)
+    k >= 16 && n >= 16 && m <= 64
 }
 
 /// `c[i][j] = Σ_p a[i][p] · b[p][j]` for `i < m`, `j < n`: `a` rows at stride `lda` (each `k`

@@ -10,15 +10,16 @@
 
 use std::arch::x86_64::*;
 
-/// Whether a product of these sizes should take the kernel rather than the packed GEMM. Each
-/// tile of `A` rows reads all of `B` again, which stays cheap while `B` sits in L2 or while
-/// there are few tiles of rows. Measured on the 2-core machine (2 threads, best of 300,
-/// `x · Wᵀ` through `Tensor::matmul`), GFLOP/s packed → here: 128×784×512 178 → 208,
-/// 128×512×256 167 → 210, 64×400×120 124 → 192, 64×120×84 63 → 88, 32×256×1024 (W5's step)
-/// 48 → 80, 16384×64×16 42 → 105; but 256×784×512 181-191 → 159-209, 1120×128×1024
-/// 194-211 → 116-133, 1024³ 170-183 → 161-163.
-pub fn worthwhile(m: usize, k: usize, n: usize) -> bool {
-    m <= 128 || n * k <= 1 << 16
+/// Whether a product of these sizes should take the kernel rather than the packed GEMM: few
+/// rows of `A`, whose tiles then read `B` few times. Measured on the 2-core Zen 4 machine
+/// (2 threads, best of 300, `x · Wᵀ` through `Tensor::matmul`), GFLOP/s packed (then
+/// matrixmultiply) → here: 128×784×512 178 → 208, 128×512×256 167 → 210, 64×400×120 124 →
+/// 192, 64×120×84 63 → 88, 32×256×1024 (W5's step) 48 → 80. With many rows the packed GEMM
+/// (now the `gemm` crate) wins everywhere: on a Sapphire Rapids machine, 2 threads, medians
+/// of 15 interleaved rounds, 2048×256×{256,768,1024} and 2048×1024×256 ran at 183-194
+/// GFLOP/s packed against 86-103 here (`docs/performance.md`).
+pub fn worthwhile(m: usize, _k: usize, _n: usize) -> bool {
+    m <= 128
 }
 
 /// Whether this CPU runs the kernel (AVX2 and FMA, detected at run time).

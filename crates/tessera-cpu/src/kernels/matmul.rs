@@ -1,7 +1,10 @@
-//! Batched GEMM through `matrixmultiply`, which takes row and column strides, so transposed
-//! and broadcast operands need no copy. Threads are rayon's: matrixmultiply runs single-threaded
-//! (`MATMUL_NUM_THREADS=1`) on blocks of the output, so GEMMs and elementwise kernels share one
-//! warm pool instead of two pools spinning against each other.
+//! Batched GEMM through the `gemm` crate, which takes row and column strides, so transposed
+//! and broadcast operands need no copy, and picks its packed kernels for the CPU at run time
+//! (AVX-512, AVX2 + FMA, or portable). Threads are rayon's: a batch runs one single-threaded
+//! GEMM per task, a large product uses every thread of the pool (sharing its packed operands),
+//! so GEMMs and elementwise kernels share one warm pool instead of two pools spinning against
+//! each other. It replaced matrixmultiply, which ran the character transformer's products
+//! (W9) at 127-147 GFLOP/s on 2 threads against 183-206 for `gemm` (docs/performance.md).
 
 use super::unravel;
 use crate::buffer::alloc;
@@ -77,33 +80,35 @@ macro_rules! gemm_impl {
             let (rsb, csb) = (lb.strides()[r - 2] as isize, lb.strides()[r - 1] as isize);
             // One GEMM of batch item `i`, output rows `rows` and columns `cols` of it, written
             // at `c` (the item's output, row stride n).
-            let part = |i: usize, rows: (usize, usize), cols: (usize, usize), c: usize| {
-                let (oa, ob) = batch_offsets(&d, la, lb, i);
-                let oa = oa as isize + rows.0 as isize * rsa;
-                let ob = ob as isize + cols.0 as isize * csb;
-                // SAFETY: the layouts were checked by core to stay inside `a` and `b`
-                // (offset + Σ (dim-1)·stride < len); `c` addresses this item's m·n output
-                // elements (row-major, strides n and 1), of which this call reads (beta ≠ 0)
-                // and writes only the block rows × cols, disjoint from every other call's.
-                unsafe {
-                    $gemm(
-                        rows.1,
-                        d.k,
-                        cols.1,
-                        1.0,
-                        a.as_ptr().offset(oa),
-                        rsa,
-                        csa,
-                        b.as_ptr().offset(ob),
-                        rsb,
-                        csb,
-                        beta,
-                        (c as *mut $t).add(rows.0 * d.n + cols.0),
-                        d.n as isize,
-                        1,
-                    );
-                }
-            };
+            let part =
+                |i: usize, rows: (usize, usize), cols: (usize, usize), c: usize, threads: usize| {
+                    let (oa, ob) = batch_offsets(&d, la, lb, i);
+                    let oa = oa as isize + rows.0 as isize * rsa;
+                    let ob = ob as isize + cols.0 as isize * csb;
+                    // SAFETY: the layouts were checked by core to stay inside `a` and `b`
+                    // (offset + Σ (dim-1)·stride < len); `c` addresses this item's m·n output
+                    // elements (row-major, strides n and 1), of which this call reads (beta ≠ 0)
+                    // and writes only the block rows × cols, disjoint from every other call's.
+                    unsafe {
+                        $gemm(
+                            rows.1,
+                            d.k,
+                            cols.1,
+                            1.0,
+                            a.as_ptr().offset(oa),
+                            rsa,
+                            csa,
+                            b.as_ptr().offset(ob),
+                            rsb,
+                            csb,
+                            beta,
+                            (c as *mut $t).add(rows.0 * d.n + cols.0),
+                            d.n as isize,
+                            1,
+                            threads,
+                        );
+                    }
+                };
             let base = out.as_mut_ptr() as usize;
             let item = |i: usize| base + i * mn * std::mem::size_of::<$t>();
             let threads = rayon::current_num_threads();
@@ -111,39 +116,25 @@ macro_rules! gemm_impl {
                 // A batch: one single-threaded GEMM per rayon task.
                 (0..nb)
                     .into_par_iter()
-                    .for_each(|i| part(i, (0, d.m), (0, d.n), item(i)));
-            } else if threads > 1 && d.m * d.n * d.k >= SPLIT_MIN && d.m.min(d.n) >= 64 {
-                // Few large products: split each across the threads along its longer output
-                // side, so the shorter operand is the one packed twice.
-                let split_cols = d.m <= d.n;
-                let len = if split_cols { d.n } else { d.m };
-                let chunk = len.div_ceil(threads).next_multiple_of(16).min(len);
-                let parts = len.div_ceil(chunk);
-                (0..nb * parts).into_par_iter().for_each(|t| {
-                    let (i, p) = (t / parts, t % parts);
-                    let span = (p * chunk, chunk.min(len - p * chunk));
-                    if split_cols {
-                        part(i, (0, d.m), span, item(i))
-                    } else {
-                        part(i, span, (0, d.n), item(i))
-                    }
-                });
+                    .for_each(|i| part(i, (0, d.m), (0, d.n), item(i), 1));
             } else {
-                (0..nb).for_each(|i| part(i, (0, d.m), (0, d.n), item(i)));
+                // Few products: each on every thread when large (the GEMM shares its packed
+                // operands between them), else on this one.
+                let t = if d.m * d.n * d.k >= SPLIT_MIN {
+                    threads
+                } else {
+                    1
+                };
+                (0..nb).for_each(|i| part(i, (0, d.m), (0, d.n), item(i), t));
             }
         }
     };
 }
-gemm_impl!(
-    matmul_f32_packed,
-    matmul_f32_into,
-    f32,
-    matrixmultiply::sgemm
-);
+gemm_impl!(matmul_f32_packed, matmul_f32_into, f32, gemm_crate::<f32>);
 
 /// Batched f32 product: products with few rows read their operands in place when `A`'s rows
 /// run along `k` and `B` is either column-major (`x · Wᵀ`: [`super::gemm_nt`]) or row-major
-/// ([`super::gemm_nn`]); the rest go through matrixmultiply, which packs both.
+/// ([`super::gemm_nn`]); the rest go through the `gemm` crate, which packs both.
 pub fn matmul_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if let Some(out) = small_rows_f32(a, la, b, lb) {
@@ -220,7 +211,91 @@ fn small_rows_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<
     }
     Some(out)
 }
-gemm_impl!(matmul_f64, matmul_f64_into, f64, matrixmultiply::dgemm);
+gemm_impl!(matmul_f64, matmul_f64_into, f64, gemm_crate::<f64>);
+
+/// `c ← alpha·A·B + beta·c` (`beta = 0`: `c` is not read) in matrixmultiply's argument order,
+/// through the `gemm` crate: packed kernels chosen at run time for the CPU (AVX-512, AVX2 +
+/// FMA, or portable), on `threads` rayon threads that share the packed operands.
+///
+/// # Safety
+/// `a` (`m × k`), `b` (`k × n`) and `c` (`m × n`) must address valid elements at the given
+/// row and column strides, and no one else may access `c` during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_crate<T: 'static + Copy + Send + Sync>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: *const T,
+    rsa: isize,
+    csa: isize,
+    b: *const T,
+    rsb: isize,
+    csb: isize,
+    beta: T,
+    c: *mut T,
+    rsc: isize,
+    csc: isize,
+    threads: usize,
+) where
+    T: PartialEq + Default,
+{
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // gemm's own names are the other way round: `dst ← alpha·dst + beta·lhs·rhs`.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        csc,
+        rsc,
+        beta != T::default(),
+        a,
+        csa,
+        rsa,
+        b,
+        csb,
+        rsb,
+        beta,
+        alpha,
+        false,
+        false,
+        false,
+        parallelism,
+    )
+}
+
+/// [`gemm_crate`] on the calling thread alone, with exactly matrixmultiply's signature (the
+/// attention and recurrent kernels' [`super::attention::GemmFn`]).
+///
+/// # Safety
+/// As for [`gemm_crate`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_st<T: 'static + Copy + Send + Sync + PartialEq + Default>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: *const T,
+    rsa: isize,
+    csa: isize,
+    b: *const T,
+    rsb: isize,
+    csb: isize,
+    beta: T,
+    c: *mut T,
+    rsc: isize,
+    csc: isize,
+) {
+    // SAFETY: the caller's contract is gemm_crate's.
+    gemm_crate(
+        m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc, 1,
+    )
+}
 
 /// Integer product (rare: index arithmetic), a plain triple loop.
 pub fn matmul_i64(a: &[i64], la: &Layout, b: &[i64], lb: &Layout) -> Vec<i64> {

@@ -176,8 +176,8 @@ impl SeqFloat for f32 {
             return super::gemm_nn::product(m, k, n, a, lda, b, ldb, c, ldc);
         }
         let (lda, ldb, ldc) = (lda as isize, ldb as isize, ldc as isize);
-        // SAFETY: as above; with beta = 0 matrixmultiply does not read `c`.
-        matrixmultiply::sgemm(m, k, n, 1.0, a, lda, 1, b, ldb, 1, 0.0, c, ldc, 1)
+        // SAFETY: as above; with beta = 0 the GEMM does not read `c`.
+        super::matmul::gemm_st(m, k, n, 1.0, a, lda, 1, b, ldb, 1, 0.0, c, ldc, 1)
     }
 }
 
@@ -194,8 +194,8 @@ impl SeqFloat for f64 {
         ldc: usize,
     ) {
         let (lda, ldb, ldc) = (lda as isize, ldb as isize, ldc as isize);
-        // SAFETY: the caller's contract; with beta = 0 matrixmultiply does not read `c`.
-        matrixmultiply::dgemm(m, k, n, 1.0, a, lda, 1, b, ldb, 1, 0.0, c, ldc, 1)
+        // SAFETY: the caller's contract; with beta = 0 the GEMM does not read `c`.
+        super::matmul::gemm_st(m, k, n, 1.0, a, lda, 1, b, ldb, 1, 0.0, c, ldc, 1)
     }
 }
 
