@@ -221,7 +221,7 @@ gemm_impl!(matmul_f64, matmul_f64_into, f64, gemm_crate::<f64>);
 /// `a` (`m × k`), `b` (`k × n`) and `c` (`m × n`) must address valid elements at the given
 /// row and column strides, and no one else may access `c` during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_crate<T: 'static + Copy + Send + Sync>(
+unsafe fn gemm_crate<T: 'static + Copy + Send + Sync + PartialEq + Default>(
     m: usize,
     k: usize,
     n: usize,
@@ -237,9 +237,7 @@ unsafe fn gemm_crate<T: 'static + Copy + Send + Sync>(
     rsc: isize,
     csc: isize,
     threads: usize,
-) where
-    T: PartialEq + Default,
-{
+) {
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
