@@ -638,6 +638,11 @@ fn rows() -> Vec<Row> {
                 .contiguous()?;
             tessera::ops::norm::layer_norm(&x[0], &x[0].dims()[1..], Some(&w), None, 1e-5)
         }),
+        // Over the last dim of a transposed view, with weight and bias (a transformer's).
+        row!("layer_norm_affine", Custom(norm_inputs), true, |x, _| {
+            let xt = x[0].transpose(1, 2)?;
+            tessera::ops::norm::layer_norm(&xt, &[4], Some(&x[1]), Some(&x[2]), 1e-5)
+        }),
         row!("dropout", u, false, |x, k| {
             let mask = Tensor::rand_with(
                 x[0].dims(),
@@ -992,6 +997,7 @@ fn nn_ops_match_finite_differences() {
         "global_avg_pool2d",
         "batch_norm",
         "layer_norm",
+        "layer_norm_affine",
         "dropout",
         "embedding",
         "cross_entropy",

@@ -116,6 +116,30 @@ impl FusedKernels for CpuBackend {
         .map(Some)
     }
 
+    fn matmul_add(&self, a: View<'_>, b: View<'_>, c: View<'_>) -> Fused {
+        let op = "matmul_add";
+        match a.buf.dtype() {
+            DType::F32 => out(kernels::matmul::matmul_add_f32(
+                typed(op, a)?,
+                a.layout,
+                typed(op, b)?,
+                b.layout,
+                typed(op, c)?,
+                c.layout,
+            )),
+            DType::F64 => out(kernels::matmul::matmul_add_f64(
+                typed(op, a)?,
+                a.layout,
+                typed(op, b)?,
+                b.layout,
+                typed(op, c)?,
+                c.layout,
+            )),
+            _ => return Ok(None),
+        }
+        .map(Some)
+    }
+
     fn gelu(&self, x: View<'_>, tanh_form: bool) -> Fused {
         match x.buf.dtype() {
             DType::F32 => {
@@ -248,6 +272,58 @@ impl FusedKernels for CpuBackend {
             let vs = self.rows::<T>(op, var, &mut hv)?;
             let ws = weight.map(|w| self.rows::<T>(op, w, &mut hw)).transpose()?;
             let (dx, dw, db) = kernels::norm::backward(xs, ds, d, ms, vs, ws, eps);
+            Ok(Some([out(dx)?, out(dw)?, out(db)?]))
+        })
+    }
+
+    fn layer_norm(
+        &self,
+        x: View<'_>,
+        d: usize,
+        weight: Option<View<'_>>,
+        bias: Option<View<'_>>,
+        eps: f64,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        // Half types decline: their statistics would be stored in the half type (PyTorch
+        // keeps them in f32), and the composite then runs in f32 per op.
+        if d == 0 || x.layout.numel() % d != 0 || !matches!(x.buf.dtype(), DType::F32 | DType::F64)
+        {
+            return Ok(None);
+        }
+        let (mut hx, mut hw, mut hb) = (None, None, None);
+        with_dtype!(float x.buf.dtype(), "layer_norm", |T| {
+            let xs = self.rows::<T>("layer_norm", x, &mut hx)?;
+            let ws = weight.map(|w| self.rows::<T>("layer_norm", w, &mut hw)).transpose()?;
+            let bs = bias.map(|b| self.rows::<T>("layer_norm", b, &mut hb)).transpose()?;
+            let (y, mean, rstd) = kernels::norm::layer_train(xs, d, ws, bs, eps);
+            Ok(Some([out(y)?, out(mean)?, out(rstd)?]))
+        })
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: View<'_>,
+        dy: View<'_>,
+        mean: View<'_>,
+        rstd: View<'_>,
+        weight: Option<View<'_>>,
+        d: usize,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        // Half types decline: their statistics would be stored in the half type (PyTorch
+        // keeps them in f32), and the composite then runs in f32 per op.
+        if d == 0 || x.layout.numel() % d != 0 || !matches!(x.buf.dtype(), DType::F32 | DType::F64)
+        {
+            return Ok(None);
+        }
+        let (mut hx, mut hd, mut hm, mut hr, mut hw) = (None, None, None, None, None);
+        with_dtype!(float x.buf.dtype(), "layer_norm_backward", |T| {
+            let op = "layer_norm_backward";
+            let xs = self.rows::<T>(op, x, &mut hx)?;
+            let ds = self.rows::<T>(op, dy, &mut hd)?;
+            let ms = self.rows::<T>(op, mean, &mut hm)?;
+            let rs = self.rows::<T>(op, rstd, &mut hr)?;
+            let ws = weight.map(|w| self.rows::<T>(op, w, &mut hw)).transpose()?;
+            let (dx, dw, db) = kernels::norm::layer_backward(xs, ds, d, ms, rs, ws);
             Ok(Some([out(dx)?, out(dw)?, out(db)?]))
         })
     }

@@ -70,6 +70,14 @@ pub trait FusedKernels: Send + Sync {
         Ok(None)
     }
 
+    /// `a·b + c` for `a` `[m, k]` and `b` `[k, n]` (any strides) and `c` read through a layout
+    /// of shape `[m, n]` (a bias broadcast over the rows): a linear layer's product and bias
+    /// in one pass (composite: [`crate::Tensor::linear`]).
+    fn matmul_add(&self, a: View<'_>, b: View<'_>, c: View<'_>) -> Fused {
+        let _ = (a, b, c);
+        Ok(None)
+    }
+
     /// GELU of `x`: `0.5·x·(1 + erf(x/√2))`, or with `tanh_form` PyTorch's approximation
     /// `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))` (composite: [`crate::Tensor::gelu`]).
     fn gelu(&self, x: View<'_>, tanh_form: bool) -> Fused {
@@ -142,6 +150,38 @@ pub trait FusedKernels: Send + Sync {
         eps: f64,
     ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
         let _ = (x, dy, mean, var, weight, eps);
+        Ok(None)
+    }
+
+    /// Layer normalisation of the rows of `x` (its last dims, `d` elements each, flattened):
+    /// `y = (x - mean)·rstd·weight + bias` per row with `rstd = (var + eps)^-½` (biased
+    /// variance); `weight` and `bias` have `d` elements. Returns `[y, mean, rstd]` (`y`
+    /// contiguous in `x`'s shape, the statistics one per row).
+    fn layer_norm(
+        &self,
+        x: View<'_>,
+        d: usize,
+        weight: Option<View<'_>>,
+        bias: Option<View<'_>>,
+        eps: f64,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let _ = (x, d, weight, bias, eps);
+        Ok(None)
+    }
+
+    /// The gradients of [`FusedKernels::layer_norm`] from `dy` (the shape of `x`) and the
+    /// forward's `mean` and `rstd`: `[dx, dweight, dbias]` (`d` elements each for the last two,
+    /// whether or not the forward had them).
+    fn layer_norm_backward(
+        &self,
+        x: View<'_>,
+        dy: View<'_>,
+        mean: View<'_>,
+        rstd: View<'_>,
+        weight: Option<View<'_>>,
+        d: usize,
+    ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
+        let _ = (x, dy, mean, rstd, weight, d);
         Ok(None)
     }
 

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | bmm | dA = G·Bᵀ, dB = Aᵀ·G (computed as (Gᵀ·A)ᵀ when B is a transposed view, likewise A) |
 //! | matmul | composite: 1-d operands are unsqueezed, batch dims expanded (expand's rule sums them back), then bmm |
-//! | linear | composite: x·Wᵀ + b |
+//! | linear | dx = G·W, dW = Gᵀ·x (rows of x flattened), db = Σ_rows G; composite x·Wᵀ + b where the backend has no `matmul_add` |
 
 use super::{float_only, same_kind, when};
 use crate::error::{Error, Result};
@@ -132,12 +132,59 @@ impl Tensor {
     }
 
     /// `x·weightᵀ + bias` for `x` `[..., in]`, `weight` `[out, in]`, `bias` `[out]`.
+    /// With a bias it is one tape node when the backend has [`FusedKernels::matmul_add`]
+    /// (the product accumulates onto the bias, PyTorch's `addmm`), else `x·Wᵀ` then `+ b`.
+    ///
+    /// [`FusedKernels::matmul_add`]: crate::FusedKernels::matmul_add
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = self.linear_product("linear", weight, bias)?;
-        match bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
+        let y = match bias {
+            Some(b) => match self.linear_fused(weight, b)? {
+                Some(y) => return Ok(y),
+                None => self.linear_product("linear", weight, bias)?,
+            },
+            None => return self.linear_product("linear", weight, bias),
+        };
+        y.add(bias.expect("a bias"))
+    }
+
+    /// `x·Wᵀ + b` through the backend's `matmul_add`, rows of `x` flattened; `None` where the
+    /// backend declines. Backward: `dx = G·W`, `dW = Gᵀ·x`, `db = Σ_rows G`.
+    fn linear_fused(&self, weight: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+        let op = "linear";
+        self.check_linear(op, weight, Some(b))?;
+        same_kind(op, self, weight)?;
+        same_kind(op, self, b)?;
+        let (n, k) = (weight.dims()[0], weight.dims()[1]);
+        if k == 0 || self.numel() == 0 {
+            return Ok(None);
         }
+        let rows = self.numel() / k;
+        let x = self.reshape_usize(&[rows, k])?;
+        let wt = weight.t()?;
+        let lb = b.layout().broadcast_to(&[rows, n]);
+        let bias = crate::backend::View {
+            buf: b.buffer().as_ref(),
+            layout: &lb,
+        };
+        let fused = super::fused(self.device(), |kern| {
+            kern.matmul_add(x.view(), wt.view(), bias)
+        })?;
+        let Some(buf) = fused else {
+            return Ok(None);
+        };
+        let (xs, w) = (x.clone(), weight.clone());
+        let out = x
+            .output(buf, &[rows, n])
+            .record_op(op, &[&x, weight, b], move |g, need| {
+                Ok(vec![
+                    when(need[0], || g.matmul(&w))?,
+                    when(need[1], || g.t()?.matmul(&xs))?,
+                    when(need[2], || g.sum(&[0], false))?,
+                ])
+            });
+        let mut shape = self.dims().to_vec();
+        *shape.last_mut().expect("rank checked") = n;
+        Ok(Some(out.reshape_usize(&shape)?))
     }
 
     /// `relu(x·weightᵀ + bias)`, the bias and ReLU in one pass ([`Tensor::add_relu`]).
@@ -156,6 +203,12 @@ impl Tensor {
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.check_linear(op, weight, bias)?;
+        self.matmul(&weight.t()?)
+    }
+
+    /// The shapes of a linear layer: `x` `[..., in]`, `weight` `[out, in]`, `bias` `[out]`.
+    fn check_linear(&self, op: &'static str, weight: &Tensor, bias: Option<&Tensor>) -> Result<()> {
         float_only(op, self)?;
         if weight.rank() != 2
             || self.rank() == 0
@@ -178,6 +231,6 @@ impl Tensor {
                 ));
             }
         }
-        self.matmul(&weight.t()?)
+        Ok(())
     }
 }

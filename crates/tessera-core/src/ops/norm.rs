@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | batch_norm (train) | `(x - mean) / sqrt(var + eps) · w + b`, mean and biased var over all axes but 1: one tape node on the backend's fused kernel ([`FusedKernels::batch_norm_train`](crate::FusedKernels::batch_norm_train)) where it has one, else composed (two-pass statistics) |
 //! | batch_norm (eval) | `x·α + β` per channel, `α = w / sqrt(running_var + eps)`, `β = b - running_mean·α`: one pass on the backend's kernel ([`FusedKernels::batch_norm_eval`](crate::FusedKernels::batch_norm_eval)) when nothing is differentiated, else composed |
-//! | layer_norm | the same over the last dims |
+//! | layer_norm | the same over the last dims, per row: one tape node on the backend's fused kernel ([`FusedKernels::layer_norm`](crate::FusedKernels::layer_norm)) where it has one, else composed |
 //! | dropout | `x · mask / (1 - p)`, mask ~ Bernoulli(1 - p) from the counter-based generator |
 //! | embedding | `index_select` of weight rows; the `padding_idx` row takes no gradient |
 
@@ -283,6 +283,12 @@ pub fn layer_norm(
             ));
         }
     }
+    for t in [weight, bias].into_iter().flatten() {
+        super::same_kind("layer_norm", x, t)?;
+    }
+    if let Some(y) = layer_fused(x, normalized_shape, weight, bias, eps)? {
+        return Ok(y);
+    }
     let axes: Vec<isize> = (x.rank() - k..x.rank()).map(|a| a as isize).collect();
     let mean = x.mean(&axes, true)?;
     let var = x.var(&axes, 0, true)?;
@@ -295,6 +301,120 @@ pub fn layer_norm(
         Some(b) => y.add(b),
         None => Ok(y),
     }
+}
+
+/// Layer norm as one tape node on the backend's fused kernels, or `None` where it has none.
+/// Its backward takes the fused backward too, except under `backward_create_graph` (and on a
+/// backend without it), where [`layer_grads`] writes the gradients with recorded ops.
+fn layer_fused(
+    x: &Tensor,
+    normalized_shape: &[usize],
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    let d: usize = normalized_shape.iter().product();
+    if d == 0 || x.numel() == 0 {
+        return Ok(None);
+    }
+    let rows = x.numel() / d;
+    let Some([y, mean, rstd]) = super::fused(x.device(), |k| {
+        k.layer_norm(
+            x.view(),
+            d,
+            weight.map(|w| w.view()),
+            bias.map(|b| b.view()),
+            eps,
+        )
+    })?
+    else {
+        return Ok(None);
+    };
+    let (y, mean, rstd) = (
+        x.output(y, x.dims()),
+        x.output(mean, &[rows]),
+        x.output(rstd, &[rows]),
+    );
+    let mut inputs = vec![x];
+    inputs.extend(weight);
+    inputs.extend(bias);
+    let (xs, ws) = (x.clone(), weight.cloned());
+    let shape = normalized_shape.to_vec();
+    let has_bias = bias.is_some();
+    let y = y.record_op("layer_norm", &inputs, move |gy, needs| {
+        let gy = &gy.contiguous()?;
+        let fused = if crate::tape::is_grad_enabled() {
+            None
+        } else {
+            super::fused(gy.device(), |k| {
+                k.layer_norm_backward(
+                    xs.view(),
+                    gy.view(),
+                    mean.view(),
+                    rstd.view(),
+                    ws.as_ref().map(|w| w.view()),
+                    d,
+                )
+            })?
+        };
+        let [dx, dw, db] = match fused {
+            Some([dx, dw, db]) => [
+                xs.output(dx, xs.dims()),
+                xs.output(dw, &shape),
+                xs.output(db, &shape),
+            ],
+            None => layer_grads(&xs, shape.len(), ws.as_ref(), gy, eps)?,
+        };
+        let mut grads = vec![when(needs[0], || Ok(dx))?];
+        if ws.is_some() {
+            grads.push(when(needs[1], || Ok(dw))?);
+        }
+        if has_bias {
+            grads.push(when(needs[needs.len() - 1], || Ok(db))?);
+        }
+        Ok(grads)
+    });
+    Ok(Some(y))
+}
+
+/// The gradients `[dx, dweight, dbias]` of layer norm over the last `k` dims written with
+/// recorded ops (so gradients of gradients follow them): per row
+/// `dx = rstd·(g - mean(g) - x̂·mean(g·x̂))` with `g = gy·w`; `dweight = Σ_rows gy·x̂`,
+/// `dbias = Σ_rows gy`.
+fn layer_grads(
+    x: &Tensor,
+    k: usize,
+    weight: Option<&Tensor>,
+    gy: &Tensor,
+    eps: f64,
+) -> Result<[Tensor; 3]> {
+    let r = x.rank();
+    let axes: Vec<isize> = (r - k..r).map(|a| a as isize).collect();
+    let lead: Vec<isize> = (0..r - k).map(|a| a as isize).collect();
+    let xmu = x.sub(&x.mean(&axes, true)?)?;
+    let rstd = xmu
+        .square()?
+        .mean(&axes, true)?
+        .add_scalar(eps)?
+        .sqrt()?
+        .recip()?;
+    let xhat = xmu.mul(&rstd)?;
+    let g = match weight {
+        Some(w) => gy.mul(w)?,
+        None => gy.clone(),
+    };
+    let dx = g
+        .sub(&g.mean(&axes, true)?)?
+        .sub(&xhat.mul(&g.mul(&xhat)?.mean(&axes, true)?)?)?
+        .mul(&rstd)?;
+    let sum_lead = |t: Tensor| {
+        if lead.is_empty() {
+            Ok(t)
+        } else {
+            t.sum(&lead, false)
+        }
+    };
+    Ok([dx, sum_lead(gy.mul(&xhat)?)?, sum_lead(gy.clone())?])
 }
 
 /// `x · mask / (1 - p)` for a given 0/1 mask (any dtype): dropout made deterministic.

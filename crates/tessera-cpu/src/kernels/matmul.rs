@@ -143,6 +143,44 @@ pub fn matmul_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Vec<f32> {
     matmul_f32_packed(a, la, b, lb)
 }
 
+/// `A·B + C` for 2-d `A`, `B` and a `C` read through its layout (a bias broadcast over the
+/// rows): `C` is copied into the output and the GEMM accumulates onto it (`beta = 1`, PyTorch's
+/// `addmm`), so the sum takes no pass of its own; few-row products take their in-place kernels
+/// and add `C` afterwards.
+pub fn matmul_add_f32(
+    a: &[f32],
+    la: &Layout,
+    b: &[f32],
+    lb: &Layout,
+    c: &[f32],
+    lc: &Layout,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(mut out) = small_rows_f32(a, la, b, lb) {
+        super::update2(&mut out, c, lc, |x, y| x + y);
+        return out;
+    }
+    let mut out = alloc::<f32>(lc.numel());
+    super::copy_into(c, lc, &mut out, &Layout::contiguous(lc.shape()));
+    matmul_f32_into(a, la, b, lb, &mut out, 1.0);
+    out
+}
+
+/// [`matmul_add_f32`] for f64 (always the packed GEMM).
+pub fn matmul_add_f64(
+    a: &[f64],
+    la: &Layout,
+    b: &[f64],
+    lb: &Layout,
+    c: &[f64],
+    lc: &Layout,
+) -> Vec<f64> {
+    let mut out = alloc::<f64>(lc.numel());
+    super::copy_into(c, lc, &mut out, &Layout::contiguous(lc.shape()));
+    matmul_f64_into(a, la, b, lb, &mut out, 1.0);
+    out
+}
+
 #[cfg(target_arch = "x86_64")]
 fn small_rows_f32(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
     use super::{gemm_nn, gemm_nt};

@@ -243,3 +243,145 @@ mod tests {
         }
     }
 }
+
+/// Rows per parallel task for rows of `d` elements.
+fn rows_per_task(d: usize) -> usize {
+    (CHUNK / d.max(1)).max(1)
+}
+
+/// Σ f(x) over one row in f64, eight partial sums so the loop vectorises.
+fn row_sum<T: Num>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let x8 = x.chunks_exact(8);
+    let tail: f64 = x8.remainder().iter().map(|v| f(v.to_f64())).sum();
+    for v in x8 {
+        for j in 0..8 {
+            acc[j] += f(v[j].to_f64());
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Layer normalisation of contiguous rows of `d` elements: `y = (x - mean)·rstd·w + b` per
+/// row, with the row's mean and `rstd = (var + eps)^-½` (biased variance, two passes in f64).
+/// Returns `(y, mean, rstd)`, the statistics one per row.
+pub fn layer_train<T: Num>(
+    x: &[T],
+    d: usize,
+    w: Option<&[T]>,
+    b: Option<&[T]>,
+    eps: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let rows = x.len() / d.max(1);
+    let (mut y, mut mean, mut rstd) = (alloc::<T>(x.len()), alloc::<T>(rows), alloc::<T>(rows));
+    let per = rows_per_task(d);
+    let task = |r0: usize, y: &mut [T], mean: &mut [T], rstd: &mut [T]| {
+        for (i, ((y, m_out), r_out)) in y
+            .chunks_exact_mut(d)
+            .zip(mean.iter_mut())
+            .zip(rstd.iter_mut())
+            .enumerate()
+        {
+            let xr = &x[(r0 + i) * d..(r0 + i + 1) * d];
+            let m = row_sum(xr, |v| v) / d as f64;
+            let var = row_sum(xr, |v| (v - m) * (v - m)) / d as f64;
+            let r = 1.0 / (var + eps).sqrt();
+            (*m_out, *r_out) = (T::from_f64(m), T::from_f64(r));
+            let (mt, rt) = (T::from_f64(m), T::from_f64(r));
+            match (w, b) {
+                (Some(w), Some(b)) => {
+                    for (((y, &v), &w), &b) in y.iter_mut().zip(xr).zip(w).zip(b) {
+                        *y = (v - mt) * rt * w + b;
+                    }
+                }
+                (Some(w), None) => {
+                    for ((y, &v), &w) in y.iter_mut().zip(xr).zip(w) {
+                        *y = (v - mt) * rt * w;
+                    }
+                }
+                (None, Some(b)) => {
+                    for ((y, &v), &b) in y.iter_mut().zip(xr).zip(b) {
+                        *y = (v - mt) * rt + b;
+                    }
+                }
+                (None, None) => {
+                    for (y, &v) in y.iter_mut().zip(xr) {
+                        *y = (v - mt) * rt;
+                    }
+                }
+            }
+        }
+    };
+    if x.len() >= PAR_MIN {
+        y.par_chunks_mut(per * d)
+            .zip(mean.par_chunks_mut(per).zip(rstd.par_chunks_mut(per)))
+            .enumerate()
+            .for_each(|(t, (y, (m, r)))| task(t * per, y, m, r));
+    } else {
+        task(0, &mut y, &mut mean, &mut rstd);
+    }
+    (y, mean, rstd)
+}
+
+/// The gradients of [`layer_train`] from `dy`: per row, with `x̂ = (x - mean)·rstd` and
+/// `g = dy·w`, `dx = rstd·(g - mean(g) - x̂·mean(g·x̂))`; `dw = Σ_rows dy·x̂`, `db = Σ_rows dy`
+/// (sums in f64). Returns `(dx, dw, db)`.
+pub fn layer_backward<T: Num>(
+    x: &[T],
+    dy: &[T],
+    d: usize,
+    mean: &[T],
+    rstd: &[T],
+    w: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut dx = alloc::<T>(x.len());
+    let per = rows_per_task(d);
+    // One task's rows from `r0`: writes their dx and returns their Σ dy·x̂ and Σ dy.
+    let task = |r0: usize, dx: &mut [T]| -> Vec<f64> {
+        let mut sums = vec![0.0f64; 2 * d];
+        let (sw, sb) = sums.split_at_mut(d);
+        for (i, dx) in dx.chunks_exact_mut(d).enumerate() {
+            let row = r0 + i;
+            let (xr, gr) = (&x[row * d..(row + 1) * d], &dy[row * d..(row + 1) * d]);
+            let (m, r) = (mean[row].to_f64(), rstd[row].to_f64());
+            let (mut c1, mut c2) = (0.0f64, 0.0f64);
+            for j in 0..d {
+                let xh = (xr[j].to_f64() - m) * r;
+                let g = gr[j].to_f64();
+                let gw = w.map_or(g, |w| g * w[j].to_f64());
+                c1 += gw;
+                c2 += gw * xh;
+                sw[j] += g * xh;
+                sb[j] += g;
+            }
+            let (c1, c2) = (c1 / d as f64, c2 / d as f64);
+            for j in 0..d {
+                let xh = (xr[j].to_f64() - m) * r;
+                let g = gr[j].to_f64();
+                let gw = w.map_or(g, |w| g * w[j].to_f64());
+                dx[j] = T::from_f64(r * (gw - c1 - xh * c2));
+            }
+        }
+        sums
+    };
+    let sums = if x.len() >= PAR_MIN {
+        dx.par_chunks_mut(per * d)
+            .enumerate()
+            .map(|(t, dx)| task(t * per, dx))
+            .reduce(
+                || vec![0.0; 2 * d],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            )
+    } else {
+        task(0, &mut dx)
+    };
+    let (dw, db) = sums.split_at(d);
+    (
+        dx,
+        dw.iter().map(|&v| T::from_f64(v)).collect(),
+        db.iter().map(|&v| T::from_f64(v)).collect(),
+    )
+}
