@@ -286,7 +286,9 @@ impl FusedKernels for CpuBackend {
     ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
         // Half types decline: their statistics would be stored in the half type (PyTorch
         // keeps them in f32), and the composite then runs in f32 per op.
-        if d == 0 || x.layout.numel() % d != 0 || !matches!(x.buf.dtype(), DType::F32 | DType::F64)
+        if d == 0
+            || !x.layout.numel().is_multiple_of(d)
+            || !matches!(x.buf.dtype(), DType::F32 | DType::F64)
         {
             return Ok(None);
         }
@@ -311,7 +313,9 @@ impl FusedKernels for CpuBackend {
     ) -> Result<Option<[Arc<dyn Buffer>; 3]>> {
         // Half types decline: their statistics would be stored in the half type (PyTorch
         // keeps them in f32), and the composite then runs in f32 per op.
-        if d == 0 || x.layout.numel() % d != 0 || !matches!(x.buf.dtype(), DType::F32 | DType::F64)
+        if d == 0
+            || !x.layout.numel().is_multiple_of(d)
+            || !matches!(x.buf.dtype(), DType::F32 | DType::F64)
         {
             return Ok(None);
         }

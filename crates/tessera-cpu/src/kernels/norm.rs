@@ -183,67 +183,6 @@ pub fn backward<T: Num>(
     (dx, dw, db)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The kernels on inputs large enough to run in parallel chunks (`[N, C, L]` with long
-    /// rows, and `[N, C]` with one element per row), against the formulas in f64. The
-    /// conformance vectors (small inputs) check them against PyTorch.
-    #[test]
-    fn parallel_paths_match_f64_formulas() {
-        for d in [[5, 7, 3001], [20011, 5, 1]] {
-            let n = d[0] * d[1] * d[2];
-            let x: Vec<f32> = (0..n)
-                .map(|i| 100.0 + ((i * 7919 % 1013) as f32) / 300.0)
-                .collect();
-            let dy: Vec<f32> = (0..n)
-                .map(|i| ((i * 104_729 % 997) as f32) / 500.0 - 1.0)
-                .collect();
-            let w: Vec<f32> = (0..d[1]).map(|c| 0.5 + c as f32 / 4.0).collect();
-            let b: Vec<f32> = (0..d[1]).map(|c| c as f32 - 2.0).collect();
-            let eps = 1e-5;
-            let (y, mean, var) = train(&x, d, Some(&w), Some(&b), eps);
-            let (dx, dw, db) = backward(&x, &dy, d, &mean, &var, Some(&w), eps);
-            let m = (d[0] * d[2]) as f64;
-            let at = |o: usize, c: usize, i: usize| (o * d[1] + c) * d[2] + i;
-            for c in 0..d[1] {
-                let idx: Vec<usize> = (0..d[0])
-                    .flat_map(|o| (0..d[2]).map(move |i| at(o, c, i)))
-                    .collect();
-                let mu = idx.iter().map(|&i| x[i] as f64).sum::<f64>() / m;
-                let v = idx.iter().map(|&i| (x[i] as f64 - mu).powi(2)).sum::<f64>() / m;
-                let inv = 1.0 / (v + eps).sqrt();
-                assert!((mean[c] as f64 - mu).abs() < 1e-4, "{d:?} mean {c}");
-                assert!(
-                    (var[c] as f64 - v).abs() < 1e-5 * (1.0 + v),
-                    "{d:?} var {c}"
-                );
-                let sg = idx.iter().map(|&i| dy[i] as f64).sum::<f64>();
-                let sgx = idx
-                    .iter()
-                    .map(|&i| dy[i] as f64 * (x[i] as f64 - mu) * inv)
-                    .sum::<f64>();
-                assert!(
-                    (db[c] as f64 - sg).abs() < 1e-3 * (1.0 + sg.abs()),
-                    "{d:?} db {c}"
-                );
-                assert!(
-                    (dw[c] as f64 - sgx).abs() < 1e-3 * (1.0 + sgx.abs()),
-                    "{d:?} dw {c}"
-                );
-                for &i in &idx {
-                    let xh = (x[i] as f64 - mu) * inv;
-                    let want_y = xh * w[c] as f64 + b[c] as f64;
-                    assert!((y[i] as f64 - want_y).abs() < 2e-3, "{d:?} y at {i}");
-                    let want_dx = w[c] as f64 * inv * (dy[i] as f64 - sg / m - xh * sgx / m);
-                    assert!((dx[i] as f64 - want_dx).abs() < 2e-3, "{d:?} dx at {i}");
-                }
-            }
-        }
-    }
-}
-
 /// Rows per parallel task for rows of `d` elements.
 fn rows_per_task(d: usize) -> usize {
     (CHUNK / d.max(1)).max(1)
@@ -384,4 +323,65 @@ pub fn layer_backward<T: Num>(
         dw.iter().map(|&v| T::from_f64(v)).collect(),
         db.iter().map(|&v| T::from_f64(v)).collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels on inputs large enough to run in parallel chunks (`[N, C, L]` with long
+    /// rows, and `[N, C]` with one element per row), against the formulas in f64. The
+    /// conformance vectors (small inputs) check them against PyTorch.
+    #[test]
+    fn parallel_paths_match_f64_formulas() {
+        for d in [[5, 7, 3001], [20011, 5, 1]] {
+            let n = d[0] * d[1] * d[2];
+            let x: Vec<f32> = (0..n)
+                .map(|i| 100.0 + ((i * 7919 % 1013) as f32) / 300.0)
+                .collect();
+            let dy: Vec<f32> = (0..n)
+                .map(|i| ((i * 104_729 % 997) as f32) / 500.0 - 1.0)
+                .collect();
+            let w: Vec<f32> = (0..d[1]).map(|c| 0.5 + c as f32 / 4.0).collect();
+            let b: Vec<f32> = (0..d[1]).map(|c| c as f32 - 2.0).collect();
+            let eps = 1e-5;
+            let (y, mean, var) = train(&x, d, Some(&w), Some(&b), eps);
+            let (dx, dw, db) = backward(&x, &dy, d, &mean, &var, Some(&w), eps);
+            let m = (d[0] * d[2]) as f64;
+            let at = |o: usize, c: usize, i: usize| (o * d[1] + c) * d[2] + i;
+            for c in 0..d[1] {
+                let idx: Vec<usize> = (0..d[0])
+                    .flat_map(|o| (0..d[2]).map(move |i| at(o, c, i)))
+                    .collect();
+                let mu = idx.iter().map(|&i| x[i] as f64).sum::<f64>() / m;
+                let v = idx.iter().map(|&i| (x[i] as f64 - mu).powi(2)).sum::<f64>() / m;
+                let inv = 1.0 / (v + eps).sqrt();
+                assert!((mean[c] as f64 - mu).abs() < 1e-4, "{d:?} mean {c}");
+                assert!(
+                    (var[c] as f64 - v).abs() < 1e-5 * (1.0 + v),
+                    "{d:?} var {c}"
+                );
+                let sg = idx.iter().map(|&i| dy[i] as f64).sum::<f64>();
+                let sgx = idx
+                    .iter()
+                    .map(|&i| dy[i] as f64 * (x[i] as f64 - mu) * inv)
+                    .sum::<f64>();
+                assert!(
+                    (db[c] as f64 - sg).abs() < 1e-3 * (1.0 + sg.abs()),
+                    "{d:?} db {c}"
+                );
+                assert!(
+                    (dw[c] as f64 - sgx).abs() < 1e-3 * (1.0 + sgx.abs()),
+                    "{d:?} dw {c}"
+                );
+                for &i in &idx {
+                    let xh = (x[i] as f64 - mu) * inv;
+                    let want_y = xh * w[c] as f64 + b[c] as f64;
+                    assert!((y[i] as f64 - want_y).abs() < 2e-3, "{d:?} y at {i}");
+                    let want_dx = w[c] as f64 * inv * (dy[i] as f64 - sg / m - xh * sgx / m);
+                    assert!((dx[i] as f64 - want_dx).abs() < 2e-3, "{d:?} dx at {i}");
+                }
+            }
+        }
+    }
 }
