@@ -484,6 +484,7 @@ fn multi_head_attention(attrs: &Value, inp: &Inputs<'_>) -> Result<Produced> {
         need_weights: boolean(attrs, "need_weights")?,
         average_attn_weights: boolean(attrs, "average_attn_weights")?,
         is_causal: boolean(attrs, "is_causal")?,
+        dropout: None,
     };
     let (y, w) =
         ops::attention::multi_head_attention(query, key, value, &mha_weights(inp, "")?, &o)?;

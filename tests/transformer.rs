@@ -164,6 +164,58 @@ fn multihead_attention_names_its_projections_as_pytorch() -> Result<()> {
     Ok(())
 }
 
+/// Dropout on the attention weights (PyTorch's `MultiheadAttention(dropout=p)`): in training
+/// about a fraction p of the returned weights are zero and the rest scaled by 1/(1 - p); the
+/// output is exactly those weights applied to the projected values; eval mode is the plain
+/// attention; gradients reach every parameter.
+#[test]
+fn multihead_attention_drops_attention_weights_in_training_only() -> Result<()> {
+    let dev = Device::parse("cpu")?;
+    let mut ctx = Ctx::new(&dev, 3);
+    let p = 0.4;
+    let mut attn = MultiheadAttention::new(&mut ctx, 8, 1)?
+        .batch_first()
+        .with_dropout(p)?;
+    assert!(MultiheadAttention::new(&mut ctx, 8, 1)?
+        .with_dropout(1.0)
+        .is_err());
+    let x = Tensor::randn(&[2, 16, 8], &dev)?;
+    let masks = AttentionMasks::default();
+    let (y, w) = attn.forward(&x, &x, &x, &masks, true)?;
+    let w = w.expect("weights were asked for");
+    // One head: the returned weights are the head's, after dropout.
+    let wv = w.to_vec_f64()?;
+    let zeros = wv.iter().filter(|&&v| v == 0.0).count() as f64 / wv.len() as f64;
+    assert!((zeros - p).abs() < 0.08, "dropped fraction {zeros}, p = {p}");
+    // Eval: no dropout, rows of the weights sum to 1; kept training weights are the eval ones
+    // scaled by 1/(1 - p).
+    attn.set_training(false);
+    let (y_eval, w_eval) = no_grad(|| attn.forward(&x, &x, &x, &masks, true))?;
+    let we = w_eval.expect("weights").to_vec_f64()?;
+    for (&d, &e) in wv.iter().zip(&we) {
+        assert!(d == 0.0 || (d - e / (1.0 - p)).abs() < 1e-5, "{d} vs {e}");
+    }
+    for row in we.chunks(16) {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    }
+    assert!(max_diff(&y, &y_eval)? > 1e-3, "training output equals eval output");
+    // The output is the dropped weights applied to the projected values, then out_proj.
+    let wi = attn.in_proj_weight.as_ref().expect("packed").tensor();
+    let bi = attn.in_proj_bias.as_ref().expect("bias").tensor();
+    let v = x.linear(&wi.narrow(0, 16, 8)?, Some(&bi.narrow(0, 16, 8)?))?;
+    let want = attn.out_proj.forward(&w.matmul(&v)?)?;
+    let d = max_diff(&y, &want)?;
+    assert!(d < 1e-5, "output vs weights · values: {d}");
+    // Gradients reach every parameter through the dropped weights.
+    attn.set_training(true);
+    let (y, _) = attn.forward(&x, &x, &x, &masks, false)?;
+    let grads = y.square()?.sum_all()?.backward()?;
+    for (name, prm) in attn.named_parameters() {
+        assert!(grads.get(&prm.tensor()).is_some(), "no gradient for {name}");
+    }
+    Ok(())
+}
+
 #[test]
 fn rotary_embeddings_rotate_and_depend_on_relative_position_only() -> Result<()> {
     let dev = Device::parse("cpu")?;

@@ -344,6 +344,15 @@ pub fn attention_with_weights(
     Ok((p.matmul(v)?, p))
 }
 
+/// Dropout on the attention weights inside [`multi_head_attention`] (PyTorch's `dropout`
+/// argument of `MultiheadAttention`): each weight is zeroed with probability `p` and the rest
+/// scaled by `1 / (1 - p)`, the masks drawn from `gen`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDropout<'a> {
+    pub p: f64,
+    pub gen: &'a std::sync::Mutex<crate::random::Generator>,
+}
+
 /// A bool mask with true = masked out (MHA's polarity) as an additive float bias (-∞ / 0), or
 /// a float mask as it is.
 fn mha_bias(op: &'static str, m: &Tensor, like: &Tensor) -> Result<Tensor> {
@@ -402,6 +411,10 @@ pub struct MhaOptions<'a> {
     /// Adds the causal mask (when no `attn_mask` is given; with one, PyTorch treats this as a
     /// hint that the mask is causal, and so does tessera).
     pub is_causal: bool,
+    /// Dropout on the attention weights (training), or `None`. With `p > 0` the weights are
+    /// materialised (no fused kernel), as in PyTorch's CPU path; the weights returned with
+    /// `need_weights` are the ones after dropout, as PyTorch returns them.
+    pub dropout: Option<AttnDropout<'a>>,
 }
 
 impl MhaOptions<'_> {
@@ -415,6 +428,7 @@ impl MhaOptions<'_> {
             need_weights: false,
             average_attn_weights: true,
             is_causal: false,
+            dropout: None,
         }
     }
 }
@@ -557,7 +571,17 @@ pub fn multi_head_attention(
         }
         add_bias(mha_bias(op, m, &qp)?.reshape(&[n as isize, 1, 1, s as isize])?)?;
     }
-    let (oh, p) = if o.need_weights {
+    let dropout = o.dropout.filter(|d| d.p > 0.0);
+    let (oh, p) = if let Some(d) = dropout {
+        let (_, p) = attention_with_weights(&qh, &kh, &vh, bias.as_ref(), causal, None)?;
+        let p = {
+            let mut gen = d.gen.lock().map_err(|_| {
+                Error::invalid(op, "the dropout generator's lock was poisoned by a panic")
+            })?;
+            super::norm::dropout(&p, d.p, &mut gen)?
+        };
+        (p.matmul(&vh)?, o.need_weights.then_some(p))
+    } else if o.need_weights {
         let (oh, p) = attention_with_weights(&qh, &kh, &vh, bias.as_ref(), causal, None)?;
         (oh, Some(p))
     } else {
@@ -642,6 +666,7 @@ pub fn transformer_encoder_layer(
             need_weights: false,
             average_attn_weights: true,
             is_causal: o.is_causal,
+            dropout: None,
         };
         Ok(multi_head_attention(x, x, x, &w.self_attn, &mo)?.0)
     };

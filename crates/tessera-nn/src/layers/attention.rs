@@ -8,7 +8,8 @@ use crate::init::{xavier_uniform, Ctx};
 use crate::module::{Forward, Parameter};
 use crate::Module;
 use tessera_core::ops::attention::{
-    self as att, EncoderLayerOptions, EncoderLayerWeights, FfActivation, MhaOptions, MhaWeights,
+    self as att, AttnDropout, EncoderLayerOptions, EncoderLayerWeights, FfActivation, MhaOptions,
+    MhaWeights,
 };
 use tessera_core::{DType, Error, HostData, Result, Tensor};
 
@@ -18,8 +19,8 @@ fn dropout(ctx: &mut Ctx, p: f64) -> Result<Dropout> {
     Dropout::new(p, seed)
 }
 
-/// `torch.nn.MultiheadAttention` (no `bias_k`/`bias_v`, no `add_zero_attn`, no dropout on
-/// the attention weights). Its
+/// `torch.nn.MultiheadAttention` (no `bias_k`/`bias_v`, no `add_zero_attn`), with dropout on
+/// the attention weights in training ([`MultiheadAttention::with_dropout`]). Its
 /// `state_dict` names: `in_proj_weight` `[3E, E]` (or `q_proj_weight`, `k_proj_weight`,
 /// `v_proj_weight` when the key or value size differs from E), `in_proj_bias` `[3E]`,
 /// `out_proj.weight`, `out_proj.bias`.
@@ -36,6 +37,9 @@ pub struct MultiheadAttention {
     /// Inputs `[N, L, E]` instead of `[L, N, E]`.
     #[module(skip)]
     pub batch_first: bool,
+    /// Dropout on the attention weights (p = 0 unless [`MultiheadAttention::with_dropout`]):
+    /// drawn in training mode only, so `eval()` turns it off.
+    pub dropout: Dropout,
 }
 
 /// The optional arguments of [`MultiheadAttention::forward`] (PyTorch's names and polarity:
@@ -96,6 +100,10 @@ impl MultiheadAttention {
             b.set(Tensor::zeros(&[e], ctx.dtype, &ctx.device)?)?;
         }
         out_proj.relu = false;
+        // Seeded from the counter reached after this block's parameters, without advancing
+        // it, so adding the attention dropout left every model's initial weights as they were.
+        let seed = ctx.gen.seed() ^ (ctx.gen.offset() + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let dropout = Dropout::new(0.0, seed)?;
         Ok(MultiheadAttention {
             in_proj_weight,
             q_proj_weight: q,
@@ -105,7 +113,22 @@ impl MultiheadAttention {
             out_proj,
             num_heads,
             batch_first: false,
+            dropout,
         })
+    }
+
+    /// Drops each attention weight with probability `p` in training (PyTorch's `dropout`
+    /// argument); an error unless `0 ≤ p < 1`. With `p > 0` the weights are materialised, not
+    /// run through the fused attention kernel.
+    pub fn with_dropout(mut self, p: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid(
+                "MultiheadAttention",
+                format!("dropout must be in [0, 1), got {p}"),
+            ));
+        }
+        self.dropout.p = p;
+        Ok(self)
     }
 
     /// Sequences `[N, L, E]` (PyTorch's `batch_first=True`).
@@ -152,6 +175,10 @@ impl MultiheadAttention {
             need_weights,
             average_attn_weights: true,
             is_causal: masks.is_causal,
+            dropout: (self.dropout.p > 0.0 && self.dropout.is_training()).then(|| AttnDropout {
+                p: self.dropout.p,
+                gen: self.dropout.generator(),
+            }),
         };
         att::multi_head_attention(query, key, value, &w, &o)
     }
@@ -232,7 +259,9 @@ impl TransformerEncoderLayer {
         d_model: usize,
         options: TransformerOptions,
     ) -> Result<TransformerEncoderLayer> {
-        let mut self_attn = MultiheadAttention::new(ctx, d_model, options.nhead)?;
+        // PyTorch hands the layer's dropout to its attention too.
+        let mut self_attn =
+            MultiheadAttention::new(ctx, d_model, options.nhead)?.with_dropout(options.dropout)?;
         self_attn.batch_first = options.batch_first;
         let mut norm1 = LayerNorm::new(ctx, &[d_model])?;
         let mut norm2 = LayerNorm::new(ctx, &[d_model])?;
@@ -404,8 +433,10 @@ impl TransformerDecoderLayer {
         d_model: usize,
         options: TransformerOptions,
     ) -> Result<TransformerDecoderLayer> {
-        let mut self_attn = MultiheadAttention::new(ctx, d_model, options.nhead)?;
-        let mut multihead_attn = MultiheadAttention::new(ctx, d_model, options.nhead)?;
+        let mut self_attn =
+            MultiheadAttention::new(ctx, d_model, options.nhead)?.with_dropout(options.dropout)?;
+        let mut multihead_attn =
+            MultiheadAttention::new(ctx, d_model, options.nhead)?.with_dropout(options.dropout)?;
         self_attn.batch_first = options.batch_first;
         multihead_attn.batch_first = options.batch_first;
         let linear1 = Linear::new(ctx, d_model, options.dim_feedforward)?;

@@ -170,6 +170,11 @@ impl Dropout {
     pub fn is_training(&self) -> bool {
         self.training
     }
+
+    /// The mask generator, for ops that draw their own masks (attention weights).
+    pub(crate) fn generator(&self) -> &Mutex<Generator> {
+        &self.gen
+    }
 }
 
 impl Module for Dropout {
