@@ -9,7 +9,7 @@
 //! context length (the last one shorter), each window predicted from its own start.
 
 use crate::train::{
-    append_line, open_run, print_line, Progress, Stdout, TrainOptions, TrainReport,
+    append_line, open_run, print_line, restart_metrics, Progress, Stdout, TrainOptions, TrainReport,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -152,12 +152,37 @@ pub const WARMUP: usize = 200;
 /// with `validation bits/char: X`.
 pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
     let start = Instant::now();
-    if opts.resume.is_some() {
-        return Err(Error::invalid(
-            "train",
-            "--resume is not supported for text models yet",
-        ));
+    let mut opts = opts.clone();
+    // A resumed run keeps the text, the seed (which picks every batch's windows), the optimizer
+    // and the head count it was trained with.
+    let resume_meta = match &opts.resume {
+        Some(p) => Some(tessera_nn::checkpoint::load(p, device)?.metadata),
+        None => None,
+    };
+    let mut heads = None;
+    if let Some(m) = &resume_meta {
+        if m.get("model").is_some_and(|v| v != "chartransformer") {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "{} is a checkpoint of {}, not of chartransformer",
+                    opts.resume.as_ref().expect("resuming").display(),
+                    m["model"]
+                ),
+            ));
+        }
+        if let Some(d) = m.get("data") {
+            opts.data = d.clone();
+        }
+        if let Some(s) = m.get("seed").and_then(|s| s.parse().ok()) {
+            opts.seed = s;
+        }
+        if let Some(o) = m.get("optimizer") {
+            opts.optimizer = o.clone();
+        }
+        heads = m.get("heads").and_then(|h| h.parse().ok());
     }
+    let opts = &opts;
     if opts.optimizer != "adamw" {
         return Err(Error::invalid(
             "train",
@@ -168,27 +193,48 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         ));
     }
     let corpus = Corpus::load(&opts.data)?;
-    let config = default_config(corpus.vocab.len());
+    let mut config = default_config(corpus.vocab.len());
+    if let Some(h) = heads {
+        config.heads = h;
+    }
     let model = CharTransformer::new(&mut Ctx::new(device, opts.seed), config)?;
     let base_lr = opts.lr.unwrap_or(2e-3);
     let mut optimizer = Adam::adamw(model.parameters(), base_lr).weight_decay(0.01);
+    let mut first_epoch = 1;
+    if let Some(p) = &opts.resume {
+        // The weights and AdamW's moments and step count; a checkpoint of other sizes is an
+        // error naming the tensor.
+        let meta = load_model(p, &model, Some(&mut optimizer), device)?;
+        first_epoch = meta
+            .get("epoch")
+            .and_then(|e| e.parse::<usize>().ok())
+            .map_or(1, |e| e + 1);
+        if first_epoch > opts.epochs {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "{} already finished epoch {} of {}: nothing to train (raise --epochs)",
+                    p.display(),
+                    first_epoch - 1,
+                    opts.epochs
+                ),
+            ));
+        }
+    }
     let total = opts.epochs * STEPS_PER_EPOCH;
     let cosine = Schedule::Cosine {
         t_max: total.saturating_sub(WARMUP).max(1),
         eta_min: 0.0,
     };
-    // A text run is not resumed (refused above), so a finished run needs --overwrite.
     let (out_dir, _lock) = open_run(
         opts.out.as_deref(),
         "chartransformer-text",
-        (false, false),
+        (opts.resume.is_some(), true),
         opts.overwrite,
     )?;
     let metrics_path = out_dir.join("metrics.jsonl");
-    std::fs::write(&metrics_path, "").map_err(|e| Error::Io {
-        path: metrics_path.display().to_string(),
-        source: e,
-    })?;
+    // The history continues the checkpoint's (lines of later epochs are dropped).
+    let history = restart_metrics(&metrics_path, first_epoch)?;
     let mut out = Stdout::default();
     out.line(format_args!(
         "training chartransformer on {} ({} train / {} validation characters, vocabulary {}) on {device} for {} steps, batch {} x {}, adamw lr {base_lr}, {} parameters",
@@ -201,8 +247,13 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         config.context,
         model.num_parameters()
     ));
-    let (mut best, mut last_bpc) = (f64::INFINITY, f64::NAN);
-    for epoch in 1..=opts.epochs {
+    // test_loss is the validation loss in nats per character.
+    let mut best = history
+        .iter()
+        .map(|m| m.test_loss / std::f64::consts::LN_2)
+        .fold(f64::INFINITY, f64::min);
+    let mut last_bpc = f64::NAN;
+    for epoch in first_epoch..=opts.epochs {
         let t0 = Instant::now();
         let progress = Progress::new(epoch, opts.epochs, STEPS_PER_EPOCH);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);

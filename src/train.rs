@@ -351,7 +351,10 @@ pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
 /// Keeps the lines of `metrics.jsonl` for epochs before `first_epoch` and returns them. A fresh
 /// run (`first_epoch == 1`) starts an empty file whatever was there; when resuming, a line that
 /// is not an epoch record is a `BadFile` error.
-fn restart_metrics(path: &Path, first_epoch: usize) -> Result<Vec<crate::plot::EpochMetrics>> {
+pub(crate) fn restart_metrics(
+    path: &Path,
+    first_epoch: usize,
+) -> Result<Vec<crate::plot::EpochMetrics>> {
     let io = |e| Error::Io {
         path: path.display().to_string(),
         source: e,
@@ -377,7 +380,15 @@ fn restart_metrics(path: &Path, first_epoch: usize) -> Result<Vec<crate::plot::E
 
 /// Trains `opts.model` on `opts.data`, printing progress and ending with `test accuracy: X`.
 pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
-    if opts.model == "chartransformer" {
+    // `--resume` of a character transformer's checkpoint continues it whatever --model says.
+    let resumes_text = match &opts.resume {
+        Some(p) => tessera_nn::checkpoint::load(p, device)?
+            .metadata
+            .get("model")
+            .is_some_and(|m| m == "chartransformer"),
+        None => false,
+    };
+    if opts.model == "chartransformer" || resumes_text {
         return crate::text::train(opts, device);
     }
     if opts.data == "text" {

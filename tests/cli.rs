@@ -316,3 +316,98 @@ fn eval_of_a_pytorch_char_transformer_prints_pytorchs_bits_per_char() {
         "chartransformer",
     );
 }
+
+/// `--resume` for the character transformer: the resumed run starts after the checkpoint's
+/// epoch, keeps its metrics history, continues from its weights (the second epoch's training
+/// loss is below the first's, where a fresh model would start over) and refuses a finished
+/// run or a checkpoint of another model.
+#[test]
+fn a_char_transformer_run_resumes_where_it_stopped() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let text = fixtures.join("tiny.txt");
+    let text = text.to_str().unwrap();
+    let dir = scratch("text-resume");
+    let run = dir.join("run");
+    let o = run.to_str().unwrap();
+    let common = [
+        "--model",
+        "chartransformer",
+        "--data",
+        text,
+        "--batch-size",
+        "1",
+        "--out",
+        o,
+    ];
+    let first = tessera(&[&["train", "--epochs", "1"], &common[..]].concat());
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let last = run.join("last.safetensors");
+    let l = last.to_str().unwrap();
+    fails(
+        &["train", "--epochs", "1", "--resume", l, "--out", o],
+        1,
+        "nothing to train",
+    );
+    let resumed = tessera(&[
+        "train",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "1",
+        "--resume",
+        l,
+        "--out",
+        o,
+    ]);
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert_eq!(
+        resumed.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        stdout.contains("epoch 2/2") && !stdout.contains("epoch 1/2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("validation bits/char: "), "{stdout}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["train_loss"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 2, "{metrics}");
+    assert!(
+        losses[1] < losses[0],
+        "epoch 2 did not continue epoch 1: {losses:?}"
+    );
+    // An image model's checkpoint is not a character transformer's.
+    let mlp = dir.join("mlp");
+    let m = mlp.to_str().unwrap();
+    let img = tessera(&["train", "--model", "mlp", "--epochs", "1", "--out", m]);
+    assert_eq!(img.status.code(), Some(0));
+    let ml = mlp.join("last.safetensors");
+    fails(
+        &[
+            "train",
+            "--model",
+            "chartransformer",
+            "--epochs",
+            "3",
+            "--resume",
+            ml.to_str().unwrap(),
+            "--out",
+            dir.join("x").to_str().unwrap(),
+        ],
+        1,
+        "not of chartransformer",
+    );
+}

@@ -186,7 +186,10 @@ fn multihead_attention_drops_attention_weights_in_training_only() -> Result<()> 
     // One head: the returned weights are the head's, after dropout.
     let wv = w.to_vec_f64()?;
     let zeros = wv.iter().filter(|&&v| v == 0.0).count() as f64 / wv.len() as f64;
-    assert!((zeros - p).abs() < 0.08, "dropped fraction {zeros}, p = {p}");
+    assert!(
+        (zeros - p).abs() < 0.08,
+        "dropped fraction {zeros}, p = {p}"
+    );
     // Eval: no dropout, rows of the weights sum to 1; kept training weights are the eval ones
     // scaled by 1/(1 - p).
     attn.set_training(false);
@@ -198,7 +201,10 @@ fn multihead_attention_drops_attention_weights_in_training_only() -> Result<()> 
     for row in we.chunks(16) {
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5);
     }
-    assert!(max_diff(&y, &y_eval)? > 1e-3, "training output equals eval output");
+    assert!(
+        max_diff(&y, &y_eval)? > 1e-3,
+        "training output equals eval output"
+    );
     // The output is the dropped weights applied to the projected values, then out_proj.
     let wi = attn.in_proj_weight.as_ref().expect("packed").tensor();
     let bi = attn.in_proj_bias.as_ref().expect("bias").tensor();
