@@ -161,9 +161,26 @@ pub fn matmul_add_f32(
         return out;
     }
     let mut out = alloc::<f32>(lc.numel());
-    super::copy_into(c, lc, &mut out, &Layout::contiguous(lc.shape()));
+    fill_from(c, lc, &mut out);
     matmul_f32_into(a, la, b, lb, &mut out, 1.0);
     out
+}
+
+/// `out ← c` (read through `lc`, shape `[m, n]`): a bias broadcast over the rows (strides
+/// `[0, 1]`) is copied row by row on rayon's threads, anything else through `copy_into`.
+fn fill_from<T: crate::buffer::CpuElem>(c: &[T], lc: &Layout, out: &mut [T]) {
+    let n = lc.shape()[1];
+    if lc.strides() == [0, 1] && n > 0 {
+        let row = &c[lc.offset()..lc.offset() + n];
+        let rows_per_task = (super::CHUNK / n).max(1);
+        out.par_chunks_mut(rows_per_task * n).for_each(|chunk| {
+            chunk
+                .chunks_exact_mut(n)
+                .for_each(|r| r.copy_from_slice(row))
+        });
+    } else {
+        super::copy_into(c, lc, out, &Layout::contiguous(lc.shape()));
+    }
 }
 
 /// [`matmul_add_f32`] for f64 (always the packed GEMM).
@@ -176,7 +193,7 @@ pub fn matmul_add_f64(
     lc: &Layout,
 ) -> Vec<f64> {
     let mut out = alloc::<f64>(lc.numel());
-    super::copy_into(c, lc, &mut out, &Layout::contiguous(lc.shape()));
+    fill_from(c, lc, &mut out);
     matmul_f64_into(a, la, b, lb, &mut out, 1.0);
     out
 }
