@@ -9,7 +9,8 @@
 //! context length (the last one shorter), each window predicted from its own start.
 
 use crate::train::{
-    append_line, open_run, print_line, restart_metrics, Progress, Stdout, TrainOptions, TrainReport,
+    append_line, next_epoch, open_run, print_line, restart_metrics, Progress, Stdout, TrainOptions,
+    TrainReport,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -205,21 +206,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         // The weights and AdamW's moments and step count; a checkpoint of other sizes is an
         // error naming the tensor.
         let meta = load_model(p, &model, Some(&mut optimizer), device)?;
-        first_epoch = meta
-            .get("epoch")
-            .and_then(|e| e.parse::<usize>().ok())
-            .map_or(1, |e| e + 1);
-        if first_epoch > opts.epochs {
-            return Err(Error::invalid(
-                "train",
-                format!(
-                    "{} already finished epoch {} of {}: nothing to train (raise --epochs)",
-                    p.display(),
-                    first_epoch - 1,
-                    opts.epochs
-                ),
-            ));
-        }
+        first_epoch = next_epoch(p, &meta, opts.epochs)?;
     }
     let total = opts.epochs * STEPS_PER_EPOCH;
     let cosine = Schedule::Cosine {

@@ -378,6 +378,30 @@ pub(crate) fn restart_metrics(
     Ok(kept)
 }
 
+/// The epoch a run resumed from checkpoint `path` (metadata `meta`) starts at: the one after
+/// the checkpoint's; an error when that is past `epochs`.
+pub(crate) fn next_epoch(
+    path: &Path,
+    meta: &BTreeMap<String, String>,
+    epochs: usize,
+) -> Result<usize> {
+    let first = meta
+        .get("epoch")
+        .and_then(|e| e.parse::<usize>().ok())
+        .map_or(1, |e| e + 1);
+    if first > epochs {
+        return Err(Error::invalid(
+            "train",
+            format!(
+                "{} already finished epoch {} of {epochs}: nothing to train (raise --epochs)",
+                path.display(),
+                first - 1
+            ),
+        ));
+    }
+    Ok(first)
+}
+
 /// Trains `opts.model` on `opts.data`, printing progress and ending with `test accuracy: X`.
 pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
     // `--resume` of a character transformer's checkpoint continues it whatever --model says.
@@ -438,22 +462,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
     let mut first_epoch = 1;
     if let Some(p) = &opts.resume {
         let meta = load_model(p, model.as_ref(), Some(optimizer.as_mut()), device)?;
-        first_epoch = meta
-            .get("epoch")
-            .and_then(|e| e.parse::<usize>().ok())
-            .map(|e| e + 1)
-            .unwrap_or(1);
-        if first_epoch > opts.epochs {
-            return Err(Error::invalid(
-                "train",
-                format!(
-                    "{} already finished epoch {} of {}: nothing to train (raise --epochs)",
-                    p.display(),
-                    first_epoch - 1,
-                    opts.epochs
-                ),
-            ));
-        }
+        first_epoch = next_epoch(p, &meta, opts.epochs)?;
     }
     let default = format!("{}-{}", opts.model, opts.data.replace('/', "_"));
     let (out_dir, _lock) = open_run(

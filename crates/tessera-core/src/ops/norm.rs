@@ -163,6 +163,35 @@ fn running_stats(
     })
 }
 
+/// A normalisation node's inputs: `x`, then the weight and the bias where given.
+fn affine_inputs<'a>(
+    x: &'a Tensor,
+    weight: Option<&'a Tensor>,
+    bias: Option<&'a Tensor>,
+) -> Vec<&'a Tensor> {
+    let mut inputs = vec![x];
+    inputs.extend(weight);
+    inputs.extend(bias);
+    inputs
+}
+
+/// The gradients of a normalisation node for the inputs [`affine_inputs`] listed.
+fn affine_grads(
+    needs: &[bool],
+    [dx, dw, db]: [Tensor; 3],
+    has_weight: bool,
+    has_bias: bool,
+) -> Result<Vec<Option<Tensor>>> {
+    let mut grads = vec![when(needs[0], || Ok(dx))?];
+    if has_weight {
+        grads.push(when(needs[1], || Ok(dw))?);
+    }
+    if has_bias {
+        grads.push(when(needs[needs.len() - 1], || Ok(db))?);
+    }
+    Ok(grads)
+}
+
 /// Training-mode batch norm as one tape node on the backend's fused kernels: `(y, mean, var)`,
 /// or `None` where the backend has none. Its backward takes the fused backward too, except
 /// under `backward_create_graph` (and on a backend without it), where [`train_grads`] writes
@@ -190,9 +219,7 @@ fn train_fused(
         x.output(mean, &[c]),
         x.output(var, &[c]),
     );
-    let mut inputs = vec![x];
-    inputs.extend(weight);
-    inputs.extend(bias);
+    let inputs = affine_inputs(x, weight, bias);
     let (xs, ws, ms, vs) = (x.clone(), weight.cloned(), mean.clone(), var.clone());
     let has_bias = bias.is_some();
     let y = y.record_op("batch_norm", &inputs, move |gy, needs| {
@@ -219,14 +246,7 @@ fn train_fused(
             ],
             None => train_grads(&xs, ws.as_ref(), gy, eps)?,
         };
-        let mut grads = vec![when(needs[0], || Ok(dx))?];
-        if ws.is_some() {
-            grads.push(when(needs[1], || Ok(dw))?);
-        }
-        if has_bias {
-            grads.push(when(needs[needs.len() - 1], || Ok(db))?);
-        }
-        Ok(grads)
+        affine_grads(needs, [dx, dw, db], ws.is_some(), has_bias)
     });
     Ok(Some((y, mean, var)))
 }
@@ -335,9 +355,7 @@ fn layer_fused(
         x.output(mean, &[rows]),
         x.output(rstd, &[rows]),
     );
-    let mut inputs = vec![x];
-    inputs.extend(weight);
-    inputs.extend(bias);
+    let inputs = affine_inputs(x, weight, bias);
     let (xs, ws) = (x.clone(), weight.cloned());
     let shape = normalized_shape.to_vec();
     let has_bias = bias.is_some();
@@ -365,14 +383,7 @@ fn layer_fused(
             ],
             None => layer_grads(&xs, shape.len(), ws.as_ref(), gy, eps)?,
         };
-        let mut grads = vec![when(needs[0], || Ok(dx))?];
-        if ws.is_some() {
-            grads.push(when(needs[1], || Ok(dw))?);
-        }
-        if has_bias {
-            grads.push(when(needs[needs.len() - 1], || Ok(db))?);
-        }
-        Ok(grads)
+        affine_grads(needs, [dx, dw, db], ws.is_some(), has_bias)
     });
     Ok(Some(y))
 }
