@@ -161,14 +161,13 @@ pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainReport> {
         None => None,
     };
     let mut heads = None;
-    if let Some(m) = &resume_meta {
-        if m.get("model").is_some_and(|v| v != "chartransformer") {
+    if let (Some(p), Some(m)) = (&opts.resume, &resume_meta) {
+        if let Some(other) = m.get("model").filter(|v| *v != "chartransformer") {
             return Err(Error::invalid(
                 "train",
                 format!(
-                    "{} is a checkpoint of {}, not of chartransformer",
-                    opts.resume.as_ref().expect("resuming").display(),
-                    m["model"]
+                    "{} is a checkpoint of {other}, not of chartransformer",
+                    p.display()
                 ),
             ));
         }

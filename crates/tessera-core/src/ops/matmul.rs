@@ -137,14 +137,13 @@ impl Tensor {
     ///
     /// [`FusedKernels::matmul_add`]: crate::FusedKernels::matmul_add
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = match bias {
-            Some(b) => match self.linear_fused(weight, b)? {
-                Some(y) => return Ok(y),
-                None => self.linear_product("linear", weight, bias)?,
-            },
-            None => return self.linear_product("linear", weight, bias),
+        let Some(b) = bias else {
+            return self.linear_product("linear", weight, None);
         };
-        y.add(bias.expect("a bias"))
+        match self.linear_fused(weight, b)? {
+            Some(y) => Ok(y),
+            None => self.linear_product("linear", weight, bias)?.add(b),
+        }
     }
 
     /// `x·Wᵀ + b` through the backend's `matmul_add`, rows of `x` flattened; `None` where the
@@ -183,6 +182,7 @@ impl Tensor {
                 ])
             });
         let mut shape = self.dims().to_vec();
+        // check_linear refused a rank-0 input, so there is a last dim.
         *shape.last_mut().expect("rank checked") = n;
         Ok(Some(out.reshape_usize(&shape)?))
     }
